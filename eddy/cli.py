@@ -1,0 +1,137 @@
+"""The `eddy` command: serve the CSI driver, or mount a dataset without Kubernetes."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+
+import yaml
+
+from eddy import __version__, log
+from eddy.errors import EddyError
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "accessKeyId", "AWS_SECRET_ACCESS_KEY": "secretAccessKey",
+           "AWS_SESSION_TOKEN": "sessionToken"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eddy", description=__doc__)
+    p.add_argument("--version", action="version", version=f"eddy {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the CSI driver (node plugin, controller, or both)")
+    s.add_argument("--mode", choices=["all", "controller", "node"], default="all")
+    s.add_argument("--endpoint", default="unix:///csi/csi.sock",
+                   help="CSI socket, unix:///path (default: %(default)s)")
+    s.add_argument("--node-id", default=socket.gethostname(),
+                   help="this node's id, usually the Kubernetes node name (default: hostname)")
+    s.add_argument("--state-dir", default="/var/lib/eddy",
+                   help="where volume records live (default: %(default)s)")
+    s.add_argument("--driver-name", default="eddy.csi.io")
+    s.add_argument("--max-volumes", type=int, default=0,
+                   help="volumes this node may stage at once, 0 for no limit")
+
+    m = sub.add_parser("mount", help="mount a dataset at a directory, without Kubernetes")
+    m.add_argument("source", help="s3://bucket/prefix, local:///abs/dir, ...")
+    m.add_argument("mountpoint")
+    m.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a volume parameter (endpoint, region, metadataTTL, ...); repeatable")
+    m.add_argument("--secrets-file", help="YAML/JSON with accessKeyId, secretAccessKey "
+                   "[, sessionToken]; default: the AWS_* environment variables")
+    m.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
+    m.add_argument("--log-dir", default="/var/log/eddy",
+                   help="where a detached mount writes its log (default: %(default)s)")
+
+    u = sub.add_parser("umount", help="unmount what `eddy mount` mounted")
+    u.add_argument("mountpoint")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log.configure(args.log_level)
+    try:
+        return {"serve": _serve, "mount": _mount, "umount": _umount}[args.command](args)
+    except EddyError as e:
+        print(f"eddy {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+def _serve(args) -> int:
+    from csi.server import Driver, DriverConfig
+
+    driver = Driver(DriverConfig(
+        mode=args.mode, endpoint=args.endpoint, node_id=args.node_id, state_dir=args.state_dir,
+        driver_name=args.driver_name, max_volumes=args.max_volumes, log_level=args.log_level))
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    driver.start()
+    stopping.wait()
+    driver.stop()
+    return 0
+
+
+def _secrets(path: str | None) -> dict[str, str]:
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise EddyError(f"{path}: expected a mapping of accessKeyId/secretAccessKey")
+        return {str(k): str(v) for k, v in data.items()}
+    return {key: os.environ[env] for env, key in AWS_ENV.items() if os.environ.get(env)}
+
+
+def _mount(args) -> int:
+    from cache_engine.spec import parse_parameters, parse_secrets
+    from csi import daemons
+
+    params = {"source": args.source}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise EddyError(f"--param {item!r}: expected KEY=VALUE")
+        params[key] = value
+    spec = parse_parameters(params)
+    secrets = parse_secrets(_secrets(args.secrets_file))
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise EddyError(f"mountpoint {mountpoint} is not a directory")
+    volume_id = "mount-" + hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
+    if args.foreground:
+        from csi.fuse.daemon import run
+
+        run(mountpoint, volume_id, spec.to_parameters(), secrets,
+            ready_callback=lambda: print(f"mounted {spec.source.uri} at {mountpoint}",
+                                         flush=True))
+        return 0
+    log_path = os.path.join(args.log_dir, f"{volume_id}.log")
+    daemons.start(daemons.DaemonConfig(volume_id, mountpoint, spec.to_parameters(), secrets,
+                                       args.log_level, log_path))
+    print(json.dumps({"mounted": spec.source.uri, "mountpoint": mountpoint, "log": log_path}))
+    return 0
+
+
+def _umount(args) -> int:
+    from csi import mounts
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not mounts.is_mount_point(mountpoint):
+        raise EddyError(f"{mountpoint} is not mounted")
+    mounts.unmount_all(mountpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
