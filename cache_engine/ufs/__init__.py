@@ -1,0 +1,26 @@
+"""Source backends and the one factory that picks one from a DatasetSpec."""
+
+from __future__ import annotations
+
+from ..spec import DatasetSpec
+from .base import Entry, Kind, UfsBackend, UfsUnavailable, VersionChanged
+
+__all__ = ["Entry", "Kind", "UfsBackend", "UfsUnavailable", "VersionChanged", "open_ufs"]
+
+
+def open_ufs(spec: DatasetSpec, secrets: dict[str, str] | None = None) -> UfsBackend:
+    """The backend for `spec.source`; `secrets` holds the node-stage secret's keys."""
+    scheme = spec.source.scheme
+    if scheme == "local":
+        from .local import LocalUfs
+
+        return LocalUfs(spec.source.root)
+    if scheme == "s3":
+        from .s3 import S3Ufs
+
+        return S3Ufs(spec, secrets or {})
+    if scheme in ("http", "https"):
+        from .http import HttpUfs
+
+        return HttpUfs(spec, secrets or {})
+    raise UfsUnavailable(f"source scheme {scheme!r} is not supported by this node yet")

@@ -1,0 +1,106 @@
+"""The under-file-system (UFS) interface: the source a dataset is read from.
+
+Every source kind (local directory, S3, HTTP, PVC) implements `UfsBackend`. The interface is
+synchronous and thread-safe: callers on an event loop (the FUSE daemon) run it in worker threads,
+so one slow ranged read never blocks others. Paths are relative POSIX paths inside the dataset
+root ("" is the root itself); a backend never reads outside its root, whatever a path or a
+symlink says. The UFS is read-only to eddy: no method writes or deletes.
+"""
+
+from __future__ import annotations
+
+import abc
+import posixpath
+from dataclasses import dataclass
+from enum import Enum
+
+from eddy.errors import Unavailable
+
+
+class Kind(str, Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the source says about one path.
+
+    `version` changes whenever the content may have changed (an etag, or size + mtime); block
+    keys include it, so a changed file never serves old bytes.
+    """
+
+    path: str
+    kind: Kind
+    size: int = 0
+    mtime_ns: int = 0
+    version: str = ""
+    target: str | None = None  # for symlinks: the link text, already checked to stay inside
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+
+class UfsUnavailable(Unavailable, OSError):
+    """The source cannot be reached or answered with an unexpected error."""
+
+
+class VersionChanged(OSError):
+    """The file changed at the source since the version the caller asked for."""
+
+
+def clean_path(path: str) -> str:
+    """Normalise a dataset-relative path; refuse anything that escapes the root."""
+    if path in ("", ".", "/"):
+        return ""
+    norm = posixpath.normpath(path.lstrip("/"))
+    if norm == "." :
+        return ""
+    if norm == ".." or norm.startswith("../"):
+        raise PermissionError(f"path {path!r} leaves the dataset root")
+    return norm
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def link_stays_inside(link_path: str, target: str) -> bool:
+    """True when a symlink at `link_path` pointing to `target` resolves inside the root."""
+    if target.startswith("/"):
+        return False
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
+    return not (resolved == ".." or resolved.startswith("../"))
+
+
+class UfsBackend(abc.ABC):
+    """A read-only view of one dataset root at a source.
+
+    Raises FileNotFoundError for missing paths, NotADirectoryError / IsADirectoryError for the
+    wrong kind, PermissionError for paths outside the root, and UfsUnavailable when the source
+    itself fails. Messages never contain credentials.
+    """
+
+    #: a short URI-like description for logs and status, without credentials
+    description: str = ""
+
+    @abc.abstractmethod
+    def stat(self, path: str) -> Entry:
+        """The entry at `path` (symlinks are not followed)."""
+
+    @abc.abstractmethod
+    def list(self, path: str) -> list[Entry]:
+        """The direct children of the directory at `path`, in a stable order."""
+
+    @abc.abstractmethod
+    def read(self, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        """Up to `length` bytes of the file at `offset` (short only at end of file).
+
+        With `version`, a backend that can tell raises VersionChanged instead of returning
+        bytes of a different version.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the backend is not used afterwards."""

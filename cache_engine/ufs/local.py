@@ -1,0 +1,144 @@
+"""A directory on the node as a dataset source (`local:///abs/dir`).
+
+Reads use `os.pread` on a file opened with O_NOFOLLOW below a root directory fd, and every path
+component is opened relative to its parent without following symlinks, so neither a `..` nor a
+symlink can make eddy read outside the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as statmod
+
+from .base import (
+    Entry,
+    Kind,
+    UfsBackend,
+    UfsUnavailable,
+    VersionChanged,
+    clean_path,
+    join,
+    link_stays_inside,
+)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def version_of(st: os.stat_result) -> str:
+    """A version string that changes when the content may have changed."""
+    return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+
+
+class LocalUfs(UfsBackend):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.description = f"local://{self.root}"
+        try:
+            self._root_fd = os.open(self.root, _DIR_FLAGS)
+        except FileNotFoundError:
+            raise UfsUnavailable(f"source directory {self.root} does not exist") from None
+        except NotADirectoryError:
+            raise UfsUnavailable(f"source {self.root} is not a directory") from None
+        except OSError as e:
+            raise UfsUnavailable(
+                f"cannot open source directory {self.root}: {e.strerror}") from None
+
+    def _parent_fd(self, rel: str) -> tuple[int, str]:
+        """An fd of the directory holding `rel` (caller closes unless it is the root fd)."""
+        parts = rel.split("/")
+        fd = self._root_fd
+        for part in parts[:-1]:
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if fd != self._root_fd:
+                    os.close(fd)
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel) from None
+                raise
+            if fd != self._root_fd:
+                os.close(fd)
+            fd = nfd
+        return fd, parts[-1]
+
+    def _entry(self, rel: str, st: os.stat_result, target: str | None = None) -> Entry:
+        if statmod.S_ISDIR(st.st_mode):
+            return Entry(rel, Kind.DIR, 0, st.st_mtime_ns, version_of(st))
+        if statmod.S_ISLNK(st.st_mode):
+            return Entry(rel, Kind.SYMLINK, len(target or ""), st.st_mtime_ns, "", target)
+        return Entry(rel, Kind.FILE, st.st_size, st.st_mtime_ns, version_of(st))
+
+    def stat(self, path: str) -> Entry:
+        rel = clean_path(path)
+        if not rel:
+            return self._entry("", os.fstat(self._root_fd))
+        fd, name = self._parent_fd(rel)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if statmod.S_ISLNK(st.st_mode):
+                target = os.readlink(name, dir_fd=fd)
+                if not link_stays_inside(rel, target):
+                    # A link out of the dataset is hidden: it cannot be followed safely.
+                    raise FileNotFoundError(errno.ENOENT, "symlink leaves the dataset", rel)
+                return self._entry(rel, st, target)
+            if not (statmod.S_ISREG(st.st_mode) or statmod.S_ISDIR(st.st_mode)):
+                raise FileNotFoundError(errno.ENOENT, "not a regular file or directory", rel)
+            return self._entry(rel, st)
+        finally:
+            if fd != self._root_fd:
+                os.close(fd)
+
+    def list(self, path: str) -> list[Entry]:
+        rel = clean_path(path)
+        if rel:
+            fd, name = self._parent_fd(rel)
+            try:
+                dfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel) from None
+                raise
+            finally:
+                if fd != self._root_fd:
+                    os.close(fd)
+        else:
+            dfd = os.dup(self._root_fd)
+        out = []
+        try:
+            for name in sorted(os.listdir(dfd)):
+                try:
+                    out.append(self.stat(join(rel, name)))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # vanished, special file, or a link leaving the root
+        finally:
+            os.close(dfd)
+        return out
+
+    def read(self, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        rel = clean_path(path)
+        fd, name = self._parent_fd(rel)
+        try:
+            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            if fd != self._root_fd:
+                os.close(fd)
+        try:
+            if version is not None and version_of(os.fstat(ffd)) != version:
+                raise VersionChanged(errno.ESTALE, "file changed at the source", rel)
+            chunks = []
+            while length > 0:
+                chunk = os.pread(ffd, length, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+                length -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(ffd)
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1

@@ -1,0 +1,183 @@
+"""Volume parameters, checked directly and as a CO sends them (CreateVolume over gRPC)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from cache_engine.spec import (
+    DatasetSpec,
+    Source,
+    parse_parameters,
+    parse_quantity,
+    parse_secrets,
+)
+from csi.controller import ControllerService
+from csi.state import SqliteVolumeStore
+from eddy.errors import InvalidParameter
+from eddy.pb import csi_pb2, csi_pb2_grpc
+from tests.support.grpc_server import serve
+
+MiB, GiB = 1 << 20, 1 << 30
+LOCAL = {"source": "local:///data"}
+
+# (id, parameters, words the message must contain)
+INVALID = [
+    ("unknown-key", LOCAL | {"cacheSize": "1Gi"}, ["cacheSize", "unknown"]),
+    ("no-source", {"blockSize": "4Mi"}, ["source", "required"]),
+    ("bad-size", LOCAL | {"cacheCapacity": "20Gx"}, ["cacheCapacity", "20Gx"]),
+    ("negative-size", LOCAL | {"cacheCapacity": "-1Gi"}, ["cacheCapacity"]),
+    ("size-too-small", LOCAL | {"cacheCapacity": "1Ki"}, ["cacheCapacity", "minimum"]),
+    ("size-beyond-int64", LOCAL | {"cacheCapacity": "9Ei"}, ["cacheCapacity", "maximum"]),
+    ("block-not-power-of-two", LOCAL | {"blockSize": "3Mi"}, ["blockSize", "power of two"]),
+    ("block-too-small", LOCAL | {"blockSize": "4Ki"}, ["blockSize", "minimum"]),
+    ("block-too-big", LOCAL | {"blockSize": "1Gi"}, ["blockSize", "maximum"]),
+    ("ftp-scheme", {"source": "ftp://host/data"}, ["source", "scheme", "ftp"]),
+    ("no-scheme", {"source": "/data"}, ["source", "scheme"]),
+    ("local-two-slashes", {"source": "local://data"}, ["source", "local:///"]),
+    ("local-relative", {"source": "local:relative/dir"}, ["source", "absolute"]),
+    ("dotdot-local", {"source": "local:///data/../etc"}, ["source", ".."]),
+    ("dotdot-s3", {"source": "s3://bucket/a/../../b"}, ["source", ".."]),
+    ("control-char", {"source": "local:///da\nta"}, ["source", "control"]),
+    ("s3-no-bucket", {"source": "s3://"}, ["source", "bucket"]),
+    ("s3-bad-bucket", {"source": "s3://Bad_Bucket/x"}, ["source", "bucket"]),
+    ("s3-ip-bucket", {"source": "s3://10.0.0.1/x"}, ["source", "bucket"]),
+    ("s3-query", {"source": "s3://bucket/x?versionId=1"}, ["source", "query"]),
+    ("pvc-no-name", {"source": "pvc://default"}, ["source", "pvc://"]),
+    ("http-no-host", {"source": "https:///path"}, ["source", "host"]),
+    ("credentials-in-url", {"source": "s3://AKIA:hunter2@bucket/x"}, ["source", "credentials"]),
+    ("credentials-in-http", {"source": "https://user:hunter2@h/x"}, ["source", "credentials"]),
+    ("secret-as-parameter", LOCAL | {"secretAccessKey": "hunter2"}, ["secretAccessKey",
+                                                                     "secret"]),
+    ("key-id-as-parameter", LOCAL | {"accessKeyId": "AKIA"}, ["accessKeyId"]),
+    ("bad-ttl", LOCAL | {"metadataTTL": "soon"}, ["metadataTTL", "soon"]),
+    ("negative-ttl", LOCAL | {"metadataTTL": "-5"}, ["metadataTTL"]),
+    ("nan-ttl", LOCAL | {"metadataTTL": "nan"}, ["metadataTTL"]),
+    ("bad-read-ahead", LOCAL | {"readAhead": "lots"}, ["readAhead", "integer"]),
+    ("read-ahead-too-big", LOCAL | {"readAhead": "1000"}, ["readAhead"]),
+    ("empty-tier", LOCAL | {"tiers": "MEM,,SSD"}, ["tiers"]),
+    ("bad-tier-name", LOCAL | {"tiers": "MEM,/dev/sda"}, ["tiers"]),
+    ("repeated-tier", LOCAL | {"tiers": "MEM,MEM"}, ["tiers", "twice"]),
+    ("endpoint-on-local", LOCAL | {"endpoint": "http://minio:9000"}, ["endpoint", "s3"]),
+    ("endpoint-not-url", {"source": "s3://b-1/x", "endpoint": "minio:9000"}, ["endpoint"]),
+    ("endpoint-credentials", {"source": "s3://b-1/x", "endpoint": "http://u:hunter2@m"},
+     ["endpoint", "credentials"]),
+    ("bad-region", {"source": "s3://b-1/x", "region": "US East"}, ["region"]),
+    ("preload-dotdot", LOCAL | {"preload": "a,../b"}, ["preload", ".."]),
+]
+
+RESERVED = {
+    "csi.storage.k8s.io/pv/name": "pv-1",
+    "csi.storage.k8s.io/pvc/name": "claim",
+    "csi.storage.k8s.io/pvc/namespace": "default",
+    "csi.storage.k8s.io/fstype": "ext4",
+}
+
+# (id, parameters, expected spec)
+VALID = [
+    ("defaults", LOCAL, DatasetSpec(Source("local", "local:///data", root="/data"))),
+    ("reserved-keys", LOCAL | RESERVED, DatasetSpec(Source("local", "local:///data",
+                                                           root="/data"))),
+    ("local-normalised", {"source": "local:////data/./x/"},
+     DatasetSpec(Source("local", "local:///data/x", root="/data/x"))),
+    ("s3-everything", {
+        "source": "s3://my-bucket/train/", "endpoint": "http://minio:9000/",
+        "region": "eu-west-1", "cacheCapacity": "20Gi", "tiers": "MEM, SSD",
+        "blockSize": "1Mi", "preload": "/a,b/c", "metadataTTL": "immutable", "readAhead": "0",
+     }, DatasetSpec(
+        Source("s3", "s3://my-bucket/train", bucket="my-bucket", root="train"),
+        endpoint="http://minio:9000", region="eu-west-1", cache_capacity=20 * GiB,
+        tiers=("MEM", "SSD"), block_size=MiB, preload=("a", "b/c"), metadata_ttl=None,
+        read_ahead=0)),
+    ("s3-bucket-only", {"source": "s3://bucket", "preload": "true", "metadataTTL": "0.5"},
+     DatasetSpec(Source("s3", "s3://bucket", bucket="bucket"), preload=True,
+                 metadata_ttl=0.5)),
+    ("pvc", {"source": "pvc://team-a/datasets/imagenet", "cacheCapacity": "1.5Gi"},
+     DatasetSpec(Source("pvc", "pvc://team-a/datasets/imagenet", bucket="team-a",
+                        root="datasets/imagenet"), cache_capacity=3 * GiB // 2)),
+    ("https", {"source": "https://example.com/data/?x=1", "preload": "false",
+               "readAhead": "64", "blockSize": "64Mi", "metadataTTL": "1234567"},
+     DatasetSpec(Source("https", "https://example.com/data/?x=1",
+                        root="https://example.com/data/?x=1"),
+                 read_ahead=64, block_size=64 * MiB, metadata_ttl=1234567.0)),
+]
+
+
+def _ids(table):
+    return [row[0] for row in table]
+
+
+@pytest.mark.parametrize("case, params, words", INVALID, ids=_ids(INVALID))
+def test_invalid_parameters_are_refused_naming_the_key(case, params, words):
+    with pytest.raises(InvalidParameter) as info:
+        parse_parameters(params)
+    for word in words:
+        assert word in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("case, params, expected", VALID, ids=_ids(VALID))
+def test_valid_parameters_parse_to_the_spec(case, params, expected):
+    spec = parse_parameters(params)
+    assert spec == expected
+    assert spec.extra == {k: v for k, v in params.items() if k.startswith("csi.storage.k8s.io/")}
+    # The canonical parameters parse back to the same spec and have no reserved keys.
+    canonical = spec.to_parameters()
+    assert parse_parameters(canonical) == spec
+    assert not any(k.startswith("csi.storage.k8s.io/") for k in canonical)
+
+
+def test_parse_quantity():
+    assert parse_quantity("4096") == 4096
+    assert parse_quantity("4Ki") == 4096
+    assert parse_quantity("500M") == 500 * 10**6
+    assert parse_quantity("0.5Gi") == GiB // 2
+    for bad in ("20Gx", "", "Gi", "-1", "1e9", "1 Gi"):
+        with pytest.raises(ValueError):
+            parse_quantity(bad)
+
+
+def test_secrets_are_checked_and_never_echoed():
+    assert parse_secrets({"accessKeyId": "AKIA", "secretAccessKey": "hunter2"}) == {
+        "accessKeyId": "AKIA", "secretAccessKey": "hunter2"}
+    for bad in ({"accessKeyId": "AKIA"}, {"password": "hunter2"}):
+        with pytest.raises(InvalidParameter) as info:
+            parse_secrets(bad)
+        assert "hunter2" not in str(info.value)
+
+
+# --- the same table through CreateVolume --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory):
+    store = SqliteVolumeStore.in_state_dir(tmp_path_factory.mktemp("state"))
+    with serve(ControllerService(store)) as served:
+        yield csi_pb2_grpc.ControllerStub(served.channel)
+    store.close()
+
+
+def _create(controller, name, params):
+    cap = csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(),
+        access_mode=csi_pb2.VolumeCapability.AccessMode(
+            mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY))
+    return controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=name, parameters=params, volume_capabilities=[cap]))
+
+
+@pytest.mark.parametrize("case, params, words", INVALID, ids=_ids(INVALID))
+def test_create_volume_refuses_invalid_parameters(controller, case, params, words):
+    with pytest.raises(grpc.RpcError) as info:
+        _create(controller, f"bad-{case}", params)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for word in words:
+        assert word in info.value.details()
+    assert "hunter2" not in info.value.details()
+
+
+@pytest.mark.parametrize("case, params, expected", VALID, ids=_ids(VALID))
+def test_create_volume_returns_the_canonical_parameters(controller, case, params, expected):
+    volume = _create(controller, f"good-{case}", params).volume
+    assert dict(volume.volume_context) == expected.to_parameters()
+    assert volume.capacity_bytes == (expected.cache_capacity or 0)
