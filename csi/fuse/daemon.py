@@ -1,0 +1,257 @@
+"""The per-volume mount daemon: one process, one FUSE mount, served until unmounted.
+
+pyfuse3 allows one mount per process, so the node plugin starts one daemon per staged volume
+(`python -m csi.fuse --mountpoint PATH --volume-id ID`). Parameters and secrets arrive as one
+JSON object on stdin (`{"parameters": {...}, "secrets": {...}}`), never on argv, which any
+user can read in /proc. The daemon answers exactly one line on stdout, which the plugin waits
+for (csi/daemons.py):
+
+    READY              the mount is up and answered a request from this process
+    ERROR <message>    startup failed (bad parameters, source unavailable, mount refused);
+                       the process exits with status 2 and leaves nothing mounted
+
+Afterwards it serves until SIGTERM/SIGINT (it unmounts and exits 0) or until the mount is
+removed from outside (`fusermount3 -u`, `umount`; it exits 0). Logs are JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import structlog
+import trio
+
+from cache_engine.spec import parse_parameters, parse_secrets
+from cache_engine.ufs import Kind, UfsBackend, open_ufs
+from eddy import log
+from eddy.errors import EddyError, InvalidArgument, Unavailable
+
+from .fs import DatasetFs
+
+STARTUP_EXIT = 2
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+READY_TIMEOUT = 30.0
+READ_AHEAD_KB = 1024  # with 1 MiB requests, the kernel reads ahead one whole request
+
+
+def mount_options(volume_id: str) -> set[str]:
+    """Options for pyfuse3.init; the volume id is reduced to characters mount options allow."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", volume_id)[:64]
+    # No max_read: pyfuse3 leaves the connection's max_read unset, and libfuse refuses a
+    # mismatch. Requests are still up to 1 MiB (libfuse 3 negotiates max_pages = 256).
+    return {f"fsname=eddy:{name}", "subtype=eddy", "ro", "allow_other", "default_permissions"}
+
+
+def raise_read_ahead(dev: int, kb: int = READ_AHEAD_KB) -> bool:
+    """Let the kernel read ahead `kb` on the mount (its FUSE default is 128 KiB)."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(kb))
+    except OSError as e:
+        log.get("csi.fuse").debug("read-ahead unchanged", path=path, error=str(e))
+        return False
+    return True
+
+
+class _Session:
+    """The trio side of one mount: the FUSE loop, the readiness probe, the signal handler."""
+
+    def __init__(self, mountpoint: str, dev_before: int, ready_callback: Callable[[], None],
+                 logger):
+        self.mountpoint = mountpoint
+        self.dev_before = dev_before
+        self.ready_callback = ready_callback
+        self.log = logger
+        self.ready = False
+        self.failure: EddyError | None = None
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stop_on_signal)
+            nursery.start_soon(self._announce_ready)
+            await pyfuse3.main()  # returns on terminate() or when unmounted from outside
+            nursery.cancel_scope.cancel()
+        if not self.ready and self.failure is None:
+            self.failure = Unavailable(
+                "the mount went away before it was ready (see the daemon log)")
+
+    async def _stop_on_signal(self) -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            # Signals that came while mounting were held back (see run); deliver them now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            stopping = False
+            async for signum in signals:
+                self.log.info("stopping", signal=signal.Signals(signum).name,
+                              again=stopping)
+                if not stopping:
+                    stopping = True
+                    if not self.ready:
+                        self.failure = Unavailable(
+                            "stopped by a signal before the mount was ready")
+                    pyfuse3.terminate()
+
+    async def _announce_ready(self) -> None:
+        """Stat the mountpoint from a thread: it answers only once the kernel reached us."""
+        try:
+            with trio.fail_after(READY_TIMEOUT):
+                st = await trio.to_thread.run_sync(
+                    os.stat, self.mountpoint, abandon_on_cancel=True)
+            if st.st_dev == self.dev_before:
+                raise OSError(f"{self.mountpoint} shows no new filesystem after mounting")
+        except (OSError, trio.TooSlowError) as e:
+            reason = "timed out" if isinstance(e, trio.TooSlowError) else str(e)
+            self.failure = Unavailable(f"mount at {self.mountpoint} does not answer: {reason}")
+            pyfuse3.terminate()
+            return
+        raise_read_ahead(st.st_dev)
+        self.ready = True
+        self.log.info("mount ready", dev=f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+        self.ready_callback()
+
+
+def _already_stopping(signum, frame) -> None:
+    """A stop signal after the stop began: nothing more to do."""
+
+
+def _check_source(reader: UfsBackend, uri: str) -> None:
+    try:
+        root = reader.stat("")
+    except EddyError:
+        raise
+    except OSError as e:
+        raise Unavailable(f"source {uri} cannot be read: {e.strerror or e}") from None
+    if root.kind is not Kind.DIR:
+        raise Unavailable(f"source {uri} is not a directory")
+
+
+def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
+        secrets: dict[str, str] | None = None,
+        ready_callback: Callable[[], None] = lambda: None) -> None:
+    """Mount the volume at `mountpoint` and serve it until unmounted or signalled.
+
+    Startup problems raise an EddyError naming the problem (never a secret) before
+    `ready_callback` runs, with nothing left mounted. Returns normally on SIGTERM/SIGINT
+    (after unmounting) and when the mount is removed from outside.
+    """
+    spec = parse_parameters(parameters)
+    secrets = parse_secrets(secrets or {})
+    mountpoint = os.path.abspath(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise InvalidArgument(f"mountpoint {mountpoint} is not a directory")
+    logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.uri)
+    reader = open_ufs(spec, secrets)
+    try:
+        _check_source(reader, spec.source.uri)
+        fs = DatasetFs(reader, spec.metadata_ttl)
+        dev_before = os.stat(mountpoint).st_dev
+        # From mounting until the signal receiver runs, a SIGTERM would kill the process and
+        # leave a dead mount ("transport endpoint is not connected"): hold signals back.
+        # Signals trio hands back unconsumed on shutdown land in a no-op handler, not the
+        # default one that would kill the process before it unmounts.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        old_handlers = {sig: signal.signal(sig, _already_stopping) for sig in STOP_SIGNALS}
+        try:
+            try:
+                pyfuse3.init(fs, mountpoint, mount_options(volume_id))
+            except RuntimeError as e:
+                raise Unavailable(
+                    f"cannot mount at {mountpoint}: {e} (is /dev/fuse usable?)") from None
+            logger.info("mounted", mountpoint=mountpoint, metadata_ttl=spec.metadata_ttl)
+            session = _Session(mountpoint, dev_before, ready_callback, logger)
+            try:
+                trio.run(session.serve)
+            finally:
+                pyfuse3.close(unmount=True)
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if session.failure is not None:
+            raise session.failure
+        logger.info("unmounted", mountpoint=mountpoint, **vars(fs.statistics()))
+    finally:
+        reader.close()
+
+
+def _read_request(stream) -> tuple[dict, dict]:
+    """The one JSON object on stdin: {"parameters": {...}, "secrets": {...}}."""
+    text = ""
+    request = None
+    for line in stream:
+        text += line
+        try:
+            request = json.loads(text)
+            break
+        except json.JSONDecodeError:
+            continue
+    if not isinstance(request, dict):
+        raise InvalidArgument('stdin must hold one JSON object {"parameters": {...}, '
+                              '"secrets": {...}}')
+    parameters = request.get("parameters")
+    secrets = request.get("secrets") or {}
+    for key, value in (("parameters", parameters), ("secrets", secrets)):
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise InvalidArgument(f"stdin: {key!r} must be an object of strings")
+    return parameters, secrets
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass  # nobody is waiting for the answer any more
+
+
+def _json_stdlib_logs() -> None:
+    """Render pyfuse3's and libraries' stdlib log records as JSON lines too."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer()],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+    )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m csi.fuse", description=__doc__.split("\n")[0])
+    parser.add_argument("--mountpoint", required=True)
+    parser.add_argument("--volume-id", required=True)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    log.configure(args.log_level)
+    _json_stdlib_logs()
+    logger = log.get("csi.fuse", volume_id=args.volume_id)
+    ready = False
+
+    def announce() -> None:
+        nonlocal ready
+        ready = True
+        _say("READY")
+
+    try:
+        parameters, secrets = _read_request(sys.stdin)
+        run(args.mountpoint, args.volume_id, parameters, secrets, announce)
+    except Exception as e:  # noqa: BLE001 - every failure must become one answer line
+        message = str(e) if isinstance(e, EddyError) else f"{type(e).__name__}: {e}"
+        message = " ".join(message.split()) or type(e).__name__
+        if not ready:
+            logger.error("startup failed", error=message)
+            _say(f"ERROR {message}")
+            return STARTUP_EXIT
+        logger.exception("mount daemon failed")
+        return 1
+    return 0

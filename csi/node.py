@@ -1,0 +1,229 @@
+"""CSI Node service: stage a volume as one mount daemon, publish it by bind mounts.
+
+NodeStageVolume starts the volume's FUSE daemon at the staging path and returns once the mount
+answers; NodePublishVolume bind-mounts the staging path onto each pod's target (read-only when
+asked). Every call is idempotent as the spec says, and a second call on a volume that is in
+flight gets ABORTED. Dead daemons are restarted and their targets re-bound by the supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from cache_engine.spec import parse_parameters, parse_secrets
+from eddy import log
+from eddy.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from eddy.pb import csi_pb2, csi_pb2_grpc
+from eddy.rpc import Servicer, require
+
+from . import daemons, mounts
+from .inflight import InFlight
+from .staging import StagedVolume, StagingRecords
+
+AccessMode = csi_pb2.VolumeCapability.AccessMode
+READER_ONLY = {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
+NodeCap = csi_pb2.NodeServiceCapability.RPC
+
+
+def _check_capability(cap: csi_pb2.VolumeCapability) -> None:
+    if cap.HasField("block"):
+        raise InvalidArgument("eddy serves filesystems only: block access is not supported")
+    if not cap.HasField("mount"):
+        raise InvalidArgument("volume_capability must set access_type mount")
+    if cap.access_mode.mode == AccessMode.UNKNOWN:
+        raise InvalidArgument("volume_capability.access_mode is required")
+
+
+class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
+    def __init__(self, node_id: str, state_dir: str, max_volumes: int = 0,
+                 log_level: str = "info", start_daemon=daemons.start):
+        self.node_id = node_id
+        self.max_volumes = max_volumes
+        self._log_level = log_level
+        self._start_daemon = start_daemon
+        self._records = StagingRecords(state_dir)
+        self._inflight = InFlight()
+        self._lock = threading.Lock()
+        self._volumes: dict[str, StagedVolume] = {}
+        self.supervisor = daemons.Supervisor(self._restart)
+        self._log = log.get("csi.node")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Re-adopt daemons of volumes staged before a restart, then watch them all."""
+        for vol in self._records.load_all():
+            self._volumes[vol.volume_id] = vol
+            daemon = daemons.MountDaemon(self._config(vol), vol.pid)
+            if daemon.alive() and mounts.is_mount_point(vol.staging_path):
+                self._log.info("mount_daemon.adopted", volume_id=vol.volume_id, pid=vol.pid)
+                self.supervisor.watch(daemon)
+            else:
+                self._restart(vol.volume_id)
+        self.supervisor.start()
+
+    def close(self) -> None:
+        """Stop watching; daemons keep serving their pods across a plugin restart."""
+        self.supervisor.close()
+
+    def _config(self, vol: StagedVolume, secrets: dict | None = None) -> daemons.DaemonConfig:
+        return daemons.DaemonConfig(vol.volume_id, vol.staging_path, vol.parameters,
+                                    secrets if secrets is not None else
+                                    self._records.secrets(vol.volume_id), self._log_level)
+
+    def _restart(self, volume_id: str) -> None:
+        """Replace a dead daemon: clear its dead mount, start a new one, re-bind every target."""
+        with self._inflight.hold(volume_id):
+            vol = self._volumes.get(volume_id)
+            if vol is None:
+                return
+            old = self.supervisor.unwatch(volume_id)
+            if old is not None:
+                old.stop(timeout=2)
+            mounts.unmount_all(vol.staging_path)
+            daemon = self._start_daemon(self._config(vol))
+            vol.pid = daemon.pid
+            for target, read_only in vol.targets.items():
+                mounts.unmount_all(target)
+                mounts.bind_mount(vol.staging_path, target, read_only)
+            self._records.save(vol)
+            self.supervisor.watch(daemon)
+            self._log.info("mount_daemon.restarted", volume_id=volume_id, pid=daemon.pid)
+
+    # -- staging -------------------------------------------------------------------------------
+
+    def NodeStageVolume(self, request):
+        require(request, "volume_id", "staging_target_path", "volume_capability")
+        _check_capability(request.volume_capability)
+        spec = parse_parameters(dict(request.volume_context))
+        secrets = parse_secrets(dict(request.secrets))
+        path = os.path.normpath(request.staging_target_path)
+        with self._inflight.hold(request.volume_id):
+            vol = self._volumes.get(request.volume_id)
+            if vol is not None:
+                if vol.staging_path != path or vol.parameters != spec.to_parameters():
+                    raise AlreadyExists(
+                        f"volume {request.volume_id} is already staged at {vol.staging_path} "
+                        "with other parameters")
+                return csi_pb2.NodeStageVolumeResponse()
+            if self.max_volumes and len(self._volumes) >= self.max_volumes:
+                raise ResourceExhausted(f"node {self.node_id} already holds "
+                                        f"{self.max_volumes} volumes")
+            os.makedirs(path, exist_ok=True)
+            mounts.unmount_all(path)  # a stale mount left by a crash
+            vol = StagedVolume(request.volume_id, path, spec.to_parameters())
+            daemon = self._start_daemon(self._config(vol, secrets))
+            vol.pid = daemon.pid
+            self._records.save(vol, secrets)
+            with self._lock:
+                self._volumes[vol.volume_id] = vol
+            self.supervisor.watch(daemon)
+        return csi_pb2.NodeStageVolumeResponse()
+
+    def NodeUnstageVolume(self, request):
+        require(request, "volume_id", "staging_target_path")
+        path = os.path.normpath(request.staging_target_path)
+        with self._inflight.hold(request.volume_id):
+            vol = self._volumes.get(request.volume_id)
+            if vol is None:
+                return csi_pb2.NodeUnstageVolumeResponse()
+            vol.targets = {t: ro for t, ro in vol.targets.items() if mounts.is_mount_point(t)}
+            if vol.targets:
+                raise FailedPrecondition(
+                    f"volume {request.volume_id} is still published at "
+                    f"{', '.join(sorted(vol.targets))}; unpublish it first")
+            daemon = self.supervisor.unwatch(vol.volume_id)
+            if daemon is None:
+                daemon = daemons.MountDaemon(self._config(vol, {}), vol.pid)
+            daemon.stop()
+            mounts.unmount_all(path)
+            self._records.remove(vol.volume_id)
+            with self._lock:
+                del self._volumes[vol.volume_id]
+        return csi_pb2.NodeUnstageVolumeResponse()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def NodePublishVolume(self, request):
+        require(request, "volume_id", "target_path", "volume_capability")
+        require(request, "staging_target_path")
+        _check_capability(request.volume_capability)
+        read_only = request.readonly or request.volume_capability.access_mode.mode in READER_ONLY
+        target = os.path.normpath(request.target_path)
+        with self._inflight.hold(request.volume_id):
+            vol = self._volumes.get(request.volume_id)
+            if vol is None:
+                raise NotFound(f"volume {request.volume_id} is not staged on this node")
+            if os.path.normpath(request.staging_target_path) != vol.staging_path:
+                raise FailedPrecondition(
+                    f"volume {request.volume_id} is staged at {vol.staging_path}, "
+                    f"not {request.staging_target_path}")
+            if target in vol.targets and mounts.is_mount_point(target):
+                if vol.targets[target] != read_only:
+                    raise AlreadyExists(f"{target} is already published with "
+                                        f"read_only={vol.targets[target]}")
+                return csi_pb2.NodePublishVolumeResponse()
+            os.makedirs(target, exist_ok=True)
+            mounts.bind_mount(vol.staging_path, target, read_only)
+            vol.targets[target] = read_only
+            self._records.save(vol)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    def NodeUnpublishVolume(self, request):
+        require(request, "volume_id", "target_path")
+        target = os.path.normpath(request.target_path)
+        with self._inflight.hold(request.volume_id):
+            mounts.unmount_all(target)
+            try:
+                os.rmdir(target)
+            except FileNotFoundError:
+                pass
+            vol = self._volumes.get(request.volume_id)
+            if vol is not None and vol.targets.pop(target, None) is not None:
+                self._records.save(vol)
+        return csi_pb2.NodeUnpublishVolumeResponse()
+
+    # -- information -------------------------------------------------------------------------
+
+    def NodeGetVolumeStats(self, request):
+        require(request, "volume_id", "volume_path")
+        vol = self._volumes.get(request.volume_id)
+        path = os.path.normpath(request.volume_path)
+        if vol is None or (path != vol.staging_path and path not in vol.targets):
+            raise NotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
+        daemon = self.supervisor.get(vol.volume_id)
+        abnormal, message = False, "mount daemon running"
+        usage = []
+        if daemon is None or not daemon.alive():
+            abnormal, message = True, "mount daemon is not running; it is being restarted"
+        else:
+            try:
+                st = os.statvfs(path)
+                usage.append(csi_pb2.VolumeUsage(
+                    unit=csi_pb2.VolumeUsage.BYTES, total=st.f_blocks * st.f_frsize,
+                    available=st.f_bavail * st.f_frsize,
+                    used=(st.f_blocks - st.f_bfree) * st.f_frsize))
+                usage.append(csi_pb2.VolumeUsage(
+                    unit=csi_pb2.VolumeUsage.INODES, total=st.f_files,
+                    available=st.f_favail, used=st.f_files - st.f_ffree))
+            except OSError as e:
+                abnormal, message = True, f"mount does not answer: {e.strerror}"
+        return csi_pb2.NodeGetVolumeStatsResponse(
+            usage=usage,
+            volume_condition=csi_pb2.VolumeCondition(abnormal=abnormal, message=message))
+
+    def NodeGetCapabilities(self, request):
+        caps = [NodeCap.STAGE_UNSTAGE_VOLUME, NodeCap.GET_VOLUME_STATS, NodeCap.VOLUME_CONDITION]
+        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[
+            csi_pb2.NodeServiceCapability(rpc=NodeCap(type=c)) for c in caps])
+
+    def NodeGetInfo(self, request):
+        return csi_pb2.NodeGetInfoResponse(node_id=self.node_id,
+                                           max_volumes_per_node=self.max_volumes)

@@ -1,0 +1,113 @@
+"""Assemble the CSI services for a mode (`all`, `controller`, `node`) on a unix socket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+
+from eddy import log
+from eddy.errors import InvalidArgument
+from eddy.pb import csi_pb2_grpc
+
+from .controller import ControllerService
+from .identity import IdentityService
+from .node import NodeService
+from .state import SqliteVolumeStore
+
+MODES = ("all", "controller", "node")
+
+
+def socket_path(endpoint: str) -> str:
+    """The filesystem path of a `unix:///path` (or `unix:/path`, or bare path) endpoint."""
+    if endpoint.startswith("unix://"):
+        path = endpoint[len("unix://"):]
+    elif endpoint.startswith("unix:"):
+        path = endpoint[len("unix:"):]
+    elif "://" in endpoint:
+        raise InvalidArgument(f"endpoint {endpoint!r}: only unix:///path sockets are supported")
+    else:
+        path = endpoint
+    if not path.startswith("/"):
+        raise InvalidArgument(f"endpoint {endpoint!r}: the socket path must be absolute")
+    return path
+
+
+def bind_unix(server: grpc.Server, path: str) -> None:
+    """Bind `server` to a unix socket at `path`, replacing a stale socket from a crash."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise InvalidArgument(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: left over from a crash
+        else:
+            raise InvalidArgument(f"another process already serves {path}")
+        finally:
+            probe.close()
+    server.add_insecure_port(f"unix://{path}")
+
+
+@dataclass
+class DriverConfig:
+    mode: str
+    endpoint: str
+    node_id: str
+    state_dir: str
+    driver_name: str = "eddy.csi.io"
+    max_volumes: int = 0
+    log_level: str = "info"
+    tiers: list = field(default_factory=list)
+
+
+class Driver:
+    """The running gRPC server and the services behind it."""
+
+    def __init__(self, config: DriverConfig):
+        if config.mode not in MODES:
+            raise InvalidArgument(f"--mode {config.mode!r}: use one of {', '.join(MODES)}")
+        self.config = config
+        self.path = socket_path(config.endpoint)
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        with_controller = config.mode in ("all", "controller")
+        with_node = config.mode in ("all", "node")
+        self.node = None
+        self.controller = None
+        if with_controller:
+            store = SqliteVolumeStore(os.path.join(config.state_dir, "controller.db"))
+            self.controller = ControllerService(store)
+            csi_pb2_grpc.add_ControllerServicer_to_server(self.controller, self.server)
+        if with_node:
+            self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
+                                    config.log_level)
+            csi_pb2_grpc.add_NodeServicer_to_server(self.node, self.server)
+        identity = IdentityService(config.driver_name, with_controller)
+        csi_pb2_grpc.add_IdentityServicer_to_server(identity, self.server)
+
+    def start(self) -> None:
+        if self.node is not None:
+            self.node.start()
+        bind_unix(self.server, self.path)
+        self.server.start()
+        log.get("csi.server").info("serving", mode=self.config.mode, endpoint=self.config.endpoint,
+                                   node_id=self.config.node_id)
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.server.stop(grace).wait()
+        if self.node is not None:
+            self.node.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()

@@ -1,0 +1,286 @@
+"""DatasetFs without a kernel: its request handlers called directly over a fake source.
+
+The fake counts stat/list calls, so the metadata TTL is checked against a fake clock rather than
+by sleeping; everything that needs the kernel (readdir, page cache) is in test_daemon.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pyfuse3
+import pytest
+import trio
+
+from cache_engine.ufs.base import Entry, Kind, UfsBackend, UfsUnavailable, VersionChanged
+from csi.fuse.fs import DatasetFs, errno_of
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeUfs(UfsBackend):
+    """An in-memory tree: path -> bytes (file), None (dir) or ("->", target) (symlink)."""
+
+    description = "fake://"
+
+    def __init__(self, tree: dict):
+        self.tree = dict(tree)
+        self.versions = {path: "v1" for path in tree}
+        self.calls: list[tuple[str, str]] = []
+        self.fail: Exception | None = None
+
+    def _entry(self, path: str) -> Entry:
+        node = self.tree[path]
+        if node is None:
+            return Entry(path, Kind.DIR, 0, 7, "d")
+        if isinstance(node, tuple):
+            return Entry(path, Kind.SYMLINK, len(node[1]), 7, "", node[1])
+        return Entry(path, Kind.FILE, len(node), 7, self.versions[path])
+
+    def stat(self, path: str) -> Entry:
+        self.calls.append(("stat", path))
+        if self.fail:
+            raise self.fail
+        if path not in self.tree:
+            raise FileNotFoundError(errno.ENOENT, "missing", path)
+        return self._entry(path)
+
+    def list(self, path: str) -> list[Entry]:
+        self.calls.append(("list", path))
+        prefix = f"{path}/" if path else ""
+        return [self._entry(p) for p in sorted(self.tree)
+                if p and p.startswith(prefix) and "/" not in p[len(prefix):]]
+
+    def read(self, path, offset, length, version=None):
+        self.calls.append(("read", path))
+        if self.fail:
+            raise self.fail
+        if version is not None and version != self.versions[path]:
+            raise VersionChanged(errno.ESTALE, "changed", path)
+        return self.tree[path][offset:offset + length]
+
+    def change(self, path: str, data: bytes) -> None:
+        self.tree[path] = data
+        self.versions[path] = self.versions[path] + "+"
+
+    def count(self, op: str) -> int:
+        return sum(1 for o, _ in self.calls if o == op)
+
+
+TREE = {"": None, "dir": None, "dir/a.bin": b"abcdef", "link": ("->", "dir/a.bin"),
+        "empty": b""}
+
+
+def make(ttl: float | None = 60.0, tree=TREE):
+    clock = FakeClock()
+    ufs = FakeUfs(tree)
+    return DatasetFs(ufs, ttl, clock=clock), ufs, clock
+
+
+def run(fn):
+    return trio.run(fn)
+
+
+def test_attributes_follow_the_entry_kind():
+    fs, _, _ = make()
+
+    async def go():
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"dir")
+        f = await fs.lookup(d.st_ino, b"a.bin")
+        link = await fs.lookup(pyfuse3.ROOT_INODE, b"link")
+        return d, f, link, await fs.readlink(link.st_ino)
+
+    d, f, link, target = run(go)
+    assert (d.st_mode, f.st_mode, link.st_mode) == (0o40555, 0o100444, 0o120777)
+    assert f.st_size == 6 and f.st_blksize == 1 << 20 and f.st_mtime_ns == 7
+    assert f.st_uid == f.st_gid == 0
+    assert target == b"dir/a.bin"
+
+
+def test_inode_numbers_are_stable_and_distinct():
+    fs, _, clock = make(ttl=1)
+
+    async def go():
+        first = (await fs.lookup(pyfuse3.ROOT_INODE, b"dir")).st_ino
+        await fs.forget([(first, 1)])
+        clock.now += 10  # expired: the next lookup asks the source again
+        again = (await fs.lookup(pyfuse3.ROOT_INODE, b"dir")).st_ino
+        other = (await fs.lookup(pyfuse3.ROOT_INODE, b"empty")).st_ino
+        dotdot = (await fs.lookup(first, b"..")).st_ino
+        return first, again, other, dotdot
+
+    first, again, other, dotdot = run(go)
+    assert first == again != other
+    assert pyfuse3.ROOT_INODE not in (first, other)
+    assert dotdot == pyfuse3.ROOT_INODE
+
+
+def test_metadata_is_cached_for_the_ttl_only():
+    fs, ufs, clock = make(ttl=5)
+
+    async def go():
+        ino = (await fs.lookup(pyfuse3.ROOT_INODE, b"empty")).st_ino
+        await fs.getattr(ino)
+        await fs.getattr(ino)
+        assert ufs.count("stat") == 1
+        clock.now += 4.9
+        assert (await fs.getattr(ino)).attr_timeout == pytest.approx(0.1)
+        assert ufs.count("stat") == 1
+        clock.now += 0.2
+        ufs.change("empty", b"now longer")
+        attr = await fs.getattr(ino)
+        assert ufs.count("stat") == 2 and attr.st_size == 10 and attr.attr_timeout == 5
+
+    run(go)
+
+
+def test_immutable_metadata_never_expires_and_kernel_timeout_is_capped():
+    fs, ufs, clock = make(ttl=None)
+
+    async def go():
+        attr = await fs.lookup(pyfuse3.ROOT_INODE, b"empty")
+        clock.now += 10 * 365 * 86400
+        again = await fs.getattr(attr.st_ino)
+        return attr, again
+
+    attr, again = run(go)
+    assert ufs.count("stat") == 1
+    assert attr.entry_timeout == attr.attr_timeout == again.attr_timeout == 86400
+
+
+def test_a_listing_answers_lookups_and_negative_lookups():
+    fs, ufs, clock = make(ttl=30)
+
+    async def go():
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"dir")
+        fh = await fs.opendir(d.st_ino)
+        await fs.releasedir(fh)
+        before = ufs.count("stat")
+        a = await fs.lookup(d.st_ino, b"a.bin")
+        missing = await fs.lookup(d.st_ino, b"nope.py")
+        return before, a, missing
+
+    before, a, missing = run(go)
+    assert ufs.count("stat") == before  # both answered from the listing
+    assert a.st_size == 6
+    assert missing.st_ino == 0 and missing.entry_timeout == 30  # cached absence
+
+
+def test_missing_names_without_ttl_are_enoent():
+    fs, _, _ = make(ttl=0)
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        run(lambda: fs.lookup(pyfuse3.ROOT_INODE, b"nope"))
+    assert info.value.errno == errno.ENOENT
+
+
+def test_open_refuses_writes_and_keeps_cache_only_for_the_same_version():
+    fs, ufs, clock = make(ttl=1)
+
+    async def go():
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"dir")
+        ino = (await fs.lookup(d.st_ino, b"a.bin")).st_ino
+        for flags in (os.O_WRONLY, os.O_RDWR):
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await fs.open(ino, flags)
+            assert info.value.errno == errno.EROFS
+        first = await fs.open(ino, os.O_RDONLY)
+        second = await fs.open(ino, os.O_RDONLY)
+        ufs.change("dir/a.bin", b"XYZ")
+        # the old handle keeps its version: the source refuses, the reader gets ESTALE
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await fs.read(first.fh, 0, 10)
+        assert info.value.errno == errno.ESTALE
+        clock.now += 2
+        third = await fs.open(ino, os.O_RDONLY)
+        data = await fs.read(third.fh, 0, 100)
+        for fi in (first, second, third):
+            await fs.release(fi.fh)
+        return first, second, third, data
+
+    first, second, third, data = run(go)
+    assert (first.keep_cache, second.keep_cache, third.keep_cache) == (False, True, False)
+    assert data == b"XYZ"
+    stats = fs.statistics()
+    assert stats.reads == 1 and stats.bytes_read == 3 and stats.errors >= 1
+    assert stats.open_files == 0
+
+
+def test_directories_cannot_be_opened_as_files():
+    fs, _, _ = make()
+
+    async def go():
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"dir")
+        await fs.open(d.st_ino, os.O_RDONLY)
+
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        run(go)
+    assert info.value.errno == errno.EISDIR
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (FileNotFoundError("x"), errno.ENOENT),
+    (NotADirectoryError("x"), errno.ENOTDIR),
+    (IsADirectoryError("x"), errno.EISDIR),
+    (PermissionError("x"), errno.EACCES),
+    (VersionChanged(errno.ESTALE, "x"), errno.ESTALE),
+    (VersionChanged("no errno"), errno.ESTALE),
+    (UfsUnavailable("bucket gone"), errno.EIO),
+    (OSError(errno.ETIMEDOUT, "slow"), errno.ETIMEDOUT),
+    (ValueError("bug"), errno.EIO),
+])
+def test_errno_table(exc, code):
+    assert errno_of(exc) == code
+
+
+def test_an_unexpected_error_is_eio_and_the_filesystem_keeps_serving():
+    fs, ufs, clock = make(ttl=0)
+
+    async def go():
+        ufs.fail = RuntimeError("boom")
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await fs.getattr(pyfuse3.ROOT_INODE)
+        assert info.value.errno == errno.EIO
+        ufs.fail = None
+        return await fs.getattr(pyfuse3.ROOT_INODE)
+
+    assert run(go).st_mode == 0o40555
+    assert fs.statistics().errors == 1
+
+
+def test_forget_drops_state_but_never_raises():
+    fs, _, _ = make()
+
+    async def go():
+        ino = (await fs.lookup(pyfuse3.ROOT_INODE, b"empty")).st_ino
+        await fs.lookup(pyfuse3.ROOT_INODE, b"empty")
+        await fs.forget([(ino, 1)])
+        held = fs.statistics().known_inodes
+        await fs.forget([(ino, 1), (12345, 3), (pyfuse3.ROOT_INODE, 1)])
+        return held, fs.statistics().known_inodes
+
+    held, after = run(go)
+    assert held == 2 and after == 1  # root stays
+
+
+def test_statfs_and_xattrs():
+    fs, _, _ = make()
+
+    async def go():
+        st = await fs.statfs(None)
+        codes = []
+        for call in (fs.getxattr(pyfuse3.ROOT_INODE, b"user.x"), fs.listxattr(pyfuse3.ROOT_INODE)):
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await call
+            codes.append(info.value.errno)
+        return st, codes
+
+    st, codes = run(go)
+    assert st.f_bsize == 1 << 20 and st.f_namemax == 255
+    assert codes == [errno.ENOSYS, errno.ENOSYS]  # the kernel then says EOPNOTSUPP itself
