@@ -1,0 +1,127 @@
+"""Cached blocks: their keys, and the files that hold them in a tier.
+
+A block file is only ever created whole: written under `<tier>/tmp/`, then renamed into
+`<tier>/blocks/<dataset_id>/<xx>/<name>`. A crash leaves at worst a tmp file or a renamed file
+without an index row, both removed on the next start (`recovery.reconcile`). Every write gets a
+fresh file name (a hash of the block key plus a random suffix), so a file that one thread is
+about to unlink can never be a newer copy of the same block that another thread just wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import uuid
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import xxhash
+
+from .tiers import Tier
+
+FILE_MODE = 0o600  # tier files hold dataset bytes: readable by the node plugin only
+DIR_MODE = 0o700
+
+
+class BlockKey(NamedTuple):
+    """What a cached block is: one version of one file, one block of it."""
+
+    dataset_id: str
+    path: str
+    version: str
+    index: int
+
+
+@dataclass(slots=True, eq=False)
+class Block:
+    """One cached block: where it lives and what its bytes must be.
+
+    `seq` orders LRU: an engine-wide access counter, not a time, so the order survives a
+    restart exactly. `atime` (engine clock, not persisted) is when it was last handed out:
+    a block handed out moments ago is not a victim, so its reader can still open the file.
+    `busy` marks a block that one thread is moving or dropping; no other thread may pick it
+    as a victim meanwhile.
+    """
+
+    key: BlockKey
+    tier: str
+    file: str  # relative to the tier's blocks/ directory
+    length: int
+    checksum: int  # xxh3_64 of the bytes, unsigned
+    seq: int = 0
+    atime: float = float("-inf")
+    busy: bool = False
+
+
+class CopyResult(enum.Enum):
+    COPIED = "copied"
+    CORRUPT = "corrupt"  # the source file's length or checksum is wrong
+    GONE = "gone"  # the source file vanished
+    WRITE_FAILED = "write_failed"  # the destination tier refused the write (ENOSPC, EROFS...)
+
+
+def checksum(data: bytes) -> int:
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def new_file_name(key: BlockKey) -> str:
+    """A fresh relative file name for `key`, unique per write."""
+    digest = xxhash.xxh3_128_hexdigest(
+        f"{key.path}\0{key.version}\0{key.index}".encode("utf-8", "surrogatepass"))
+    return f"{key.dataset_id}/{digest[:2]}/{digest}-{uuid.uuid4().hex[:12]}"
+
+
+def block_path(tier: Tier, file: str) -> str:
+    return os.path.join(tier.blocks_dir, file)
+
+
+def write_block(tier: Tier, file: str, data: bytes) -> None:
+    """Put `data` at `file` in `tier` all at once (tmp + rename); OSError if the tier refuses."""
+    tmp = os.path.join(tier.tmp_dir, uuid.uuid4().hex)
+    final = block_path(tier, file)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(final), DIR_MODE, exist_ok=True)
+            os.rename(tmp, final)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def read_block(tier: Tier, file: str, length: int) -> bytes:
+    fd = os.open(block_path(tier, file), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, length + 1, 0)  # one byte more shows a file that is too long
+    finally:
+        os.close(fd)
+
+
+def copy_block(block: Block, src: Tier, dst: Tier, dst_file: str) -> CopyResult:
+    """Copy a block's file to another tier, verifying length and checksum first."""
+    try:
+        data = read_block(src, block.file, block.length)
+    except FileNotFoundError:
+        return CopyResult.GONE
+    if len(data) != block.length or checksum(data) != block.checksum:
+        return CopyResult.CORRUPT
+    try:
+        write_block(dst, dst_file, data)
+    except OSError:
+        return CopyResult.WRITE_FAILED
+    return CopyResult.COPIED
+
+
+def remove_quietly(path: str) -> None:
+    """Unlink if present; a failure (EROFS...) only leaves an orphan that reconcile removes."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)

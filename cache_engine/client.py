@@ -1,0 +1,99 @@
+"""Talk to a node's cache engine over its unix socket with the same API as `CacheEngine`.
+
+Mount daemons in a node plugin use this; `eddy mount` uses a `CacheEngine` in-process instead.
+gRPC status codes are turned back into the exceptions the engine raised (with the errno the
+engine attached), so callers cannot tell the two apart.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import grpc
+
+from eddy.errors import InvalidArgument
+from eddy.pb import cache_pb2, cache_pb2_grpc
+from eddy.rpc import ERRNO_KEY
+
+from .engine import DatasetInfo, Location
+from .spec import DatasetSpec
+from .ufs.base import Entry, UfsUnavailable
+from .wire import DatasetNotOpen, entry_from_pb
+
+MAX_MESSAGE = 128 << 20  # an uncached block travels inline; blocks are at most 64 MiB
+CONNECT_TIMEOUT = 30.0  # a restarting node plugin is waited for this long
+LOCATE_TIMEOUT = 300.0
+
+
+def _errno(err: grpc.RpcError, default: int) -> int:
+    for key, value in err.trailing_metadata() or ():
+        if key == ERRNO_KEY:
+            return int(value)
+    return default
+
+
+def translate(err: grpc.RpcError) -> Exception:
+    code, details = err.code(), err.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return FileNotFoundError(_errno(err, errno.ENOENT), details)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionError(_errno(err, errno.EACCES), details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return DatasetNotOpen(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(details)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        e = UfsUnavailable(details or "cache engine unavailable")
+        e.errno = _errno(err, errno.EIO)
+        return e
+    return OSError(_errno(err, errno.EIO), f"cache engine: {code.name}: {details}")
+
+
+class EngineClient:
+    def __init__(self, endpoint: str):
+        target = endpoint if endpoint.startswith("unix:") else f"unix://{endpoint}"
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ])
+        self._stub = cache_pb2_grpc.CacheEngineStub(self.channel)
+
+    def _call(self, method, request, timeout=CONNECT_TIMEOUT):
+        try:
+            return method(request, timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as err:
+            raise translate(err) from None
+
+    def open_dataset(self, spec: DatasetSpec, secrets: dict[str, str],
+                     volume_id: str = "") -> DatasetInfo:
+        resp = self._call(self._stub.OpenDataset, cache_pb2.OpenDatasetRequest(
+            parameters=spec.to_parameters(), secrets=secrets, volume_id=volume_id))
+        return DatasetInfo(resp.dataset_id, resp.block_size,
+                           None if resp.immutable else resp.metadata_ttl, resp.read_ahead)
+
+    def stat(self, dataset_id: str, path: str) -> Entry:
+        resp = self._call(self._stub.Stat, cache_pb2.StatRequest(dataset_id=dataset_id,
+                                                                 path=path))
+        return entry_from_pb(resp.entry)
+
+    def list(self, dataset_id: str, path: str) -> list[Entry]:
+        resp = self._call(self._stub.List, cache_pb2.ListRequest(dataset_id=dataset_id,
+                                                                 path=path))
+        return [entry_from_pb(e) for e in resp.entries]
+
+    def locate(self, dataset_id: str, path: str, version: str, index: int,
+               file_size: int) -> Location:
+        resp = self._call(self._stub.Locate, cache_pb2.LocateRequest(
+            dataset_id=dataset_id, path=path, version=version, index=index,
+            file_size=file_size), timeout=LOCATE_TIMEOUT)
+        if resp.WhichOneof("where") == "data":
+            return Location(data=resp.data)
+        f = resp.file
+        return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum)
+
+    def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
+        self._call(self._stub.ReportCorrupt, cache_pb2.ReportCorruptRequest(
+            dataset_id=dataset_id, path=path, version=version, index=index))
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,110 @@
+"""An open dataset on this node: its identity, allowed tiers, source backend and metadata.
+
+A dataset id is a hash of what decides the bytes a reader may see: the source URI, the
+endpoint, the block size and who reads (an HMAC of the access key pair under the node's own
+key, or "anonymous"). Two volumes of one source with the same credentials therefore share
+blocks; different credentials never do, and the id reveals nothing about the secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+from .metadata import MetadataCache
+from .spec import DatasetSpec
+from .tiers import Tier
+from .ufs.base import UfsBackend
+
+ID_HEX_CHARS = 24
+MAX_TRACKED_FILES = 4096  # read-ahead remembers the last block of this many files
+
+
+def credential_identity(secrets: dict[str, str], node_key: bytes) -> str:
+    key_id = secrets.get("accessKeyId", "")
+    secret = secrets.get("secretAccessKey", "")
+    if not key_id and not secret:
+        return "anonymous"
+    return hmac.new(node_key, f"{key_id}\0{secret}".encode(), hashlib.sha256).hexdigest()
+
+
+def dataset_id(spec: DatasetSpec, secrets: dict[str, str], node_key: bytes) -> str:
+    parts = (spec.source.uri, spec.endpoint, str(spec.block_size),
+             credential_identity(secrets, node_key))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:ID_HEX_CHARS]
+
+
+class _Lease:
+    """A backend plus how many calls use it, so a replaced backend closes when idle."""
+
+    def __init__(self, backend: UfsBackend):
+        self.backend = backend
+        self.users = 0
+        self.retired = False
+
+
+class Dataset:
+    def __init__(self, id: str, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend,
+                 clock: Callable[[], float]):
+        self.id = id
+        self.spec = spec
+        self.tiers = tiers
+        self.meta = MetadataCache(spec.metadata_ttl, clock)
+        self._lock = threading.Lock()
+        self._lease = _Lease(ufs)
+        self._last_block: OrderedDict[str, int] = OrderedDict()
+
+    @property
+    def block_size(self) -> int:
+        return self.spec.block_size
+
+    @property
+    def read_ahead(self) -> int:
+        return self.spec.read_ahead
+
+    def update(self, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend) -> None:
+        """Take the newest spec's TTL, read-ahead, tiers and backend (secrets may rotate)."""
+        with self._lock:
+            old, self._lease = self._lease, _Lease(ufs)
+            self.spec, self.tiers = spec, tiers
+            self.meta.ttl = spec.metadata_ttl
+            old.retired = True
+            idle = old.users == 0
+        if idle:
+            old.backend.close()
+
+    @contextlib.contextmanager
+    def source(self) -> Iterator[UfsBackend]:
+        """The current backend, kept open until the caller is done with it."""
+        with self._lock:
+            lease = self._lease
+            lease.users += 1
+        try:
+            yield lease.backend
+        finally:
+            with self._lock:
+                lease.users -= 1
+                idle = lease.retired and lease.users == 0
+            if idle:
+                lease.backend.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._lease.retired = True
+            idle = self._lease.users == 0
+        if idle:
+            self._lease.backend.close()
+
+    def sequential(self, path: str, index: int) -> bool:
+        """Record a block request; True when it continues a sequential run of `path`."""
+        with self._lock:
+            last = self._last_block.get(path)
+            self._last_block[path] = index
+            self._last_block.move_to_end(path)
+            if len(self._last_block) > MAX_TRACKED_FILES:
+                self._last_block.popitem(last=False)
+        return last is not None and index in (last, last + 1)

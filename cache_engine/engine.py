@@ -1,0 +1,399 @@
+"""The node's cache engine: where each block of each open dataset lives, fetching on a miss.
+
+One `CacheEngine` per node serves every volume; a gRPC servicer (`service.py`) wraps it for the
+mount daemons, and `eddy mount` uses it in-process. A hit is answered from memory with the
+block's file (the caller preads it: no data is copied); a miss reads the block from the source
+once however many threads ask (single-flight), writes it into the fastest allowed tier and
+records it in the index. No lock is held across source I/O or file copies; space is reserved
+before a write, so tier sizes and dataset capacities hold as hard limits. When no tier can take
+a block the bytes are returned inline and the failure is counted: a full cache never fails a
+read. Placement, demotion, promotion and eviction live in `placement.Placement`.
+
+    engine = CacheEngine([parse_tier("MEM:/dev/shm/eddy:4Gi")], "/var/lib/eddy")
+    info = engine.open_dataset(parse_parameters({"source": "local:///data"}), {})
+    entry = engine.stat(info.dataset_id, "train/part-0")
+    loc = engine.locate(info.dataset_id, entry.path, entry.version, 0, entry.size)
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from eddy import log
+from eddy.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+from . import ufs as ufsmod
+from .blocks import DIR_MODE, Block, BlockKey, block_path, checksum
+from .dataset import Dataset, dataset_id
+from .index import BlockIndex
+from .placement import Placement
+from .prefetch import Prefetcher
+from .recovery import node_key, reconcile
+from .spec import DatasetSpec
+from .table import BlockTable
+from .tiers import Tier, check_tiers
+from .ufs.base import Entry, UfsBackend, VersionChanged, clean_path
+
+ACCESS_FLUSH_INTERVAL = 5.0  # seconds between batched writes of LRU access counters
+# A block handed out this recently is not evicted or demoted, so the reader that asked can
+# still open its file: a cache too small for its concurrent readers serves uncached instead.
+PIN_SECONDS = 1.0
+_log = log.get("cache_engine")
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    dataset_id: str
+    block_size: int
+    metadata_ttl: float | None
+    read_ahead: int
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A cached block's file (pread `length` bytes at `offset`), or `data` when uncached."""
+
+    file: str | None = None
+    offset: int = 0
+    length: int = 0
+    checksum: int = 0
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBlock:
+    """A read-only view of one cached block, for status and tests."""
+
+    key: BlockKey
+    tier: str
+    file: str
+    length: int
+    checksum: int
+
+
+class CacheEngine:
+    def __init__(self, tiers: list[Tier], state_dir: str,
+                 open_ufs: Callable[[DatasetSpec, dict], UfsBackend] = ufsmod.open_ufs,
+                 clock: Callable[[], float] = time.monotonic, prefetch_workers: int = 8,
+                 maintenance: bool = True, maintenance_interval: float = 1.0,
+                 pin_seconds: float = PIN_SECONDS):
+        check_tiers(tiers)
+        self.tiers = list(tiers)
+        self._tier = {t.name: t for t in self.tiers}
+        self._open_ufs = open_ufs
+        self._clock = clock
+        os.makedirs(state_dir, 0o700, exist_ok=True)
+        self._lock_fd = _lock_state_dir(state_dir)
+        try:
+            _prepare_tiers(self.tiers)
+            self._node_key = node_key(state_dir)
+            self._index = BlockIndex(os.path.join(state_dir, "index.db"))
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        recovered = reconcile(self._index, self.tiers)
+        self._lock = threading.Condition(threading.Lock())  # notified when a claim ends
+        self._table = BlockTable(self.tiers)
+        self._datasets: dict[str, Dataset] = {}
+        self._inflight: dict[BlockKey, Future] = {}
+        self._counters = dict.fromkeys(
+            ("hits", "misses", "source_reads", "source_bytes", "uncached_reads",
+             "tier_write_failures", "evictions", "demotions", "promotions",
+             "checksum_failures", "prefetches"), 0)
+        for block in recovered.blocks:
+            if block.tier in self._tier:
+                self._table.add(block)
+        self._wake = threading.Event()
+        self._places = Placement(self.tiers, self._table, self._index, self._lock,
+                                 self._counters, self._datasets, self._wake.set, clock,
+                                 pin_seconds)
+        self._prefetcher = Prefetcher(prefetch_workers)
+        self._maintain_lock = threading.Lock()
+        self._last_flush = clock()
+        self._closed = False
+        _log.info("engine.start", tiers=[t.name for t in self.tiers],
+                  blocks=len(recovered.blocks), tmp_removed=recovered.tmp_removed,
+                  orphans_removed=recovered.orphans_removed, rows_dropped=recovered.rows_dropped)
+        for tier in self.tiers:  # a tier may have shrunk since the last run
+            self._places.demote_until(tier, tier.size)
+        self._thread = None
+        if maintenance:
+            self._thread = threading.Thread(target=self._maintenance_loop,
+                                            args=(maintenance_interval,),
+                                            name="eddy-maintenance", daemon=True)
+            self._thread.start()
+
+    # --- datasets and metadata -------------------------------------------------------------
+
+    def open_dataset(self, spec: DatasetSpec, secrets: dict) -> DatasetInfo:
+        """Register a dataset (idempotent); the newest spec's settings and secrets win."""
+        if self._closed:
+            raise Unavailable("the cache engine is shutting down")
+        unknown = [name for name in spec.tiers if name not in self._tier]
+        if unknown:
+            raise InvalidArgument(
+                f"parameter 'tiers': tier {unknown[0]!r} is not configured on this node "
+                f"(node tiers: {', '.join(self._tier) or 'none'})")
+        allowed = [t for t in self.tiers if not spec.tiers or t.name in spec.tiers]
+        ds_id = dataset_id(spec, secrets, self._node_key)
+        backend = self._open_ufs(spec, secrets)
+        with self._lock:
+            ds = self._datasets.get(ds_id)
+            known = ds is not None
+            if not known:
+                ds = self._datasets[ds_id] = Dataset(ds_id, spec, allowed, backend, self._clock)
+            self._table.capacity[ds_id] = spec.cache_capacity
+        if known:
+            ds.update(spec, allowed, backend)
+        self._places.shrink_dataset(ds_id)
+        _log.info("dataset.open", dataset=ds_id, source=spec.source.uri,
+                  tiers=[t.name for t in allowed], capacity=spec.cache_capacity)
+        return DatasetInfo(ds_id, spec.block_size, spec.metadata_ttl, spec.read_ahead)
+
+    def _dataset(self, dataset_id: str) -> Dataset:
+        ds = self._datasets.get(dataset_id)
+        if ds is None:
+            raise NotFound(f"dataset {dataset_id} is not open on this node")
+        return ds
+
+    def stat(self, dataset_id: str, path: str) -> Entry:
+        ds = self._dataset(dataset_id)
+        path = clean_path(path)
+        entry = ds.meta.stat(path)
+        if entry is None:
+            with ds.source() as ufs:
+                entry = ufs.stat(path)
+            ds.meta.put_stat(entry)
+        return entry
+
+    def list(self, dataset_id: str, path: str) -> list[Entry]:
+        ds = self._dataset(dataset_id)
+        path = clean_path(path)
+        entries = ds.meta.list(path)
+        if entries is None:
+            with ds.source() as ufs:
+                entries = ufs.list(path)
+            ds.meta.put_list(path, entries)
+        return list(entries)
+
+    # --- blocks -----------------------------------------------------------------------------
+
+    def locate(self, dataset_id: str, path: str, version: str, index: int,
+               file_size: int) -> Location:
+        """Where block `index` of this file version lives; fetched from the source on a miss."""
+        ds = self._dataset(dataset_id)
+        key = BlockKey(dataset_id, clean_path(path), version, index)
+        length = _block_length(ds, key, file_size)
+        promote_to = None
+        with self._lock:
+            block = self._table.get(key)
+            if block is not None:
+                self._table.touch(block, self._clock())
+                self._counters["hits"] += 1
+                loc = self._location(block)
+                promote_to = self._places.promotion_target(ds, block)
+            else:
+                self._counters["misses"] += 1
+        if promote_to is not None and not self._prefetcher.submit(
+                self._places.promote, block, promote_to):
+            self._places.cancel_promotion(block, promote_to)
+        if ds.sequential(key.path, index) and ds.read_ahead:
+            self._schedule(ds, key, file_size, index + 1, ds.read_ahead, limit=ds.read_ahead)
+        if block is not None:
+            return loc
+        return self._fetch(ds, key, length)
+
+    def prefetch(self, dataset_id: str, path: str, version: str, file_size: int,
+                 first: int, count: int) -> int:
+        """Load blocks [first, first+count) in the background; returns how many were queued."""
+        ds = self._dataset(dataset_id)
+        key = BlockKey(dataset_id, clean_path(path), version, first)
+        return self._schedule(ds, key, file_size, first, count, limit=None)
+
+    def _schedule(self, ds: Dataset, key: BlockKey, file_size: int, first: int, count: int,
+                  limit: int | None) -> int:
+        end = min(first + count, -(-file_size // ds.block_size))
+        with self._lock:
+            todo = [k for k in (key._replace(index=i) for i in range(max(first, 0), end))
+                    if k not in self._table.blocks and k not in self._inflight]
+        queued = 0
+        for k in todo:
+            if not self._prefetcher.submit(self._prefetch_one, ds, k, file_size,
+                                           owner=ds.id, limit=limit):
+                break
+            queued += 1
+        return queued
+
+    def _prefetch_one(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
+        with self._lock:
+            if key in self._table.blocks:
+                return
+            self._counters["prefetches"] += 1
+        self._fetch(ds, key, _block_length(ds, key, file_size))
+
+    def _location(self, block: Block) -> Location:
+        return Location(block_path(self._tier[block.tier], block.file), 0, block.length,
+                        block.checksum)
+
+    def _fetch(self, ds: Dataset, key: BlockKey, length: int) -> Location:
+        """Single-flight: the first thread loads the block, the others wait for its answer."""
+        with self._lock:
+            block = self._table.get(key)
+            if block is not None:  # stored while this thread was on its way here
+                self._table.touch(block, self._clock())
+                return self._location(block)
+            future = self._inflight.get(key)
+            leader = future is None
+            if leader:
+                future = self._inflight[key] = Future()
+        if not leader:
+            return future.result()
+        try:
+            loc = self._load(ds, key, length)
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        else:
+            future.set_result(loc)
+            return loc
+        finally:
+            with self._lock:
+                del self._inflight[key]
+
+    def _load(self, ds: Dataset, key: BlockKey, length: int) -> Location:
+        with ds.source() as ufs:
+            data = ufs.read(key.path, key.index * ds.block_size, length, key.version or None)
+        with self._lock:
+            self._counters["source_reads"] += 1
+            self._counters["source_bytes"] += len(data)
+        if len(data) != length:
+            raise VersionChanged(
+                errno.ESTALE, f"the source returned {len(data)} bytes for block {key.index}"
+                f" where {length} were expected: the file changed", key.path)
+        block = self._places.store(ds, key, data, checksum(data))
+        if block is None:
+            return Location(data=data)
+        return self._location(block)
+
+    def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
+        """A reader found a block whose length or checksum is wrong: drop it, count it."""
+        self._dataset(dataset_id)
+        key = BlockKey(dataset_id, clean_path(path), version, index)
+        self._places.drop_corrupt(key)
+
+    # --- maintenance, status, shutdown ----------------------------------------------------
+
+    def maintain(self) -> None:
+        """Demote (last tier: evict) LRU blocks of tiers above their high watermark to the low
+        watermark, and write LRU access counters when due. The maintenance thread runs this."""
+        with self._maintain_lock:
+            for tier in self.tiers:
+                with self._lock:
+                    over = self._table.tier_used[tier.name] > tier.high * tier.size
+                if over:
+                    self._places.demote_until(tier, int(tier.low * tier.size))
+            if self._clock() - self._last_flush >= ACCESS_FLUSH_INTERVAL:
+                self._flush_access()
+
+    def _flush_access(self) -> None:
+        with self._lock:
+            dirty = self._table.take_dirty()
+        self._index.update_access(dirty)
+        self._last_flush = self._clock()
+
+    def _maintenance_loop(self, interval: float) -> None:
+        while not self._closed:
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._closed:
+                break
+            try:
+                self.maintain()
+            except Exception:
+                _log.exception("maintenance.failed")
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no read-ahead, prefetch or promotion is queued or running."""
+        return self._prefetcher.drain(timeout)
+
+    def blocks(self, dataset_id: str | None = None) -> list[CachedBlock]:
+        with self._lock:
+            found = (self._table.blocks.values() if dataset_id is None
+                     else self._table.dataset_blocks(dataset_id).values())
+            return [CachedBlock(b.key, b.tier, block_path(self._tier[b.tier], b.file),
+                                b.length, b.checksum) for b in found]
+
+    def statistics(self) -> dict:
+        t = self._table
+        with self._lock:
+            tiers = {tier.name: {"used": t.tier_used[tier.name], "size": tier.size,
+                                 "blocks": len(t.tier_blocks(tier.name)),
+                                 "reserved": t.tier_reserved[tier.name]}
+                     for tier in self.tiers}
+            ids = set(self._datasets) | {k for k, v in t.dataset_used.items() if v}
+            datasets = {ds: {"used": t.dataset_used.get(ds, 0),
+                             "capacity": t.capacity.get(ds),
+                             "blocks": len(t.dataset_blocks(ds)),
+                             "open": ds in self._datasets} for ds in sorted(ids)}
+            return {"tiers": tiers, "datasets": datasets, **self._counters}
+
+    def close(self) -> None:
+        """Stop maintenance and background loads, write LRU counters, release the state dir."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._prefetcher.close()
+        with self._lock:
+            datasets = list(self._datasets.values())
+            self._datasets.clear()
+        for ds in datasets:
+            ds.close()
+        self._flush_access()
+        self._index.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> CacheEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _block_length(ds: Dataset, key: BlockKey, file_size: int) -> int:
+    start = key.index * ds.block_size
+    if key.index < 0 or start >= file_size:
+        raise InvalidArgument(
+            f"block {key.index} is beyond the end of {key.path!r} ({file_size} bytes)")
+    return min(ds.block_size, file_size - start)
+
+
+def _prepare_tiers(tiers: list[Tier]) -> None:
+    for tier in tiers:
+        try:
+            os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
+            os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
+        except OSError as e:
+            raise FailedPrecondition(
+                f"tier {tier.name}: cannot use {tier.path}: {e.strerror}") from None
+
+
+def _lock_state_dir(state_dir: str) -> int:
+    """One engine per state directory: a second one would reconcile under the first's feet."""
+    fd = os.open(os.path.join(state_dir, "engine.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FailedPrecondition(f"another cache engine is using {state_dir}") from None
+    return fd

@@ -1,0 +1,117 @@
+"""The crash-safe block index: one SQLite row per cached block, in `<state_dir>/index.db`.
+
+Each change (insert, delete, move to another tier) is one transaction, made after the block
+file is in place and before an old file is unlinked, so a kill -9 at any instant leaves at
+worst a file without a row, which `recovery.reconcile` deletes. The engine never reads SQLite
+on the read path: it loads all rows once at start into its in-memory mirror
+(`table.BlockTable`) and only writes here afterwards. LRU access counters are written in
+batches (`update_access`); losing the last batch in a crash costs LRU precision, never
+consistency.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+
+from .blocks import Block, BlockKey
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    dataset_id  TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    block       INTEGER NOT NULL,
+    tier        TEXT NOT NULL,
+    file        TEXT NOT NULL,
+    length      INTEGER NOT NULL,
+    checksum    INTEGER NOT NULL,  -- xxh3_64 stored as a signed 64-bit integer
+    last_access INTEGER NOT NULL,  -- the engine's access counter, see blocks.Block.seq
+    PRIMARY KEY (dataset_id, path, version, block)
+) WITHOUT ROWID;
+"""
+_KEY = "dataset_id = ? AND path = ? AND version = ? AND block = ?"
+
+
+def _signed(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _unsigned(s: int) -> int:
+    return s + (1 << 64) if s < 0 else s
+
+
+class BlockIndex:
+    """SQLite persistence of the block table; thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.chmod(path, 0o600)  # SQLite gives -wal and -shm the same mode
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                             (str(SCHEMA_VERSION),))
+
+    def load(self) -> list[Block]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT dataset_id, path, version, block, tier, file, length, checksum,"
+                " last_access FROM blocks").fetchall()
+        return [Block(BlockKey(d, p, v, i), tier, file, length, _unsigned(ck), seq)
+                for d, p, v, i, tier, file, length, ck, seq in rows]
+
+    def insert(self, block: Block) -> None:
+        k = block.key
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (k.dataset_id, k.path, k.version, k.index, block.tier, block.file,
+                 block.length, _signed(block.checksum), block.seq))
+
+    def delete(self, key: BlockKey) -> None:
+        with self._lock:
+            self._db.execute(f"DELETE FROM blocks WHERE {_KEY}", tuple(key))
+
+    def delete_many(self, keys: Iterable[BlockKey]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(f"DELETE FROM blocks WHERE {_KEY}",
+                                     [tuple(k) for k in keys])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def move(self, key: BlockKey, tier: str, file: str) -> None:
+        with self._lock:
+            self._db.execute(f"UPDATE blocks SET tier = ?, file = ? WHERE {_KEY}",
+                             (tier, file, *key))
+
+    def update_access(self, seqs: Iterable[tuple[BlockKey, int]]) -> None:
+        """Write a batch of LRU access counters; rows deleted meanwhile are skipped."""
+        params = [(seq, *key) for key, seq in seqs]
+        if not params:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(f"UPDATE blocks SET last_access = ? WHERE {_KEY}", params)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,304 @@
+"""Which tier a block goes to, and how room is made: store, demote, promote, evict.
+
+New blocks go to the fastest tier their dataset allows. Room is made by demoting that tier's
+least recently used blocks to the next allowed tier, which makes its own room the same way;
+the last tier evicts. A dataset at its capacity evicts its own LRU blocks. Every step reserves
+space before it writes, so `used + reserved <= size` always holds, and follows one crash-safe
+order: the new file is complete (tmp + rename) before the index row points at it, and the row
+is gone (or moved) before the old file is unlinked. A copy verifies the block's checksum and
+drops a corrupt block instead of copying it.
+
+A block handed out in the last `pin_seconds` is pinned: it may move to another tier (its
+reader, finding the old file gone, asks again and is sent to the new one) but is not deleted,
+so a reader can always open what it was given. When a cache is too small for the blocks its
+readers hold right now, new blocks are served uncached instead of evicting those.
+
+The engine's lock (a Condition) guards the table; it is never held across file I/O. A block
+being moved or dropped is claimed (`Block.busy`) so no other thread picks it meanwhile; the
+condition is notified whenever a claim ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from eddy import log
+
+from .blocks import (
+    Block,
+    BlockKey,
+    CopyResult,
+    block_path,
+    copy_block,
+    new_file_name,
+    remove_quietly,
+    write_block,
+)
+from .dataset import Dataset
+from .index import BlockIndex
+from .table import BlockTable
+from .tiers import Tier
+
+WARN_EVERY = 60.0  # seconds between repeated warnings about one failing tier
+_log = log.get("cache_engine.placement")
+
+
+class Placement:
+    def __init__(self, tiers: list[Tier], table: BlockTable, index: BlockIndex,
+                 lock: threading.Condition, counters: dict[str, int], datasets: dict[str, Dataset],
+                 wake_maintenance: Callable[[], None], clock: Callable[[], float],
+                 pin_seconds: float):
+        self.tiers = tiers
+        self._tier = {t.name: t for t in tiers}
+        self._order = {t.name: i for i, t in enumerate(tiers)}
+        self._table = table
+        self._index = index
+        self._lock = lock
+        self._counters = counters
+        self._datasets = datasets
+        self._wake = wake_maintenance
+        self._clock = clock
+        self._pin_seconds = pin_seconds
+        self._warned: dict[str, float] = {}
+
+    # --- new blocks -------------------------------------------------------------------------
+
+    def store(self, ds: Dataset, key: BlockKey, data: bytes, checksum: int) -> Block | None:
+        """Cache a block fetched from the source; None when no tier could take it."""
+        n = len(data)
+        tier = self._reserve(ds, n)
+        if tier is None:
+            self._count("uncached_reads")
+            return None
+        file = new_file_name(key)
+        try:
+            write_block(tier, file, data)
+        except OSError as e:
+            with self._lock:
+                self._table.unreserve_tier(tier.name, n)
+                self._table.unreserve_dataset(ds.id, n)
+                self._counters["tier_write_failures"] += 1
+                self._counters["uncached_reads"] += 1
+            self._warn(tier, e)
+            return None
+        with self._lock:
+            block = Block(key, tier.name, file, n, checksum, self._table.next_seq(),
+                          self._clock())
+        try:
+            self._index.insert(block)
+        except BaseException:
+            remove_quietly(block_path(tier, file))
+            with self._lock:
+                self._table.unreserve_tier(tier.name, n)
+                self._table.unreserve_dataset(ds.id, n)
+            raise
+        with self._lock:
+            self._table.unreserve_tier(tier.name, n)
+            self._table.unreserve_dataset(ds.id, n)
+            self._table.add(block)
+            over = self._table.tier_used[tier.name] > tier.high * tier.size
+        if over:
+            self._wake()
+        return block
+
+    def _reserve(self, ds: Dataset, n: int) -> Tier | None:
+        tiers = [t for t in ds.tiers if n <= t.size]
+        if not tiers or not self._reserve_dataset(ds.id, n):
+            return None
+        for tier in tiers:
+            if self._make_room(tier, n):
+                return tier
+        with self._lock:
+            self._table.unreserve_dataset(ds.id, n)
+        return None
+
+    def _reserve_dataset(self, dataset_id: str, n: int) -> bool:
+        while True:
+            with self._lock:
+                if self._table.reserve_dataset(dataset_id, n):
+                    return True
+                cap = self._table.capacity.get(dataset_id)
+                victim = None if cap is not None and n > cap else \
+                    self._table.claim_lru(dataset=dataset_id, pinned_after=self._pin_cutoff())
+            if victim is None:
+                return False
+            self._discard(victim, "evictions")
+
+    def _make_room(self, tier: Tier, n: int) -> bool:
+        """Reserve `n` bytes in `tier`, pushing its LRU blocks down until they fit."""
+        while True:
+            with self._lock:
+                if self._table.reserve_tier(tier.name, n):
+                    return True
+                victim = self._table.claim_lru(tier=tier.name)
+            if victim is None or not self._push_down(victim):
+                return False  # the rest is busy, or pinned with nowhere to go
+
+    # --- moving blocks between tiers ------------------------------------------------------
+
+    def _next_tier(self, block: Block) -> Tier | None:
+        ds = self._datasets.get(block.key.dataset_id)
+        allowed = {t.name for t in (ds.tiers if ds is not None else self.tiers)}
+        for tier in self.tiers[self._order[block.tier] + 1:]:
+            if tier.name in allowed:
+                return tier
+        return None
+
+    def _push_down(self, block: Block) -> bool:
+        """Demote a claimed block to the next tier its dataset allows, else evict it unless it
+        is pinned (then it stays, un-claimed). True when the block left its tier."""
+        nxt = self._next_tier(block)
+        if nxt is not None and block.length <= nxt.size and self._make_room(nxt, block.length):
+            result = self._relocate(block, nxt)
+            if result is CopyResult.COPIED:
+                self._count("demotions")
+                return True
+            if result is not CopyResult.WRITE_FAILED:
+                return True  # it was corrupt or gone, and is dropped
+        with self._lock:
+            if block.atime > self._pin_cutoff():
+                self._release(block)
+                return False
+        self._discard(block, "evictions")
+        return True
+
+    def demote_until(self, tier: Tier, target: int) -> None:
+        """Push LRU blocks out of `tier` until it uses at most `target` bytes."""
+        while True:
+            with self._lock:
+                if self._table.tier_used[tier.name] <= target:
+                    return
+                victim = self._table.claim_lru(tier=tier.name)
+            if victim is None or not self._push_down(victim):
+                return
+
+    def promotion_target(self, ds: Dataset, block: Block) -> Tier | None:
+        """Under the engine lock, on a hit: claim the block and reserve room for it in the
+        dataset's fastest tier if it sits lower and that tier has room below its high mark."""
+        if block.busy or not ds.tiers:
+            return None
+        top = ds.tiers[0]
+        if self._order[block.tier] <= self._order[top.name]:
+            return None
+        if not self._table.reserve_tier(top.name, block.length, int(top.high * top.size)):
+            return None
+        self._table.claim(block)
+        return top
+
+    def cancel_promotion(self, block: Block, top: Tier) -> None:
+        with self._lock:
+            self._table.unreserve_tier(top.name, block.length)
+            self._release(block)
+
+    def promote(self, block: Block, top: Tier) -> None:
+        result = self._relocate(block, top)
+        if result is CopyResult.COPIED:
+            self._count("promotions")
+        elif result is CopyResult.WRITE_FAILED:
+            with self._lock:
+                self._release(block)
+
+    def _relocate(self, block: Block, dst: Tier) -> CopyResult:
+        """Copy a claimed block into `dst` (room reserved), move its row, unlink the old file.
+        A corrupt or vanished block is dropped; on a write failure it stays claimed."""
+        src = self._tier[block.tier]
+        new_file = new_file_name(block.key)
+        result = copy_block(block, src, dst, new_file)
+        if result is CopyResult.COPIED:
+            try:
+                self._index.move(block.key, dst.name, new_file)
+            except BaseException:
+                remove_quietly(block_path(dst, new_file))
+                with self._lock:
+                    self._table.unreserve_tier(dst.name, block.length)
+                    self._release(block)
+                raise
+            old = block_path(src, block.file)
+            with self._lock:
+                self._table.unreserve_tier(dst.name, block.length)
+                self._table.move(block, dst.name, new_file)
+                self._table.hold_tier(src.name, block.length)  # until the old file is gone
+                self._release(block)
+            remove_quietly(old)
+            with self._lock:
+                self._table.unreserve_tier(src.name, block.length)
+            return result
+        with self._lock:
+            self._table.unreserve_tier(dst.name, block.length)
+        if result is CopyResult.WRITE_FAILED:
+            self._count("tier_write_failures")
+            self._warn(dst, None)
+        else:
+            _log.warning("block.dropped", reason=result.value, tier=src.name,
+                         dataset=block.key.dataset_id, block=block.key.index)
+            self._discard(block, "checksum_failures" if result is CopyResult.CORRUPT else None)
+        return result
+
+    # --- dropping blocks --------------------------------------------------------------------
+
+    def drop_corrupt(self, key: BlockKey) -> None:
+        """A reader saw a bad copy of `key`: drop it. If a move has the block, wait for it: a
+        move that copied it verified the bytes (the block stays); a corrupt one drops it."""
+        with self._lock:
+            block = self._table.get(key)
+            file = block.file if block is not None else None
+            while block is not None and not self._table.claim(block):
+                self._lock.wait(1.0)
+                if self._table.get(key) is not block or block.file != file:
+                    return  # dropped, or moved to a verified copy, meanwhile
+        if block is not None:
+            self._discard(block, "checksum_failures")
+
+    def shrink_dataset(self, dataset_id: str) -> None:
+        """Evict a dataset's LRU blocks until it fits its (possibly lowered) capacity."""
+        while True:
+            with self._lock:
+                cap = self._table.capacity.get(dataset_id)
+                if cap is None or self._table.dataset_used.get(dataset_id, 0) <= cap:
+                    return
+                victim = self._table.claim_lru(dataset=dataset_id,
+                                               pinned_after=self._pin_cutoff())
+            if victim is None:
+                return
+            self._discard(victim, "evictions")
+
+    def _discard(self, block: Block, counter: str | None) -> None:
+        """Drop a claimed block: row first (committed), then its file. Its bytes count against
+        the tier until the file is unlinked, so the disk never holds more than the tier size."""
+        try:
+            self._index.delete(block.key)
+        except BaseException:
+            with self._lock:
+                self._release(block)
+            raise
+        with self._lock:
+            self._table.remove(block)
+            self._table.hold_tier(block.tier, block.length)  # until the file is gone
+            self._lock.notify_all()
+            if counter:
+                self._counters[counter] += 1
+        remove_quietly(block_path(self._tier[block.tier], block.file))
+        with self._lock:
+            self._table.unreserve_tier(block.tier, block.length)
+
+    def _pin_cutoff(self) -> float:
+        """Blocks handed out after this instant are pinned: not deleted, only moved."""
+        return self._clock() - self._pin_seconds
+
+    def _release(self, block: Block) -> None:
+        """Under the lock: un-claim a block and wake whoever waits for it."""
+        self._table.release(block)
+        self._lock.notify_all()
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            self._counters[counter] += 1
+
+    def _warn(self, tier: Tier, error: OSError | None) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(tier.name, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[tier.name] = now
+            _log.warning("tier.write_failed", tier=tier.name, path=tier.path,
+                         error=error.strerror if error else "copy failed")

@@ -1,0 +1,117 @@
+"""Start-up reconciliation: make the tier directories and the block index agree.
+
+Whatever instant a previous engine died at, the order of its steps (file complete before its
+row, row gone before its file) leaves only three kinds of debris, removed here before the
+engine serves anything: files in `tmp/` (torn writes), block files without a row (a write or
+move that did not reach its commit, or an unlink that did not happen), and rows whose file is
+missing or has the wrong size (a tier wiped, e.g. tmpfs after a reboot). The node's HMAC key
+for dataset identities also lives in the state directory and is created here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+
+from eddy import log
+
+from .blocks import DIR_MODE, Block, remove_quietly
+from .index import BlockIndex
+from .tiers import Tier
+
+NODE_KEY_BYTES = 32
+_log = log.get("cache_engine.recovery")
+
+
+@dataclass
+class Reconciled:
+    blocks: list[Block]
+    tmp_removed: int = 0
+    orphans_removed: int = 0
+    rows_dropped: int = 0
+
+
+def node_key(state_dir: str) -> bytes:
+    """The node's 32-byte HMAC key in `<state_dir>/engine.key` (0600), created once."""
+    path = os.path.join(state_dir, "engine.key")
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        key = f.read()
+        if len(key) == NODE_KEY_BYTES:
+            return key
+        _log.warning("engine_key.invalid", path=path, length=len(key))
+    key = os.urandom(NODE_KEY_BYTES)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    return key
+
+
+def _clear_dir(path: str) -> int:
+    removed = 0
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            remove_quietly(entry.path)
+        removed += 1
+    return removed
+
+
+def _scan(tier: Tier) -> dict[str, int]:
+    """Every file under the tier's blocks/ as relative path -> size."""
+    out = {}
+    root = tier.blocks_dir
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            try:
+                out[os.path.relpath(full, root)] = os.lstat(full).st_size
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def _remove_empty_dirs(root: str) -> None:
+    for dirpath, _dirs, _files in os.walk(root, topdown=False):
+        if dirpath != root:
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+
+
+def reconcile(index: BlockIndex, tiers: list[Tier]) -> Reconciled:
+    """Clean every tier, drop rows without a sound file; return the blocks that remain."""
+    result = Reconciled(blocks=[])
+    on_disk: dict[str, dict[str, int]] = {}
+    for tier in tiers:
+        os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
+        os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
+        result.tmp_removed += _clear_dir(tier.tmp_dir)
+        on_disk[tier.name] = _scan(tier)
+    dropped = []
+    orphans: list[tuple[Tier, str]] = []
+    by_name = {t.name: t for t in tiers}
+    for block in index.load():
+        files = on_disk.get(block.tier)
+        size = files.pop(block.file, None) if files is not None else None
+        if size == block.length:
+            result.blocks.append(block)
+            continue
+        dropped.append(block.key)
+        if size is not None:
+            orphans.append((by_name[block.tier], block.file))
+    index.delete_many(dropped)  # rows first: a crash here leaves files, never rows
+    for tier in tiers:
+        orphans.extend((tier, rel) for rel in on_disk[tier.name])
+    for tier, rel in orphans:
+        remove_quietly(os.path.join(tier.blocks_dir, rel))
+    for tier in tiers:
+        _remove_empty_dirs(tier.blocks_dir)
+    result.rows_dropped, result.orphans_removed = len(dropped), len(orphans)
+    return result

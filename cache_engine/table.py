@@ -1,0 +1,165 @@
+"""The engine's in-memory mirror of the block index, with LRU order and space accounting.
+
+Hits are answered from here without touching SQLite. Space is accounted as `used` (blocks in
+the table) plus `reserved` (blocks being written or moved in): a writer reserves before it
+writes, so a tier's size and a dataset's capacity hold as hard limits under concurrent
+writers. LRU order is exact: per tier and per dataset, a heap of (access counter, key) with
+lazy deletion of stale entries, so a block moved between tiers keeps its place in the order.
+
+Not thread-safe: the engine's lock guards every call, and no call does I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from .blocks import Block, BlockKey
+from .tiers import Tier
+
+_SLACK = 64  # stale heap entries tolerated beyond 2x the live ones before a rebuild
+
+
+class BlockTable:
+    def __init__(self, tiers: list[Tier]):
+        self.tiers = {t.name: t for t in tiers}
+        self.blocks: dict[BlockKey, Block] = {}
+        self.seq = 0
+        self.dirty: dict[BlockKey, int] = {}  # access counters not yet written to the index
+        self._by_tier: dict[str, dict[BlockKey, Block]] = {t.name: {} for t in tiers}
+        self._by_dataset: dict[str, dict[BlockKey, Block]] = {}
+        self._tier_lru: dict[str, list[tuple[int, BlockKey]]] = {t.name: [] for t in tiers}
+        self._dataset_lru: dict[str, list[tuple[int, BlockKey]]] = {}
+        self.tier_used = {t.name: 0 for t in tiers}
+        self.tier_reserved = {t.name: 0 for t in tiers}
+        self.dataset_used: dict[str, int] = {}
+        self.dataset_reserved: dict[str, int] = {}
+        self.capacity: dict[str, int | None] = {}
+
+    # --- the mirror -------------------------------------------------------------------------
+
+    def get(self, key: BlockKey) -> Block | None:
+        return self.blocks.get(key)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def add(self, block: Block) -> None:
+        """Add a block whose `seq` is already set (new: `next_seq()`, loaded: its row's)."""
+        ds = block.key.dataset_id
+        self.seq = max(self.seq, block.seq)
+        self.blocks[block.key] = block
+        self._by_tier[block.tier][block.key] = block
+        self._by_dataset.setdefault(ds, {})[block.key] = block
+        self.tier_used[block.tier] += block.length
+        self.dataset_used[ds] = self.dataset_used.get(ds, 0) + block.length
+        self._push(block)
+
+    def remove(self, block: Block) -> None:
+        ds = block.key.dataset_id
+        del self.blocks[block.key]
+        del self._by_tier[block.tier][block.key]
+        del self._by_dataset[ds][block.key]
+        self.tier_used[block.tier] -= block.length
+        self.dataset_used[ds] -= block.length
+        self.dirty.pop(block.key, None)
+
+    def move(self, block: Block, tier: str, file: str) -> None:
+        del self._by_tier[block.tier][block.key]
+        self.tier_used[block.tier] -= block.length
+        block.tier, block.file = tier, file
+        self._by_tier[tier][block.key] = block
+        self.tier_used[tier] += block.length
+
+    def touch(self, block: Block, now: float) -> None:
+        block.seq = self.next_seq()
+        block.atime = now
+        self.dirty[block.key] = block.seq
+        if not block.busy:
+            self._push(block)
+
+    def take_dirty(self) -> list[tuple[BlockKey, int]]:
+        out, self.dirty = list(self.dirty.items()), {}
+        return out
+
+    def tier_blocks(self, tier: str) -> dict[BlockKey, Block]:
+        return self._by_tier[tier]
+
+    def dataset_blocks(self, dataset_id: str) -> dict[BlockKey, Block]:
+        return self._by_dataset.get(dataset_id, {})
+
+    # --- claiming blocks for a move or a drop ---------------------------------------------
+
+    def claim(self, block: Block) -> bool:
+        """Mark `block` busy; False if another thread already has it."""
+        if block.busy or self.blocks.get(block.key) is not block:
+            return False
+        block.busy = True
+        return True
+
+    def release(self, block: Block) -> None:
+        """The move failed or finished: the block is a victim candidate again."""
+        block.busy = False
+        if self.blocks.get(block.key) is block:
+            self._push(block)
+
+    def claim_lru(self, tier: str | None = None, dataset: str | None = None,
+                  pinned_after: float = float("inf")) -> Block | None:
+        """Claim the least recently used idle block of `tier` (or of `dataset`), unless even
+        that one was handed out after `pinned_after` (then every other one was too)."""
+        heap = self._tier_lru[tier] if tier is not None else self._dataset_lru.get(dataset, [])
+        while heap:
+            seq, key = heapq.heappop(heap)
+            block = self.blocks.get(key)
+            if block is None or block.busy or block.seq != seq:
+                continue  # gone, claimed (re-pushed on release), or touched since
+            if tier is not None and block.tier != tier:
+                continue
+            if block.atime > pinned_after:
+                heapq.heappush(heap, (seq, key))
+                return None
+            block.busy = True
+            return block
+        return None
+
+    def _push(self, block: Block) -> None:
+        entry = (block.seq, block.key)
+        for heap, live in ((self._tier_lru[block.tier], self._by_tier[block.tier]),
+                           (self._dataset_lru.setdefault(block.key.dataset_id, []),
+                            self._by_dataset[block.key.dataset_id])):
+            heapq.heappush(heap, entry)
+            if len(heap) > 2 * len(live) + _SLACK:
+                heap[:] = [(b.seq, b.key) for b in live.values() if not b.busy]
+                heapq.heapify(heap)
+
+    # --- space ------------------------------------------------------------------------------
+
+    def tier_room(self, tier: str) -> int:
+        return self.tiers[tier].size - self.tier_used[tier] - self.tier_reserved[tier]
+
+    def reserve_tier(self, tier: str, n: int, limit: int | None = None) -> bool:
+        """Reserve `n` bytes if used + reserved + n stays within `limit` (default: the size)."""
+        limit = self.tiers[tier].size if limit is None else limit
+        if self.tier_used[tier] + self.tier_reserved[tier] + n > limit:
+            return False
+        self.tier_reserved[tier] += n
+        return True
+
+    def hold_tier(self, tier: str, n: int) -> None:
+        """Keep `n` bytes of a file that is about to be unlinked counted against the tier."""
+        self.tier_reserved[tier] += n
+
+    def unreserve_tier(self, tier: str, n: int) -> None:
+        self.tier_reserved[tier] -= n
+
+    def reserve_dataset(self, dataset_id: str, n: int) -> bool:
+        cap = self.capacity.get(dataset_id)
+        used = self.dataset_used.get(dataset_id, 0)
+        reserved = self.dataset_reserved.get(dataset_id, 0)
+        if cap is not None and used + reserved + n > cap:
+            return False
+        self.dataset_reserved[dataset_id] = reserved + n
+        return True
+
+    def unreserve_dataset(self, dataset_id: str, n: int) -> None:
+        self.dataset_reserved[dataset_id] -= n
