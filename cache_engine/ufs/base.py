@@ -10,6 +10,7 @@ symlink says. The UFS is read-only to eddy: no method writes or deletes.
 from __future__ import annotations
 
 import abc
+import errno
 import posixpath
 from dataclasses import dataclass
 from enum import Enum
@@ -61,6 +62,16 @@ def clean_path(path: str) -> str:
     if norm == ".." or norm.startswith("../"):
         raise PermissionError(f"path {path!r} leaves the dataset root")
     return norm
+
+
+def read_path(path: str, offset: int, length: int) -> str:
+    """The cleaned path of a `read` request, after checking the request makes sense."""
+    rel = clean_path(path)
+    if not rel:
+        raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
+    if offset < 0 or length < 0:
+        raise ValueError("offset and length must not be negative")
+    return rel
 
 
 def join(parent: str, name: str) -> str:

@@ -44,7 +44,16 @@ from urllib3.exceptions import (
 )
 
 from ..spec import DatasetSpec
-from .base import Entry, Kind, UfsBackend, UfsUnavailable, VersionChanged, clean_path, join
+from .base import (
+    Entry,
+    Kind,
+    UfsBackend,
+    UfsUnavailable,
+    VersionChanged,
+    clean_path,
+    join,
+    read_path,
+)
 
 DEFAULT_TIMEOUT = urllib3.Timeout(connect=5.0, read=30.0)
 # Retry failed connects, and a read error once: a keep-alive connection the server closed just
@@ -283,11 +292,7 @@ class HttpUfs(UfsBackend):
         return [entries[n] for n in sorted(entries)]
 
     def read(self, path: str, offset: int, length: int, version: str | None = None) -> bytes:
-        rel = clean_path(path)
-        if not rel:
-            raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        rel = read_path(path, offset, length)
         url = self._single_file_url(rel) if self._file_name is not None else self._url(rel)
         chunks: list[bytes] = []
         while length > 0:

@@ -31,7 +31,16 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from ..spec import DatasetSpec
-from .base import Entry, Kind, UfsBackend, UfsUnavailable, VersionChanged, clean_path, join
+from .base import (
+    Entry,
+    Kind,
+    UfsBackend,
+    UfsUnavailable,
+    VersionChanged,
+    clean_path,
+    join,
+    read_path,
+)
 
 DEFAULT_REGION = "us-east-1"
 # Fail over in seconds, not minutes: the engine has its own fallbacks and a pod waits on us.
@@ -164,11 +173,7 @@ class S3Ufs(UfsBackend):
         return sorted(entries, key=lambda e: e.name)
 
     def read(self, path: str, offset: int, length: int, version: str | None = None) -> bytes:
-        rel = clean_path(path)
-        if not rel:
-            raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        rel = read_path(path, offset, length)
         key = self._key(rel)
         chunks: list[bytes] = []
         while length > 0:
