@@ -2,7 +2,9 @@
 
 Mount daemons in a node plugin use this; `eddy mount` uses a `CacheEngine` in-process instead.
 gRPC status codes are turned back into the exceptions the engine raised (with the errno the
-engine attached), so callers cannot tell the two apart.
+engine attached), so callers cannot tell the two apart. When nobody answers on the socket (the
+node plugin is restarting), calls fail at once with `EngineUnreachable` instead of waiting: a
+mount daemon then reads the source directly until the engine is back (see reader.py).
 """
 
 from __future__ import annotations
@@ -13,27 +15,33 @@ import grpc
 
 from eddy.errors import InvalidArgument
 from eddy.pb import cache_pb2, cache_pb2_grpc
-from eddy.rpc import ERRNO_KEY
+from eddy.rpc import ERRNO_KEY, ERROR_KEY
 
 from .engine import DatasetInfo, Location
 from .spec import DatasetSpec
 from .ufs.base import Entry, UfsUnavailable
-from .wire import DatasetNotOpen, entry_from_pb
+from .wire import DatasetNotOpen, EngineUnreachable, entry_from_pb
 
 MAX_MESSAGE = 128 << 20  # an uncached block travels inline; blocks are at most 64 MiB
-CONNECT_TIMEOUT = 30.0  # a restarting node plugin is waited for this long
-LOCATE_TIMEOUT = 300.0
+CONNECT_TIMEOUT = 30.0  # how long opening a dataset waits for a starting engine
+CALL_TIMEOUT = 30.0
+LOCATE_TIMEOUT = 300.0  # a miss reads a whole block from the source
+RECONNECT_BACKOFF_MS = 1000  # notice a restarted engine within about a second
+
+
+def _metadata(err: grpc.RpcError) -> dict[str, str]:
+    return dict(err.trailing_metadata() or ())
 
 
 def _errno(err: grpc.RpcError, default: int) -> int:
-    for key, value in err.trailing_metadata() or ():
-        if key == ERRNO_KEY:
-            return int(value)
-    return default
+    value = _metadata(err).get(ERRNO_KEY)
+    return int(value) if value else default
 
 
 def translate(err: grpc.RpcError) -> Exception:
     code, details = err.code(), err.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and ERROR_KEY not in _metadata(err):
+        return EngineUnreachable(errno.EIO, f"cache engine unreachable: {details}")
     if code == grpc.StatusCode.NOT_FOUND:
         return FileNotFoundError(_errno(err, errno.ENOENT), details)
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -55,19 +63,22 @@ class EngineClient:
         self.channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
         ])
         self._stub = cache_pb2_grpc.CacheEngineStub(self.channel)
 
-    def _call(self, method, request, timeout=CONNECT_TIMEOUT):
+    def _call(self, method, request, timeout=CALL_TIMEOUT, wait=False):
         try:
-            return method(request, timeout=timeout, wait_for_ready=True)
+            return method(request, timeout=timeout, wait_for_ready=wait)
         except grpc.RpcError as err:
             raise translate(err) from None
 
     def open_dataset(self, spec: DatasetSpec, secrets: dict[str, str],
                      volume_id: str = "") -> DatasetInfo:
         resp = self._call(self._stub.OpenDataset, cache_pb2.OpenDatasetRequest(
-            parameters=spec.to_parameters(), secrets=secrets, volume_id=volume_id))
+            parameters=spec.to_parameters(), secrets=secrets, volume_id=volume_id),
+            timeout=CONNECT_TIMEOUT, wait=True)
         return DatasetInfo(resp.dataset_id, resp.block_size,
                            None if resp.immutable else resp.metadata_ttl, resp.read_ahead)
 

@@ -78,6 +78,10 @@ class CachedBlock:
     checksum: int
 
 
+class StateDirBusy(FailedPrecondition):
+    """Another engine holds this state directory's lock."""
+
+
 class CacheEngine:
     def __init__(self, tiers: list[Tier], state_dir: str,
                  open_ufs: Callable[[DatasetSpec, dict], UfsBackend] = ufsmod.open_ufs,
@@ -395,5 +399,5 @@ def _lock_state_dir(state_dir: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise FailedPrecondition(f"another cache engine is using {state_dir}") from None
+        raise StateDirBusy(f"another cache engine is using {state_dir}") from None
     return fd

@@ -5,22 +5,34 @@ exactly as it would read a source. A read asks the engine where each block lives
 whole block from its tier file once, checks its length and checksum (a mismatch is reported and
 refetched, never served), and keeps a few recent blocks so the kernel's 1 MiB requests inside
 one block cost one engine round trip, not four.
+
+If the engine cannot be reached (the node plugin is restarting) and a `direct` source was
+given, reads go straight to the source until the engine answers again: pods see slower reads,
+never errors, while the plugin is away.
 """
 
 from __future__ import annotations
 
 import collections
 import errno
+import mmap
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import xxhash
 
+from eddy import log
+
 from . import spec as specmod
 from .ufs.base import Entry, Kind, UfsBackend, VersionChanged
-from .wire import DatasetNotOpen
+from .wire import DatasetNotOpen, EngineUnreachable
 
 RECENT_BLOCK_BYTES = 64 << 20  # memory for recently read blocks, whatever the block size
+AHEAD_BLOCKS = 2  # blocks loaded ahead of a sequential reader
+AHEAD_THREADS = 2  # threads loading them, for all readers of the mount
+MAX_TRACKED_FILES = 1024  # files whose last block is remembered to detect sequential reads
 
 
 class CorruptBlock(OSError):
@@ -28,17 +40,26 @@ class CorruptBlock(OSError):
 
 
 class DatasetReader(UfsBackend):
-    def __init__(self, engine, spec: specmod.DatasetSpec, secrets: dict[str, str]):
+    def __init__(self, engine, spec: specmod.DatasetSpec, secrets: dict[str, str],
+                 direct: Callable[[], UfsBackend] | None = None):
         self._engine = engine  # a CacheEngine, or an EngineClient to the node's engine
         self._spec = spec
         self._secrets = secrets
         self.description = spec.source.uri
         self._lock = threading.Lock()
+        self._open_direct = direct
+        self._direct: UfsBackend | None = None
+        self._engine_away = False
+        self.direct_reads = 0  # reads served from the source while the engine was away
         self._open()
         self._max_recent = max(2, RECENT_BLOCK_BYTES // self.info.block_size)
-        self._recent: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._recent: collections.OrderedDict[tuple, memoryview | bytes] = \
+            collections.OrderedDict()
         self._pending: dict[tuple, threading.Event] = {}
         self._sizes: dict[tuple[str, str], int] = {}
+        self._last_demanded: dict[tuple[str, str], int] = {}  # (path, version) -> block index
+        self._buffers = _Buffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
+        self._ahead = ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="block-ahead")
 
     def _open(self) -> None:
         self.info = self._engine.open_dataset(self._spec, self._secrets)
@@ -56,13 +77,55 @@ class DatasetReader(UfsBackend):
             self._sizes[(entry.path, entry.version)] = entry.size
         return entry
 
+    def _through_engine(self, call: Callable, direct_call: Callable):
+        """`call()`, or `direct_call(source)` while the engine cannot be reached."""
+        try:
+            result = call()
+        except EngineUnreachable as e:
+            if self._open_direct is None:
+                raise
+            with self._lock:
+                if not self._engine_away:
+                    self._engine_away = True
+                    log.get("cache_engine.reader").warning(
+                        "engine.unreachable", source=self.description, error=str(e),
+                        fallback="reading the source directly")
+                if self._direct is None:
+                    self._direct = self._open_direct()
+                direct = self._direct
+            return direct_call(direct)
+        if self._engine_away:
+            with self._lock:
+                if self._engine_away:
+                    self._engine_away = False
+                    log.get("cache_engine.reader").info("engine.back", source=self.description)
+        return result
+
     def stat(self, path: str) -> Entry:
-        return self._remember(self._call(self._engine.stat, path))
+        return self._through_engine(lambda: self._remember(self._call(self._engine.stat, path)),
+                                    lambda src: src.stat(path))
 
     def list(self, path: str) -> list[Entry]:
-        return [self._remember(e) for e in self._call(self._engine.list, path)]
+        return self._through_engine(
+            lambda: [self._remember(e) for e in self._call(self._engine.list, path)],
+            lambda src: src.list(path))
 
-    def read(self, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+    def read(self, path: str, offset: int, length: int,
+             version: str | None = None) -> bytes | memoryview:
+        """The bytes, as a view of a cached block where one block holds them all (no copy)."""
+        return self._through_engine(lambda: self._read(path, offset, length, version),
+                                    lambda src: self._read_direct(src, path, offset, length,
+                                                                  version))
+
+    def _read_direct(self, src: UfsBackend, path: str, offset: int, length: int,
+                     version: str | None) -> bytes:
+        data = src.read(path, offset, length, version)
+        with self._lock:
+            self.direct_reads += 1
+        return data
+
+    def _read(self, path: str, offset: int, length: int,
+              version: str | None) -> bytes | memoryview:
         if version is None:
             version = self.stat(path).version
         size = self._sizes.get((path, version))
@@ -75,6 +138,7 @@ class DatasetReader(UfsBackend):
         if offset >= end:
             return b""
         bs = self.info.block_size
+        self._read_ahead(path, version, offset // bs, size)
         parts = []
         for index in range(offset // bs, (end - 1) // bs + 1):
             block = self._block(path, version, index, size)
@@ -83,7 +147,7 @@ class DatasetReader(UfsBackend):
             parts.append(block[start:stop] if (start, stop) != (0, len(block)) else block)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _block(self, path: str, version: str, index: int, size: int) -> bytes:
+    def _block(self, path: str, version: str, index: int, size: int) -> memoryview | bytes:
         key = (path, version, index)
         while True:
             with self._lock:
@@ -101,31 +165,114 @@ class DatasetReader(UfsBackend):
             with self._lock:
                 self._recent[key] = block
                 while len(self._recent) > self._max_recent:
-                    self._recent.popitem(last=False)
+                    self._forget(self._recent.popitem(last=False)[1])
             return block
         finally:
             with self._lock:
                 del self._pending[key]
             pending.set()
 
-    def _fetch(self, path: str, version: str, index: int, size: int) -> bytes:
+    def _forget(self, block: memoryview) -> None:
+        """Give a dropped block's buffer back for reuse (if it came from the pool)."""
+        buf = block.obj
+        block.release()
+        if isinstance(buf, mmap.mmap):
+            self._buffers.put(buf)
+
+    def _read_ahead(self, path: str, version: str, index: int, size: int) -> None:
+        """A sequential reader gets the next blocks loaded while it consumes this one.
+
+        The kernel keeps only a request or two in flight per reader, so without this every
+        block would wait for its own pread and checksum.
+        """
+        file = (path, version)
+        with self._lock:
+            last = self._last_demanded.pop(file, None)
+            self._last_demanded[file] = index
+            if len(self._last_demanded) > MAX_TRACKED_FILES:
+                self._last_demanded.pop(next(iter(self._last_demanded)))
+            if last not in (index - 1, index) and not (last is None and index == 0):
+                return  # random access
+            bs = self.info.block_size
+            todo = [i for i in range(index + 1, index + 1 + AHEAD_BLOCKS)
+                    if i * bs < size and (path, version, i) not in self._recent
+                    and (path, version, i) not in self._pending]
+        for i in todo:
+            try:
+                self._ahead.submit(self._load_quietly, path, version, i, size)
+            except RuntimeError:
+                return  # closed
+
+    def _load_quietly(self, path: str, version: str, index: int, size: int) -> None:
+        try:
+            self._block(path, version, index, size)
+        except Exception:  # noqa: BLE001 - a demand read of this block will report it
+            pass
+
+    def _fetch(self, path: str, version: str, index: int, size: int) -> memoryview | bytes:
         for _attempt in range(3):
             loc = self._call(self._engine.locate, path, version, index, size)
             if loc.data is not None:
-                return loc.data
+                return memoryview(loc.data)
             try:
                 fd = os.open(loc.file, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue  # evicted between locate and open: ask again
+            buf = self._buffers.get(loc.length)
             try:
-                data = os.pread(fd, loc.length, loc.offset)
+                got = os.preadv(fd, [buf], loc.offset) if loc.length else 0
             finally:
                 os.close(fd)
-            if len(data) == loc.length and xxhash.xxh3_64_intdigest(data) == loc.checksum:
+            data = memoryview(buf)[:loc.length]
+            if got == loc.length and xxhash.xxh3_64_intdigest(data) == loc.checksum:
                 return data
+            data.release()
+            self._buffers.put(buf)
             self._call(self._engine.report_corrupt, path, version, index)
         raise CorruptBlock(errno.EIO, f"block {index} of {path} failed its checksum repeatedly")
 
     def close(self) -> None:
+        self._ahead.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            self._recent.clear()
+            while self._recent:
+                self._forget(self._recent.popitem()[1])
+            direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
+
+
+
+class _Buffers:
+    """Reusable page-aligned block buffers.
+
+    Reading a block into fresh memory costs a page fault per 4 KiB, and into unaligned memory
+    a slow copy; reading into a recycled anonymous mapping costs neither. A buffer is reused
+    only once no view of it is left (a reply still being sent to the kernel holds one).
+    """
+
+    def __init__(self, size: int, keep: int):
+        self._size = size
+        self._keep = keep
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def get(self, length: int) -> mmap.mmap | bytearray:
+        if length > self._size:
+            return bytearray(length)
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return mmap.mmap(-1, self._size)
+
+    def put(self, buf: mmap.mmap | bytearray) -> None:
+        if not isinstance(buf, mmap.mmap):
+            return
+        try:
+            buf.resize(self._size)  # refused while any view of the buffer is alive
+        except BufferError:
+            return  # still in use: the last view frees it
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buf)
+                return
+        buf.close()

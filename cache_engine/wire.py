@@ -5,7 +5,7 @@ from __future__ import annotations
 from eddy.errors import FailedPrecondition
 from eddy.pb import cache_pb2
 
-from .ufs.base import Entry, Kind
+from .ufs.base import Entry, Kind, UfsUnavailable
 
 KIND_TO_PB = {Kind.FILE: cache_pb2.Entry.FILE, Kind.DIR: cache_pb2.Entry.DIR,
               Kind.SYMLINK: cache_pb2.Entry.SYMLINK}
@@ -14,6 +14,10 @@ KIND_FROM_PB = {v: k for k, v in KIND_TO_PB.items()}
 
 class DatasetNotOpen(FailedPrecondition):
     """The engine does not know this dataset id (it restarted): open the dataset again."""
+
+
+class EngineUnreachable(UfsUnavailable):
+    """Nobody answers on the engine socket (the node plugin is down or restarting)."""
 
 
 def entry_to_pb(entry: Entry) -> cache_pb2.Entry:

@@ -37,6 +37,7 @@ class DaemonConfig:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     log_level: str = "info"
     log_path: str | None = None  # stderr goes here when set (detached `eddy mount`)
+    engine: dict = field(default_factory=dict)  # where blocks come from (see csi/fuse/daemon.py)
 
 
 class MountDaemon:
@@ -99,7 +100,8 @@ def start(config: DaemonConfig, timeout: float = READY_TIMEOUT) -> MountDaemon:
     finally:
         if stderr is not None:
             stderr.close()
-    payload = json.dumps({"parameters": config.parameters, "secrets": config.secrets})
+    payload = json.dumps({"parameters": config.parameters, "secrets": config.secrets,
+                          "engine": config.engine})
     try:
         proc.stdin.write(payload.encode())
         proc.stdin.close()

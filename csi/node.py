@@ -43,8 +43,11 @@ def _check_capability(cap: csi_pb2.VolumeCapability) -> None:
 
 class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     def __init__(self, node_id: str, state_dir: str, max_volumes: int = 0,
-                 log_level: str = "info", start_daemon=daemons.start):
+                 log_level: str = "info", start_daemon=daemons.start,
+                 engine_endpoint: str | None = None, tier_names: tuple[str, ...] = ()):
         self.node_id = node_id
+        self.engine_endpoint = engine_endpoint  # the node's cache engine, for mount daemons
+        self.tier_names = tuple(tier_names)
         self.max_volumes = max_volumes
         self._log_level = log_level
         self._start_daemon = start_daemon
@@ -76,7 +79,9 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     def _config(self, vol: StagedVolume, secrets: dict | None = None) -> daemons.DaemonConfig:
         return daemons.DaemonConfig(vol.volume_id, vol.staging_path, vol.parameters,
                                     secrets if secrets is not None else
-                                    self._records.secrets(vol.volume_id), self._log_level)
+                                    self._records.secrets(vol.volume_id), self._log_level,
+                                    engine={"endpoint": self.engine_endpoint}
+                                    if self.engine_endpoint else {})
 
     def _restart(self, volume_id: str) -> None:
         """Replace a dead daemon: clear its dead mount, start a new one, re-bind every target."""
@@ -104,6 +109,11 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         _check_capability(request.volume_capability)
         spec = parse_parameters(dict(request.volume_context))
         secrets = parse_secrets(dict(request.secrets))
+        unknown = [t for t in spec.tiers if self.tier_names and t not in self.tier_names]
+        if unknown:
+            raise InvalidArgument(
+                f"parameter 'tiers': tier {unknown[0]!r} is not configured on node "
+                f"{self.node_id} (node tiers: {', '.join(self.tier_names)})")
         path = os.path.normpath(request.staging_target_path)
         with self._inflight.hold(request.volume_id):
             vol = self._volumes.get(request.volume_id)

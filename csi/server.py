@@ -10,9 +10,13 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cache_engine.client import MAX_MESSAGE
+from cache_engine.engine import CacheEngine
+from cache_engine.service import CacheEngineService
+from cache_engine.tiers import parse_tiers
 from eddy import log
 from eddy.errors import InvalidArgument
-from eddy.pb import csi_pb2_grpc
+from eddy.pb import cache_pb2_grpc, csi_pb2_grpc
 
 from .controller import ControllerService
 from .identity import IdentityService
@@ -20,6 +24,13 @@ from .node import NodeService
 from .state import SqliteVolumeStore
 
 MODES = ("all", "controller", "node")
+DEFAULT_TIER_SIZE = "10Gi"
+ENGINE_THREADS = 32  # concurrent engine calls from all mount daemons (misses block on the source)
+
+
+def default_tiers(state_dir: str) -> list[str]:
+    """With no --tier: one disk tier under the state directory."""
+    return [f"SSD:{os.path.join(state_dir, 'cache')}:{DEFAULT_TIER_SIZE}"]
 
 
 def socket_path(endpoint: str) -> str:
@@ -64,7 +75,8 @@ class DriverConfig:
     driver_name: str = "eddy.csi.io"
     max_volumes: int = 0
     log_level: str = "info"
-    tiers: list = field(default_factory=list)
+    tiers: list[str] = field(default_factory=list)  # NAME:PATH:SIZE[:HIGH:LOW], fastest first
+    engine_endpoint: str = ""  # default: unix://<state_dir>/engine.sock
 
 
 class Driver:
@@ -81,18 +93,43 @@ class Driver:
         with_node = config.mode in ("all", "node")
         self.node = None
         self.controller = None
+        self.engine = None
+        self.engine_server = None
         if with_controller:
             store = SqliteVolumeStore(os.path.join(config.state_dir, "controller.db"))
             self.controller = ControllerService(store)
             csi_pb2_grpc.add_ControllerServicer_to_server(self.controller, self.server)
         if with_node:
+            self._start_engine()
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
-                                    config.log_level)
+                                    config.log_level, engine_endpoint=self.engine_endpoint,
+                                    tier_names=tuple(t.name for t in self.engine.tiers))
             csi_pb2_grpc.add_NodeServicer_to_server(self.node, self.server)
         identity = IdentityService(config.driver_name, with_controller)
         csi_pb2_grpc.add_IdentityServicer_to_server(identity, self.server)
 
+    def _start_engine(self) -> None:
+        """The node's cache engine and its own socket, which only root may use."""
+        config = self.config
+        tiers = parse_tiers(config.tiers or default_tiers(config.state_dir))
+        self.engine_endpoint = config.engine_endpoint or \
+            f"unix://{os.path.join(config.state_dir, 'engine.sock')}"
+        self.engine_path = socket_path(self.engine_endpoint)
+        self.engine = CacheEngine(tiers, os.path.join(config.state_dir, "engine"))
+        self.engine_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=ENGINE_THREADS,
+                                       thread_name_prefix="engine-rpc"),
+            options=[("grpc.max_send_message_length", MAX_MESSAGE),
+                     ("grpc.max_receive_message_length", MAX_MESSAGE)])
+        cache_pb2_grpc.add_CacheEngineServicer_to_server(CacheEngineService(self.engine),
+                                                         self.engine_server)
+
     def start(self) -> None:
+        if self.engine_server is not None:
+            # Before the node service: re-adopted mount daemons read through it at once.
+            bind_unix(self.engine_server, self.engine_path)
+            self.engine_server.start()
+            os.chmod(self.engine_path, 0o600)
         if self.node is not None:
             self.node.start()
         bind_unix(self.server, self.path)
@@ -104,10 +141,15 @@ class Driver:
         self.server.stop(grace).wait()
         if self.node is not None:
             self.node.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self.engine_server is not None:
+            self.engine_server.stop(grace).wait()
+            self.engine.close()
+        for path in (self.path, getattr(self, "engine_path", None)):
+            try:
+                if path:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def wait(self) -> None:
         self.server.wait_for_termination()

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--driver-name", default="eddy.csi.io")
     s.add_argument("--max-volumes", type=int, default=0,
                    help="volumes this node may stage at once, 0 for no limit")
+    _tier_argument(s, "STATE-DIR/cache, 10Gi")
+    s.add_argument("--engine-endpoint", default="",
+                   help="the cache engine's socket for mount daemons and the CLI "
+                        "(default: unix://STATE-DIR/engine.sock)")
 
     m = sub.add_parser("mount", help="mount a dataset at a directory, without Kubernetes")
     m.add_argument("source", help="s3://bucket/prefix, local:///abs/dir, ...")
@@ -48,10 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
     m.add_argument("--log-dir", default="/var/log/eddy",
                    help="where a detached mount writes its log (default: %(default)s)")
+    m.add_argument("--state-dir", default="/var/cache/eddy",
+                   help="the mount's cache engine state (block index); one mount at a time "
+                        "may use it, and a later mount of the same dataset finds its blocks "
+                        "warm (default: %(default)s)")
+    _tier_argument(m, "STATE-DIR/cache, 10Gi")
 
     u = sub.add_parser("umount", help="unmount what `eddy mount` mounted")
     u.add_argument("mountpoint")
     return p
+
+
+def _tier_argument(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--tier", action="append", default=[], metavar="NAME:PATH:SIZE[:HIGH:LOW]",
+                   help="a cache tier, fastest first, e.g. MEM:/dev/shm/eddy:4Gi; repeatable "
+                        f"(default: one SSD tier in {default})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +84,8 @@ def _serve(args) -> int:
 
     driver = Driver(DriverConfig(
         mode=args.mode, endpoint=args.endpoint, node_id=args.node_id, state_dir=args.state_dir,
-        driver_name=args.driver_name, max_volumes=args.max_volumes, log_level=args.log_level))
+        driver_name=args.driver_name, max_volumes=args.max_volumes, log_level=args.log_level,
+        tiers=args.tier, engine_endpoint=args.engine_endpoint))
     stopping = threading.Event()
 
     def on_signal(signum, frame):
@@ -95,7 +111,9 @@ def _secrets(path: str | None) -> dict[str, str]:
 
 def _mount(args) -> int:
     from cache_engine.spec import parse_parameters, parse_secrets
+    from cache_engine.tiers import parse_tiers
     from csi import daemons
+    from csi.server import default_tiers
 
     params = {"source": args.source}
     for item in args.param:
@@ -109,17 +127,23 @@ def _mount(args) -> int:
     if not os.path.isdir(mountpoint):
         raise EddyError(f"mountpoint {mountpoint} is not a directory")
     volume_id = "mount-" + hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
+    state_dir = os.path.abspath(args.state_dir)
+    tiers = args.tier or default_tiers(state_dir)
+    parse_tiers(tiers)  # a bad --tier is reported here, not by the detached daemon
+    engine = {"tiers": tiers, "state_dir": state_dir}
     if args.foreground:
         from csi.fuse.daemon import run
 
         run(mountpoint, volume_id, spec.to_parameters(), secrets,
             ready_callback=lambda: print(f"mounted {spec.source.uri} at {mountpoint}",
-                                         flush=True))
+                                         flush=True), engine=engine)
         return 0
     log_path = os.path.join(args.log_dir, f"{volume_id}.log")
-    daemons.start(daemons.DaemonConfig(volume_id, mountpoint, spec.to_parameters(), secrets,
-                                       args.log_level, log_path))
-    print(json.dumps({"mounted": spec.source.uri, "mountpoint": mountpoint, "log": log_path}))
+    daemon = daemons.start(daemons.DaemonConfig(volume_id, mountpoint, spec.to_parameters(),
+                                                secrets, args.log_level, log_path,
+                                                engine=engine))
+    print(json.dumps({"mounted": spec.source.uri, "mountpoint": mountpoint, "pid": daemon.pid,
+                      "log": log_path, "state_dir": state_dir}))
     return 0
 
 

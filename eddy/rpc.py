@@ -6,7 +6,8 @@ method named like an RPC (CamelCase) is wrapped once:
 - the request is logged at debug (info for mutating calls) with secrets removed,
 - an `EddyError` becomes `context.abort(code, message)` by the table below; an `OSError` from
   a source becomes its code too, with its errno in the trailing metadata key `eddy-errno`, so a
-  mount daemon can answer the kernel with the same errno,
+  mount daemon can answer the kernel with the same errno; every such error also carries
+  `eddy-error` (its class name), which a connection failure never has,
 - anything else becomes INTERNAL with one logged traceback.
 
 Called without a context (plain unit tests), the wrapped method returns or raises as written.
@@ -38,6 +39,9 @@ ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (OSError, grpc.StatusCode.UNAVAILABLE),
 )
 ERRNO_KEY = "eddy-errno"
+# Set on every error a servicer raised on purpose, so a client can tell "the server said
+# UNAVAILABLE" (a source is down) from "there is no server" (a connection failure).
+ERROR_KEY = "eddy-error"
 
 # Calls that only read state are logged at debug; they are frequent (probes, stats).
 QUIET_CALLS = frozenset({
@@ -79,8 +83,10 @@ def _wrap(name: str, method):
                            duration=round(time.monotonic() - start, 4))
             if context is None:
                 raise
+            metadata = [(ERROR_KEY, type(e).__name__)]
             if isinstance(e, OSError) and e.errno:
-                context.set_trailing_metadata(((ERRNO_KEY, str(e.errno)),))
+                metadata.append((ERRNO_KEY, str(e.errno)))
+            context.set_trailing_metadata(tuple(metadata))
             context.abort(code, str(e))
         except Exception as e:
             logger.exception("rpc.internal_error", duration=round(time.monotonic() - start, 4))

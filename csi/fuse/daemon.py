@@ -2,8 +2,14 @@
 
 pyfuse3 allows one mount per process, so the node plugin starts one daemon per staged volume
 (`python -m csi.fuse --mountpoint PATH --volume-id ID`). Parameters and secrets arrive as one
-JSON object on stdin (`{"parameters": {...}, "secrets": {...}}`), never on argv, which any
-user can read in /proc. The daemon answers exactly one line on stdout, which the plugin waits
+JSON object on stdin, never on argv, which any user can read in /proc:
+
+    {"parameters": {...}, "secrets": {...}, "engine": {...}}
+
+`engine` says where blocks come from: `{"endpoint": "unix:///..."}` is the node plugin's cache
+engine (reads fall back to the source while it is unreachable); `{"tiers": [...],
+"state_dir": DIR}` runs an engine inside this process (`eddy mount`); absent, the daemon reads
+the source directly. The daemon answers exactly one line on stdout, which the plugin waits
 for (csi/daemons.py):
 
     READY              the mount is up and answered a request from this process
@@ -29,7 +35,7 @@ import pyfuse3
 import structlog
 import trio
 
-from cache_engine.spec import parse_parameters, parse_secrets
+from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
 from cache_engine.ufs import Kind, UfsBackend, open_ufs
 from eddy import log
 from eddy.errors import EddyError, InvalidArgument, Unavailable
@@ -133,9 +139,56 @@ def _check_source(reader: UfsBackend, uri: str) -> None:
         raise Unavailable(f"source {uri} is not a directory")
 
 
+class _Reader:
+    """The `UfsBackend` the filesystem reads, and what to close after it."""
+
+    def __init__(self, spec: DatasetSpec, secrets: dict[str, str], engine: dict | None):
+        self.engine = None
+        self.client = None
+        engine = engine or {}
+        if engine.get("endpoint"):
+            from cache_engine.client import EngineClient
+            from cache_engine.reader import DatasetReader
+
+            self.client = EngineClient(engine["endpoint"])
+            try:
+                self.backend = DatasetReader(self.client, spec, secrets,
+                                             direct=lambda: open_ufs(spec, secrets))
+            except BaseException:
+                self.client.close()
+                raise
+        elif engine.get("state_dir"):
+            from cache_engine.engine import CacheEngine, StateDirBusy
+            from cache_engine.reader import DatasetReader
+            from cache_engine.tiers import parse_tiers
+
+            try:
+                self.engine = CacheEngine(parse_tiers(engine.get("tiers") or []),
+                                          engine["state_dir"])
+            except StateDirBusy as e:
+                raise StateDirBusy(
+                    f"{e} (another mount is using it: give this one its own --state-dir)"
+                ) from None
+            try:
+                self.backend = DatasetReader(self.engine, spec, secrets)
+            except BaseException:
+                self.engine.close()
+                raise
+        else:
+            self.backend = open_ufs(spec, secrets)
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.client is not None:
+            self.client.close()
+        if self.engine is not None:
+            self.engine.close()
+
+
 def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         secrets: dict[str, str] | None = None,
-        ready_callback: Callable[[], None] = lambda: None) -> None:
+        ready_callback: Callable[[], None] = lambda: None,
+        engine: dict | None = None) -> None:
     """Mount the volume at `mountpoint` and serve it until unmounted or signalled.
 
     Startup problems raise an EddyError naming the problem (never a secret) before
@@ -148,10 +201,10 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     if not os.path.isdir(mountpoint):
         raise InvalidArgument(f"mountpoint {mountpoint} is not a directory")
     logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.uri)
-    reader = open_ufs(spec, secrets)
+    opened = _Reader(spec, secrets, engine)
     try:
-        _check_source(reader, spec.source.uri)
-        fs = DatasetFs(reader, spec.metadata_ttl)
+        _check_source(opened.backend, spec.source.uri)
+        fs = DatasetFs(opened.backend, spec.metadata_ttl)
         dev_before = os.stat(mountpoint).st_dev
         # From mounting until the signal receiver runs, a SIGTERM would kill the process and
         # leave a dead mount ("transport endpoint is not connected"): hold signals back.
@@ -179,11 +232,11 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
             raise session.failure
         logger.info("unmounted", mountpoint=mountpoint, **vars(fs.statistics()))
     finally:
-        reader.close()
+        opened.close()
 
 
-def _read_request(stream) -> tuple[dict, dict]:
-    """The one JSON object on stdin: {"parameters": {...}, "secrets": {...}}."""
+def _read_request(stream) -> tuple[dict, dict, dict]:
+    """The one JSON object on stdin: {"parameters": {...}, "secrets": {...}, "engine": {}}."""
     text = ""
     request = None
     for line in stream:
@@ -202,7 +255,10 @@ def _read_request(stream) -> tuple[dict, dict]:
         if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise InvalidArgument(f"stdin: {key!r} must be an object of strings")
-    return parameters, secrets
+    engine = request.get("engine") or {}
+    if not isinstance(engine, dict):
+        raise InvalidArgument("stdin: 'engine' must be an object")
+    return parameters, secrets, engine
 
 
 def _say(line: str) -> None:
@@ -243,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         _say("READY")
 
     try:
-        parameters, secrets = _read_request(sys.stdin)
-        run(args.mountpoint, args.volume_id, parameters, secrets, announce)
+        parameters, secrets, engine = _read_request(sys.stdin)
+        run(args.mountpoint, args.volume_id, parameters, secrets, announce, engine)
     except Exception as e:  # noqa: BLE001 - every failure must become one answer line
         message = str(e) if isinstance(e, EddyError) else f"{type(e).__name__}: {e}"
         message = " ".join(message.split()) or type(e).__name__
