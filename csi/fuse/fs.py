@@ -5,11 +5,13 @@ filesystem serves straight from a source today and from the cache engine's clien
 reader call runs in a worker thread under a `trio.CapacityLimiter`: one slow ranged read never
 stalls the event loop that answers every other request of the mount.
 
-Inode numbers are assigned per path on first sight and never reassigned while mounted, so a
-path keeps its inode across lookups, forgets and TTL refreshes. A file handle remembers the
-version seen at open(): every read asks for exactly that version, and the kernel keeps its
-page cache across opens only while the version stays the same, so a changed source file is
-never served as a mix of old and new pages.
+Directories and symlinks get one inode number per path, kept while mounted. A regular file
+gets one inode per (path, version): its attributes and bytes never change, so the kernel may
+keep its page cache across every open of it. When the source file changes, the next lookup
+after the metadata TTL answers a new inode; readers that opened the old version keep reading
+the old inode (its own pages, its own size) and never see a mix of old and new bytes. Numbers
+are never reused: a file version keeps its number across forgets and lookups, and a new version
+gets a new one.
 """
 
 from __future__ import annotations
@@ -130,15 +132,19 @@ class DatasetFs(pyfuse3.Operations):
     ):
         super().__init__()
         self._reader = reader
+        # Readers that keep checked blocks in memory answer those requests without a thread.
+        self._read_cached = getattr(reader, "read_cached", None)
         self._meta = MetadataCache(metadata_ttl, clock)
         self._read_limiter = trio.CapacityLimiter(read_threads)
         self._meta_limiter = trio.CapacityLimiter(metadata_threads)
         self._log = log.get("csi.fuse", source=getattr(reader, "description", ""))
-        self._inodes: dict[str, int] = {"": ROOT_INODE}
+        # (path, version) -> inode; the version is None for directories and symlinks
+        self._inodes: dict[tuple[str, str | None], int] = {("", None): ROOT_INODE}
         self._paths: dict[int, str] = {ROOT_INODE: ""}
+        self._versions: dict[int, Entry] = {}  # file inode -> the one version it shows
+        self._forgotten: set[int] = set()  # file inodes the kernel let go of (entry dropped)
         self._next_inode = ROOT_INODE + 1
         self._lookups: Counter[int] = Counter({ROOT_INODE: 1})
-        self._opened_version: dict[int, str] = {}  # inode -> version at its last open()
         self._files: dict[int, _OpenFile] = {}
         self._dirs: dict[int, _OpenDir] = {}
         self._next_fh = 1
@@ -166,16 +172,23 @@ class DatasetFs(pyfuse3.Operations):
             self._log.exception("request failed unexpectedly", op=op)
         return pyfuse3.FUSEError(code)
 
-    def _inode_of(self, path: str) -> int:
-        inode = self._inodes.get(path)
+    def _inode_of(self, path: str, entry: Entry) -> int:
+        is_file = entry.kind is Kind.FILE
+        key = (path, entry.version if is_file else None)
+        inode = self._inodes.get(key)
         if inode is None:
             inode = self._next_inode
             self._next_inode += 1
-            self._inodes[path] = inode
+            self._inodes[key] = inode
             self._paths[inode] = path
+        if is_file and inode not in self._versions:
+            self._versions[inode] = entry
+            self._forgotten.discard(inode)
         return inode
 
     def _path_of(self, inode: int) -> str:
+        if inode in self._forgotten:
+            raise pyfuse3.FUSEError(errno.ESTALE)
         try:
             return self._paths[inode]
         except KeyError:
@@ -236,13 +249,18 @@ class DatasetFs(pyfuse3.Operations):
             negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the absence
             negative.entry_timeout = timeout
             return negative
-        inode = self._inode_of(path)
+        inode = self._inode_of(path, entry)
         self._lookups[inode] += 1
-        return self._attributes(inode, entry, expiry)
+        return self._attributes(inode, self._versions.get(inode, entry), expiry)
 
     @_request
     async def getattr(self, inode, ctx=None):
-        entry, expiry = await self._stat(self._path_of(inode))
+        path = self._path_of(inode)
+        version = self._versions.get(inode)
+        if version is not None:  # a file version's attributes never change
+            cached = self._meta.entry(path)
+            return self._attributes(inode, version, cached.expiry if cached else 0.0)
+        entry, expiry = await self._stat(path)
         return self._attributes(inode, entry, expiry)
 
     @_request
@@ -262,8 +280,9 @@ class DatasetFs(pyfuse3.Operations):
                 self._lookups[inode] = left
                 continue
             self._lookups.pop(inode, None)
-            self._opened_version.pop(inode, None)  # the kernel dropped its pages with it
             path = self._paths.get(inode)
+            if self._versions.pop(inode, None) is not None:  # a lookup brings it back
+                self._forgotten.add(inode)
             if path is not None:
                 self._meta.forget(path)
 
@@ -310,8 +329,8 @@ class DatasetFs(pyfuse3.Operations):
         handle = self._dirs[fh]
         for index in range(start_id, len(handle.entries)):
             entry = handle.entries[index]
-            inode = self._inode_of(join(handle.path, entry.name))
-            attr = self._attributes(inode, entry, handle.expiry)
+            inode = self._inode_of(join(handle.path, entry.name), entry)
+            attr = self._attributes(inode, self._versions.get(inode, entry), handle.expiry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attr, index + 1):
                 break
             self._lookups[inode] += 1
@@ -327,17 +346,15 @@ class DatasetFs(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
         path = self._path_of(inode)
-        entry, _ = await self._stat(path)
-        if entry.kind is Kind.DIR:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        if entry.kind is not Kind.FILE:
-            raise pyfuse3.FUSEError(errno.ELOOP)
-        # Same version as last time: the kernel's cached pages are still right, keep them.
-        keep_cache = self._opened_version.get(inode) == entry.version and bool(entry.version)
-        self._opened_version[inode] = entry.version
+        entry = self._versions.get(inode)
+        if entry is None:
+            entry, _ = await self._stat(path)
+            raise pyfuse3.FUSEError(errno.EISDIR if entry.kind is Kind.DIR else errno.ELOOP)
         fh = self._handle()
         self._files[fh] = _OpenFile(inode, path, entry.version)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        # This inode only ever shows this version: the kernel's pages of it stay right. A
+        # version-less source (no etag, size or mtime) gets no such promise.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=bool(entry.version))
 
     @_request
     async def read(self, fh, off, size):
@@ -345,9 +362,15 @@ class DatasetFs(pyfuse3.Operations):
             handle = self._files[fh]
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
-        data = await trio.to_thread.run_sync(
-            self._reader.read, handle.path, off, size, handle.version or None,
-            limiter=self._read_limiter)
+        version = handle.version or None
+        data = None
+        if self._read_cached is not None:
+            # Never blocks, so it may run on the event loop: most requests of a sequential
+            # reader are answered here, without the thread hop that costs more than they do.
+            data = self._read_cached(handle.path, off, size, version)
+        if data is None:
+            data = await trio.to_thread.run_sync(
+                self._reader.read, handle.path, off, size, version, limiter=self._read_limiter)
         self._reads += 1
         self._bytes_read += len(data)
         return data

@@ -135,8 +135,11 @@ def test_metadata_is_cached_for_the_ttl_only():
         assert ufs.count("stat") == 1
         clock.now += 0.2
         ufs.change("empty", b"now longer")
-        attr = await fs.getattr(ino)
-        assert ufs.count("stat") == 2 and attr.st_size == 10 and attr.attr_timeout == 5
+        old = await fs.getattr(ino)  # the inode of the version first seen: never changes
+        assert old.st_size == 0 and old.attr_timeout == 0
+        new = await fs.lookup(pyfuse3.ROOT_INODE, b"empty")  # after the TTL: the new version
+        assert ufs.count("stat") == 2 and new.st_size == 10 and new.attr_timeout == 5
+        assert new.st_ino != ino
 
     run(go)
 
@@ -180,7 +183,7 @@ def test_missing_names_without_ttl_are_enoent():
     assert info.value.errno == errno.ENOENT
 
 
-def test_open_refuses_writes_and_keeps_cache_only_for_the_same_version():
+def test_each_file_version_is_its_own_inode_whose_pages_the_kernel_keeps():
     fs, ufs, clock = make(ttl=1)
 
     async def go():
@@ -193,23 +196,30 @@ def test_open_refuses_writes_and_keeps_cache_only_for_the_same_version():
         first = await fs.open(ino, os.O_RDONLY)
         second = await fs.open(ino, os.O_RDONLY)
         ufs.change("dir/a.bin", b"XYZ")
-        # the old handle keeps its version: the source refuses, the reader gets ESTALE
+        # the old version's handle asks for its version: the source refuses with ESTALE
         with pytest.raises(pyfuse3.FUSEError) as info:
             await fs.read(first.fh, 0, 10)
         assert info.value.errno == errno.ESTALE
         clock.now += 2
-        third = await fs.open(ino, os.O_RDONLY)
+        new = await fs.lookup(d.st_ino, b"a.bin")
+        third = await fs.open(new.st_ino, os.O_RDONLY)
         data = await fs.read(third.fh, 0, 100)
+        old_attr = await fs.getattr(ino)
         for fi in (first, second, third):
             await fs.release(fi.fh)
-        return first, second, third, data
+        await fs.forget([(ino, 1)])
+        return first, second, third, data, new, old_attr, ino
 
-    first, second, third, data = run(go)
-    assert (first.keep_cache, second.keep_cache, third.keep_cache) == (False, True, False)
+    first, second, third, data, new, old_attr, ino = run(go)
+    assert first.keep_cache and second.keep_cache and third.keep_cache
+    assert new.st_ino != ino and new.st_size == 3 and old_attr.st_size != 3
     assert data == b"XYZ"
     stats = fs.statistics()
     assert stats.reads == 1 and stats.bytes_read == 3 and stats.errors >= 1
     assert stats.open_files == 0
+    with pytest.raises(pyfuse3.FUSEError) as info:  # forgotten: the old version is gone
+        run(lambda: fs.getattr(ino))
+    assert info.value.errno == errno.ESTALE
 
 
 def test_directories_cannot_be_opened_as_files():

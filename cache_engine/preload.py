@@ -1,0 +1,266 @@
+"""Preload jobs: load a dataset's blocks into the cache before pods read them (Fluid's DataLoad).
+
+A job walks the files in its scope (the whole dataset, or a list of paths: a directory, a file
+or a name prefix), then loads every block that is not cached yet with a bounded number of
+parallel source reads. It is resumable (cached blocks are skipped, so a job restarted after a
+crash fetches only what is missing) and cancellable. It never claims success it did not reach:
+
+    Running          listing, then loading
+    Complete         every block of every file in scope is cached
+    CapacityReached  the dataset's capacity (cacheCapacity, or what its tiers hold) is full;
+                     `bytes_cached` says exactly how much of the scope is cached
+    Cancelled        stopped on request (or by the engine shutting down)
+    Failed           the source failed; `message` says how
+
+The engine runs at most one job per dataset; asking again while one runs returns that job.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from eddy import log
+
+from .blocks import BlockKey
+from .ufs.base import Entry, Kind, clean_path
+
+DEFAULT_WORKERS = 8
+MAX_WORKERS = 64
+_log = log.get("cache_engine.preload")
+
+
+class JobState(enum.Enum):
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    CAPACITY_REACHED = "CapacityReached"
+    CANCELLED = "Cancelled"
+    FAILED = "Failed"
+
+
+class BlockOutcome(enum.Enum):
+    CACHED = "cached"  # it was already there
+    LOADED = "loaded"  # fetched from the source and stored
+    FULL = "full"  # no room for it: the dataset is at its capacity
+
+
+@dataclass(frozen=True)
+class PreloadProgress:
+    """A snapshot of one job, safe to hand out."""
+
+    dataset_id: str
+    paths: tuple[str, ...]
+    state: JobState
+    listing: bool  # still walking the scope: the totals are not final yet
+    files_total: int
+    files_done: int
+    bytes_total: int
+    bytes_cached: int  # bytes of the scope in the cache (skipped + loaded)
+    bytes_fetched: int  # bytes this job read from the source
+    blocks_skipped: int
+    started: float
+    finished: float | None
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state is not JobState.RUNNING
+
+
+@dataclass
+class _File:
+    entry: Entry
+    blocks_left: int
+
+
+@dataclass
+class _Counters:
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_cached: int = 0
+    bytes_fetched: int = 0
+    blocks_skipped: int = 0
+    listing: bool = True
+    files: dict[str, _File] = field(default_factory=dict)
+
+
+class PreloadJob:
+    """One job: `start()` runs it in a thread; `progress()`, `cancel()`, `wait()` from others.
+
+    `engine` is the CacheEngine; the job uses its `stat`, `list` and `preload_block`.
+    """
+
+    def __init__(self, engine, dataset_id: str, block_size: int, paths: tuple[str, ...],
+                 workers: int = DEFAULT_WORKERS, clock: Callable[[], float] = time.time):
+        self.dataset_id = dataset_id
+        self.paths = tuple(clean_path(p) for p in paths)
+        self._engine = engine
+        self._block_size = block_size
+        self._workers = max(1, min(workers, MAX_WORKERS))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._c = _Counters()
+        self._state = JobState.RUNNING
+        self._message = ""
+        self._stop = threading.Event()
+        self._started = clock()
+        self._finished: float | None = None
+        self._thread = threading.Thread(target=self._run, name=f"preload-{dataset_id[:8]}",
+                                        daemon=True)
+
+    # --- control ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._end(JobState.CANCELLED, "cancelled")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def progress(self) -> PreloadProgress:
+        with self._lock:
+            c = self._c
+            return PreloadProgress(
+                self.dataset_id, self.paths, self._state, c.listing, c.files_total,
+                c.files_done, c.bytes_total, c.bytes_cached, c.bytes_fetched, c.blocks_skipped,
+                self._started, self._finished, self._message)
+
+    def _end(self, state: JobState, message: str = "") -> None:
+        """Record how the job ends; the first ending wins."""
+        with self._lock:
+            if self._state is JobState.RUNNING:
+                self._state, self._message = state, message
+        self._stop.set()
+
+    # --- the job ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        _log.info("preload.start", dataset=self.dataset_id, paths=list(self.paths),
+                  workers=self._workers)
+        try:
+            with ThreadPoolExecutor(self._workers, thread_name_prefix="preload") as pool:
+                slots = threading.BoundedSemaphore(self._workers * 2)
+                for entry in self._files():
+                    self._add_file(entry)
+                    for index in range(-(-entry.size // self._block_size)):
+                        if not self._acquire(slots):
+                            break
+                        pool.submit(self._load, entry, index, slots)
+                    if self._stop.is_set():
+                        break
+                with self._lock:
+                    self._c.listing = False
+        except Exception as e:  # noqa: BLE001 - the job's state must say what went wrong
+            _log.warning("preload.failed", dataset=self.dataset_id, error=str(e))
+            self._end(JobState.FAILED, f"{type(e).__name__}: {e}" if not str(e) else str(e))
+        self._end(JobState.COMPLETE)
+        with self._lock:
+            self._c.listing = False
+            self._finished = self._clock()
+        p = self.progress()
+        _log.info("preload.end", dataset=self.dataset_id, state=p.state.value,
+                  bytes_cached=p.bytes_cached, bytes_total=p.bytes_total,
+                  bytes_fetched=p.bytes_fetched, message=p.message)
+
+    def _acquire(self, slots: threading.BoundedSemaphore) -> bool:
+        while not slots.acquire(timeout=0.2):
+            if self._stop.is_set():
+                return False
+        if self._stop.is_set():
+            slots.release()
+            return False
+        return True
+
+    def _add_file(self, entry: Entry) -> None:
+        blocks = -(-entry.size // self._block_size)
+        with self._lock:
+            c = self._c
+            c.files_total += 1
+            c.bytes_total += entry.size
+            if blocks == 0:
+                c.files_done += 1
+            else:
+                c.files[entry.path] = _File(entry, blocks)
+
+    def _load(self, entry: Entry, index: int, slots: threading.BoundedSemaphore) -> None:
+        try:
+            if self._stop.is_set():
+                return
+            length = min(self._block_size, entry.size - index * self._block_size)
+            key = BlockKey(self.dataset_id, entry.path, entry.version, index)
+            outcome = self._engine.preload_block(self.dataset_id, key, length)
+            if outcome is BlockOutcome.FULL:
+                self._end(JobState.CAPACITY_REACHED, "the dataset's cache capacity is full")
+                return
+            with self._lock:
+                c = self._c
+                c.bytes_cached += length
+                if outcome is BlockOutcome.CACHED:
+                    c.blocks_skipped += 1
+                else:
+                    c.bytes_fetched += length
+                f = c.files[entry.path]
+                f.blocks_left -= 1
+                if f.blocks_left == 0:
+                    c.files_done += 1
+                    del c.files[entry.path]
+        except Exception as e:  # noqa: BLE001 - recorded as the job's failure
+            self._end(JobState.FAILED, f"{entry.path}: {e}")
+        finally:
+            slots.release()
+
+    def _files(self) -> Iterator[Entry]:
+        """Every regular file in scope, each once, in a stable order."""
+        seen: set[str] = set()
+        for path in self.paths or ("",):
+            for entry in self._scope(path):
+                if entry.path not in seen:
+                    seen.add(entry.path)
+                    yield entry
+                if self._stop.is_set():
+                    return
+
+    def _scope(self, path: str) -> Iterator[Entry]:
+        try:
+            entry = self._engine.stat(self.dataset_id, path)
+        except FileNotFoundError:
+            yield from self._prefixed(path)
+            return
+        if entry.kind is Kind.FILE:
+            yield entry
+        elif entry.kind is Kind.DIR:
+            yield from self._walk(entry.path)
+
+    def _prefixed(self, prefix: str) -> Iterator[Entry]:
+        """Entries of the parent directory whose path starts with `prefix` ("train/part-")."""
+        parent = prefix.rpartition("/")[0]
+        try:
+            entries = self._engine.list(self.dataset_id, parent)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"preload path {prefix!r} matches nothing") from None
+        matched = [e for e in entries if e.path.startswith(prefix)]
+        if not matched:
+            raise FileNotFoundError(f"preload path {prefix!r} matches nothing")
+        for e in matched:
+            if e.kind is Kind.FILE:
+                yield e
+            elif e.kind is Kind.DIR:
+                yield from self._walk(e.path)
+
+    def _walk(self, top: str) -> Iterator[Entry]:
+        stack = [top]
+        while stack and not self._stop.is_set():
+            directory = stack.pop()
+            entries = sorted(self._engine.list(self.dataset_id, directory), key=lambda e: e.path)
+            for e in entries:
+                if e.kind is Kind.FILE:
+                    yield e
+            stack.extend(e.path for e in reversed(entries) if e.kind is Kind.DIR)

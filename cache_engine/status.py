@@ -1,0 +1,160 @@
+"""What `eddy status` shows per dataset: source size, cached bytes, capacity, phase, hit ratio.
+
+The source's total size comes from a background walk of the dataset (`SizeScan`), shown as
+unknown ("calculating") until it ends and reused afterwards: for an immutable dataset forever,
+otherwise until its metadata TTL (at least `MIN_RESCAN_SECONDS`) has passed. Cached bytes
+count each block once, whatever tier holds it, and only blocks of the file versions the
+walk saw, so the percentage is exact: an old version's blocks are not "cached" data.
+
+Phases:
+    Pending            the size walk has not finished and nothing else is known yet
+    Loading            a preload job is running
+    Ready              the dataset is readable (and its size known)
+    CapacityReached    the last preload stopped because the dataset's capacity is full
+    SourceUnavailable  the last request to the source failed as unreachable
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from eddy import log
+
+from .preload import JobState, PreloadProgress
+from .ufs.base import Kind
+
+MIN_RESCAN_SECONDS = 60.0
+_log = log.get("cache_engine.status")
+
+
+class Phase(enum.Enum):
+    PENDING = "Pending"
+    LOADING = "Loading"
+    READY = "Ready"
+    CAPACITY_REACHED = "CapacityReached"
+    SOURCE_UNAVAILABLE = "SourceUnavailable"
+
+
+@dataclass(frozen=True)
+class DatasetStatus:
+    dataset_id: str
+    source: str  # "" for a dataset with cached blocks that no volume opened since a restart
+    volumes: tuple[str, ...]
+    ufs_total_bytes: int | None  # None while calculating
+    ufs_files: int | None
+    cached_bytes: int
+    capacity: int | None
+    phase: Phase
+    hits: int
+    misses: int
+    tier_bytes: dict[str, int] = field(default_factory=dict)
+    preload: PreloadProgress | None = None
+    message: str = ""
+
+    @property
+    def cached_percent(self) -> float | None:
+        if self.ufs_total_bytes is None:
+            return None
+        if self.ufs_total_bytes == 0:
+            return 100.0
+        return 100.0 * self.cached_bytes / self.ufs_total_bytes
+
+    @property
+    def hit_ratio(self) -> float | None:
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+
+class SizeScan:
+    """One background walk of a dataset: every file's path, version and size."""
+
+    def __init__(self, list_dir: Callable[[str], list], clock: Callable[[], float] = time.time):
+        self._list = list_dir
+        self._clock = clock
+        self.files: dict[tuple[str, str], int] | None = None  # (path, version) -> size
+        self.total: int | None = None
+        self.error = ""
+        self.finished: float | None = None
+        self._thread = threading.Thread(target=self._run, name="size-scan", daemon=True)
+
+    def start(self) -> SizeScan:
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stale(self, ttl: float | None) -> bool:
+        if self.running or self.finished is None:
+            return False
+        if self.error:
+            return self._clock() - self.finished >= MIN_RESCAN_SECONDS
+        if ttl is None:
+            return False
+        return self._clock() - self.finished >= max(ttl, MIN_RESCAN_SECONDS)
+
+    def _run(self) -> None:
+        files: dict[tuple[str, str], int] = {}
+        try:
+            stack = [""]
+            while stack:
+                for entry in self._list(stack.pop()):
+                    if entry.kind is Kind.DIR:
+                        stack.append(entry.path)
+                    elif entry.kind is Kind.FILE:
+                        files[(entry.path, entry.version)] = entry.size
+        except Exception as e:  # noqa: BLE001 - shown in the status, retried later
+            self.error = str(e) or type(e).__name__
+            _log.warning("size_scan.failed", error=self.error)
+        else:
+            self.files, self.total = files, sum(files.values())
+        self.finished = self._clock()
+
+
+class Histogram:
+    """Counts of observations per upper bound (cumulative on read), their sum and count.
+
+    Not thread-safe: the engine's lock guards it."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self._counts[i] += 1
+                break
+        else:
+            self._counts[-1] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """[(upper bound, observations <= bound)], ending with (inf, count)."""
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self._counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+def phase_of(source_error: str, preload: PreloadProgress | None, size_known: bool) -> Phase:
+    if source_error:
+        return Phase.SOURCE_UNAVAILABLE
+    if preload is not None and preload.state is JobState.RUNNING:
+        return Phase.LOADING
+    if preload is not None and preload.state is JobState.CAPACITY_REACHED:
+        return Phase.CAPACITY_REACHED
+    return Phase.READY if size_known else Phase.PENDING

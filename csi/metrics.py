@@ -1,0 +1,102 @@
+"""Prometheus metrics of a node plugin, read from the cache engine and the supervisor on scrape.
+
+Labels are bounded: tier names come from node configuration and dataset ids are hashes of
+volume definitions; no label ever holds a path, a source URI with a key, or a secret.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+from cache_engine.engine import CacheEngine
+from cache_engine.preload import JobState
+
+from .daemons import Supervisor
+
+# engine counter -> (metric name without _total, help)
+COUNTERS = {
+    "hits": ("eddy_cache_hits", "Block lookups answered from a tier."),
+    "misses": ("eddy_cache_misses", "Block lookups that had to read the source."),
+    "source_bytes": ("eddy_source_bytes", "Bytes read from sources."),
+    "source_reads": ("eddy_source_reads", "Block reads from sources."),
+    "uncached_reads": ("eddy_uncached_reads", "Blocks served from the source without caching."),
+    "tier_write_failures": ("eddy_tier_write_failures", "Block writes a tier refused."),
+    "evictions": ("eddy_cache_evictions", "Blocks dropped from the cache."),
+    "demotions": ("eddy_cache_demotions", "Blocks moved down to a slower tier."),
+    "promotions": ("eddy_cache_promotions", "Blocks moved up to a faster tier."),
+    "checksum_failures": ("eddy_checksum_failures", "Cached blocks that failed their checksum."),
+    "prefetches": ("eddy_prefetches", "Blocks loaded ahead of sequential readers."),
+}
+
+
+class NodeCollector:
+    def __init__(self, engine: CacheEngine, supervisor: Supervisor | None = None):
+        self.engine = engine
+        self.supervisor = supervisor
+
+    def collect(self):
+        stats = self.engine.statistics()
+        for key, (name, doc) in COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=stats[key])
+        served = CounterMetricFamily("eddy_cache_served_bytes",
+                                     "Bytes of blocks located in each tier (cache hits).",
+                                     labels=["tier"])
+        used = GaugeMetricFamily("eddy_tier_used_bytes", "Bytes stored in each tier.",
+                                 labels=["tier"])
+        size = GaugeMetricFamily("eddy_tier_size_bytes", "Size of each tier.", labels=["tier"])
+        for tier, t in stats["tiers"].items():
+            served.add_metric([tier], self.engine.served_bytes.get(tier, 0))
+            used.add_metric([tier], t["used"])
+            size.add_metric([tier], t["size"])
+        yield from (served, used, size)
+        cached = GaugeMetricFamily("eddy_dataset_cached_bytes",
+                                   "Bytes cached per dataset, all tiers.", labels=["dataset"])
+        for ds, d in stats["datasets"].items():
+            cached.add_metric([ds], d["used"])
+        yield cached
+        yield from self._preload()
+        h = self.engine.fetch_seconds
+        buckets = [("+Inf" if b == float("inf") else repr(b), n) for b, n in h.cumulative()]
+        yield HistogramMetricFamily("eddy_block_fetch_seconds",
+                                    "Time to read one block from its source.",
+                                    buckets=buckets, sum_value=h.sum)
+        if self.supervisor is not None:
+            yield CounterMetricFamily("eddy_mount_daemon_restarts",
+                                      "Mount daemons restarted after dying.",
+                                      value=self.supervisor.restarts)
+
+    def _preload(self):
+        done = GaugeMetricFamily("eddy_preload_cached_bytes",
+                                 "Bytes of the latest preload's scope now cached.",
+                                 labels=["dataset"])
+        total = GaugeMetricFamily("eddy_preload_total_bytes",
+                                  "Bytes in the latest preload's scope (so far, while listing).",
+                                  labels=["dataset"])
+        running = GaugeMetricFamily("eddy_preload_running", "1 while a preload runs.",
+                                    labels=["dataset"])
+        for ds in self.engine.statistics()["datasets"]:
+            try:
+                p = self.engine.preload_progress(ds)
+            except Exception:  # noqa: BLE001 - a dataset closed between the two calls
+                continue
+            if p is None:
+                continue
+            done.add_metric([ds], p.bytes_cached)
+            total.add_metric([ds], p.bytes_total)
+            running.add_metric([ds], 1 if p.state is JobState.RUNNING else 0)
+        yield from (done, total, running)
+
+
+def serve(engine: CacheEngine, supervisor: Supervisor | None, port: int,
+          address: str = "0.0.0.0"):
+    """Serve /metrics on `address:port` in a thread; returns the HTTP server (shutdown())."""
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(engine, supervisor))
+    server, _thread = start_http_server(port, address, registry=registry)
+    return server

@@ -1,0 +1,54 @@
+"""What the node service asks of the node's cache engine about one staged volume.
+
+The engine runs in the node plugin's process, so these are plain calls: open the volume's
+dataset, start the `preload` the volume asked for (in the background: staging never waits for
+it), and report the volume's cache usage and health for NodeGetVolumeStats.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from cache_engine.engine import CacheEngine
+from cache_engine.spec import parse_parameters
+from cache_engine.status import DatasetStatus, Phase
+from eddy import log
+
+from .staging import StagedVolume
+
+
+class VolumeCache:
+    def __init__(self, engine: CacheEngine):
+        self.engine = engine
+        self._log = log.get("csi.node")
+
+    def open(self, vol: StagedVolume, secrets: dict[str, str]) -> str:
+        """The volume's dataset id (opening the dataset if the engine does not know it)."""
+        spec = parse_parameters(vol.parameters)
+        return self.engine.open_dataset(spec, secrets, vol.volume_id).dataset_id
+
+    def start_preload(self, vol: StagedVolume, secrets: dict[str, str]) -> None:
+        """Start the preload named by the volume's `preload` parameter, if any, in the
+        background; failures are logged and shown by `eddy status`, never fail staging."""
+        wanted = parse_parameters(vol.parameters).preload
+        if not wanted:
+            return
+        paths = () if wanted is True else tuple(wanted)
+
+        def run() -> None:
+            try:
+                self.engine.preload(self.open(vol, secrets), paths)
+            except Exception as e:  # noqa: BLE001 - reported, staging already succeeded
+                self._log.warning("preload.not_started", volume_id=vol.volume_id, error=str(e))
+
+        threading.Thread(target=run, name=f"preload-{vol.volume_id[:12]}", daemon=True).start()
+
+    def status(self, vol: StagedVolume, secrets: dict[str, str]) -> DatasetStatus:
+        return self.engine.dataset_status(self.open(vol, secrets))
+
+
+def condition(row: DatasetStatus) -> tuple[bool, str]:
+    """(abnormal, message) of a volume whose mount daemon runs, from its dataset's status."""
+    if row.phase is Phase.SOURCE_UNAVAILABLE:
+        return True, f"source {row.source} is unavailable: {row.message}"
+    return False, f"mount daemon running; {row.phase.value}"

@@ -1,0 +1,487 @@
+"""Real mounts reading through the node's cache engine, as a pod on a node would.
+
+Each test runs the real `eddy serve` (or `eddy mount`) with small tiers under tmp_path, stages
+volumes over CSI, reads through the FUSE mount and checks what a user would notice: the bytes,
+the tier directories on disk (a block file holds exactly one block's bytes, so its hash tells
+which block it is), and how many requests reached the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+
+import pytest
+
+from eddy.pb import csi_pb2
+from tests.csi.test_lifecycle import create, sha, stage_and_publish, wait_for
+from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mounts_under
+from tests.support.http_source import HttpSource
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                       reason="needs /dev/fuse and root for real FUSE and bind mounts"),
+    pytest.mark.timeout(180),
+]
+
+MiB = 1 << 20
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def write_tree(root, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def read_file(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def assert_files(mount_dir, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        assert sha(read_file(os.path.join(mount_dir, rel))) == sha(data), rel
+
+
+def block_hashes(files: dict[str, bytes], block_size: int) -> set[str]:
+    """The hash of every block of every file: what a complete cache holds, block by block."""
+    return {sha(data[i:i + block_size]) for data in files.values()
+            for i in range(0, len(data), block_size)}
+
+
+def tier_files(tier_path) -> list[str]:
+    """Block files under a tier's blocks/ directory (tmp/ is not counted)."""
+    out = []
+    for top, _dirs, names in os.walk(os.path.join(tier_path, "blocks")):
+        out.extend(os.path.join(top, n) for n in names)
+    return out
+
+
+def tier_bytes(tier_path) -> int:
+    """Bytes of block files that were all on disk at one instant (never more than were).
+
+    A walk is not atomic, so the files it saw are stat'ed again afterwards: a block file is
+    written whole and renamed in, and its name is never reused, so every file found by the walk
+    and still there afterwards existed throughout, in particular when the walk ended.
+    """
+    total = 0
+    for path in tier_files(tier_path):
+        try:
+            total += os.stat(path).st_size
+        except FileNotFoundError:
+            pass  # removed since the walk saw it
+    return total
+
+
+def cached_hashes(*tier_paths) -> set[str]:
+    """The hash of every block file in these tiers."""
+    out = set()
+    for tier in tier_paths:
+        for path in tier_files(tier):
+            try:
+                out.add(sha(read_file(path)))
+            except FileNotFoundError:
+                pass  # moved to another tier or evicted meanwhile
+    return out
+
+
+def unpublish_and_unstage(driver, volume, staging, targets) -> None:
+    for target in targets:
+        driver.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
+            volume_id=volume.volume_id, target_path=target))
+    driver.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
+        volume_id=volume.volume_id, staging_target_path=staging))
+
+
+def tier_args(*tiers: str) -> tuple[str, ...]:
+    return tuple(arg for tier in tiers for arg in ("--tier", tier))
+
+
+def block_ids(tier_path) -> set[str]:
+    """Which blocks a tier holds: a block file is named `<hash of its key>-<random>`, and a
+    block keeps the hash when it moves to another tier."""
+    return {os.path.basename(p).split("-")[0] for p in tier_files(tier_path)}
+
+
+class TierWatch:
+    """Samples a tier in a thread: the most bytes it held at once, and every block seen in it."""
+
+    def __init__(self, tier_path):
+        self._tier = tier_path
+        self.peak = 0
+        self.samples = 0
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tier_bytes(self._tier))
+            self.seen |= block_ids(self._tier)
+            self.samples += 1
+            time.sleep(0.002)
+
+    def __enter__(self) -> TierWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- 1. a dataset larger than the MEM tier ---------------------------------------------------
+
+
+def test_dataset_larger_than_the_mem_tier_spills_to_ssd(tmp_path):
+    src, mem, ssd = tmp_path / "dataset", tmp_path / "mem", tmp_path / "ssd"
+    files = {"train/big.bin": os.urandom(20 * MiB),
+             "train/tail.bin": os.urandom(4 * MiB + 123),
+             "labels.txt": b"cat\ndog\n" * 1000}
+    write_tree(src, files)
+    total = sum(len(d) for d in files.values())
+    mem_size = 8 * MiB
+    drv = DriverProcess(str(tmp_path / "driver"), extra_args=tier_args(
+        f"MEM:{mem}:8Mi:0.9:0.6", f"SSD:{ssd}:64Mi")).start()
+    try:
+        volume = create(drv, "pvc-spill", {
+            "source": f"local://{src}", "tiers": "MEM,SSD", "blockSize": "1Mi",
+            "metadataTTL": "immutable"})
+        staging, [target] = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+        with TierWatch(mem) as mem_use:
+            assert_files(target, files)
+            # Demotion runs in the background: keep watching until every block has settled.
+            want = block_hashes(files, MiB)
+            wait_for(lambda: want <= cached_hashes(mem, ssd)
+                     and tier_bytes(mem) + tier_bytes(ssd) == total,
+                     what="every block cached exactly once in MEM or SSD")
+        assert mem_use.samples > 10
+        assert 0 < mem_use.peak <= mem_size, f"MEM tier held {mem_use.peak} bytes"
+        assert tier_bytes(mem) <= mem_size
+        ssd_bytes = tier_bytes(ssd)
+        assert ssd_bytes >= total - mem_size, "blocks beyond the MEM tier went to SSD"
+        demoted = mem_use.seen & block_ids(ssd)
+        assert demoted, "no block seen in MEM was later found on SSD"
+        assert cached_hashes(ssd) <= want  # demoted files hold whole, real blocks
+        assert cached_hashes(mem, ssd) == want
+        assert_files(target, files)  # and read back right from where they are now
+        unpublish_and_unstage(drv, volume, staging, [target])
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+# --- 2 and 3. warm reads: a second volume, and after unstage + plugin restart -----------------
+
+
+def http_dataset(root) -> dict[str, bytes]:
+    files = {"weights/model.bin": os.urandom(6 * MiB + 5),
+             "weights/shard/0.bin": os.urandom(3 * MiB),
+             "config.json": b'{"layers": 32}\n'}
+    write_tree(root, files)
+    return files
+
+
+HTTP_PARAMS = {"tiers": "MEM,SSD", "blockSize": "1Mi", "metadataTTL": "immutable"}
+
+
+def test_second_volume_of_the_same_source_reads_from_the_cache(tmp_path):
+    src = tmp_path / "site"
+    files = http_dataset(src)
+    mem, ssd = tmp_path / "mem", tmp_path / "ssd"
+    with HttpSource(src) as http:
+        drv = DriverProcess(str(tmp_path / "driver"), extra_args=tier_args(
+            f"MEM:{mem}:4Mi", f"SSD:{ssd}:64Mi")).start()
+        try:
+            params = {"source": http.url, **HTTP_PARAMS}
+            first = create(drv, "pvc-first", params)
+            staging_a, targets_a = stage_and_publish(drv, tmp_path, first, targets=("pod-a",))
+            assert_files(targets_a[0], files)
+            assert http.data_gets(), "the first volume read the source"
+
+            mark = http.mark()
+            second = create(drv, "pvc-second", params)
+            assert second.volume_id != first.volume_id
+            staging_b, targets_b = stage_and_publish(drv, tmp_path, second, targets=("pod-b",))
+            assert_files(targets_b[0], files)
+            later = http.since(mark)
+            assert [r for r in later if r.is_data] == [], "the second volume read file data"
+            # An immutable dataset's metadata is not asked again either. Only opening the
+            # dataset for the new volume probes the source's root (the engine opens a fresh
+            # backend per OpenDataset, so rotated secrets take effect).
+            assert {(r.method, r.path) for r in later} <= {("HEAD", "/")}, later
+
+            unpublish_and_unstage(drv, second, staging_b, targets_b)
+            unpublish_and_unstage(drv, first, staging_a, targets_a)
+        finally:
+            drv.stop()
+            cleanup_mounts(str(tmp_path))
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_cached_blocks_survive_unstage_and_plugin_restart(tmp_path, stop):
+    src = tmp_path / "site"
+    files = http_dataset(src)
+    mem, ssd = tmp_path / "mem", tmp_path / "ssd"
+    workdir = str(tmp_path / "driver")
+    args = tier_args(f"MEM:{mem}:4Mi", f"SSD:{ssd}:64Mi")
+    with HttpSource(src) as http:
+        drv = DriverProcess(workdir, extra_args=args).start()
+        try:
+            volume = create(drv, "pvc-warm", {"source": http.url, **HTTP_PARAMS})
+            staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+            assert_files(targets[0], files)
+            assert http.data_gets(), "the first stage read the source"
+            unpublish_and_unstage(drv, volume, staging, targets)
+            assert daemon_pids(volume.volume_id) == []
+            if stop == "sigterm":
+                drv.stop()
+            else:
+                drv.kill(signal.SIGKILL)
+
+            drv = DriverProcess(workdir, extra_args=args).start()
+            mark = http.mark()
+            staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+            assert_files(targets[0], files)
+            # The new engine knows no metadata yet (HEADs and index pages are expected), but
+            # every block is found in the tiers.
+            assert http.data_gets(mark) == [], "the restaged volume read file data again"
+            unpublish_and_unstage(drv, volume, staging, targets)
+        finally:
+            drv.stop()
+            cleanup_mounts(str(tmp_path))
+
+
+# --- 4. a file replaced at the source --------------------------------------------------------
+
+
+@pytest.fixture
+def changing_file(tmp_path):
+    """A volume (metadataTTL 1s) whose data.bin is replaced by `replace()`; yields a namespace."""
+    src = tmp_path / "dataset"
+    old, new = os.urandom(3 * MiB + 11), os.urandom(5 * MiB + 77)
+    write_tree(src, {"data.bin": old})
+    drv = DriverProcess(str(tmp_path / "driver"),
+                        extra_args=tier_args(f"SSD:{tmp_path / 'ssd'}:64Mi")).start()
+
+    def replace() -> None:
+        staged = tmp_path / "data.bin.new"
+        staged.write_bytes(new)
+        os.replace(staged, src / "data.bin")  # same path, new file: atomic at the source
+
+    try:
+        volume = create(drv, "pvc-change", {"source": f"local://{src}", "metadataTTL": "1",
+                                            "blockSize": "256Ki"})
+        staging, [target] = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+        yield types.SimpleNamespace(path=os.path.join(target, "data.bin"), old=old, new=new,
+                                    replace=replace)
+        unpublish_and_unstage(drv, volume, staging, [target])
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+def describe(data: bytes, old: bytes, new: bytes) -> str:
+    if data == old:
+        return "old"
+    if data == new:
+        return "new"
+    return f"a mix: {len(data)} bytes, sha {sha(data)[:12]}"
+
+
+def test_replaced_file_shows_whole_new_bytes_after_the_ttl(changing_file):
+    f = changing_file
+    seen = {"old": 0, "new": 0}
+    bad: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        """Whole-file reads, one after another, while the source changes under them."""
+        while not stop.is_set():
+            try:
+                result = describe(read_file(f.path), f.old, f.new)
+            except OSError as e:
+                result = f"error {e!r}"
+            if result in seen:
+                seen[result] += 1
+            else:
+                bad.append(result)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: seen["old"] >= 4 or bad, what="the old content through the mount")
+        f.replace()
+        wait_for(lambda: seen["new"] >= 20 or bad, what="the new content after the TTL")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert bad == [], f"reads that were neither the old nor the new file: {bad[:5]}"
+    assert os.stat(f.path).st_size == len(f.new)
+    assert sha(read_file(f.path)) == sha(f.new)
+
+
+def test_a_reader_that_opened_the_old_version_never_sees_new_bytes(changing_file):
+    f = changing_file
+    assert read_file(f.path) == f.old  # every block of the old version is cached now
+    with open(f.path, "rb", buffering=0) as held:
+        head = held.read(MiB)
+        f.replace()
+        wait_for(lambda: os.stat(f.path).st_size == len(f.new), what="the new size")
+        assert describe(read_file(f.path), f.old, f.new) == "new"
+        try:
+            rest = held.read()
+        except OSError:
+            rest = None  # refusing to go on (ESTALE) is fine; mixing is not
+    if rest is not None:
+        assert describe(head + rest, f.old, f.new) == "old"
+
+
+# --- 5. the engine dies while a file is being read -------------------------------------------
+
+
+def test_reads_survive_the_engine_being_killed_and_restarted(tmp_path):
+    src, ssd = tmp_path / "dataset", tmp_path / "ssd"
+    big = os.urandom(24 * MiB)
+    later = {f"later/{i}.bin": os.urandom(512 * 1024 + i) for i in range(8)}
+    files = {"big.bin": big, "during.bin": os.urandom(2 * MiB + 1), **later}
+    write_tree(src, files)
+    workdir = str(tmp_path / "driver")
+    args = tier_args(f"SSD:{ssd}:256Mi")
+    drv = DriverProcess(workdir, extra_args=args).start()
+    try:
+        volume = create(drv, "pvc-outage", {"source": f"local://{src}", "blockSize": "256Ki",
+                                            "metadataTTL": "immutable"})
+        staging, [target] = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+        [pid] = daemon_pids(volume.volume_id)
+        paused, resume = threading.Event(), threading.Event()
+        outcome: dict = {}
+
+        def read_big() -> None:
+            """Read a quarter, wait while the engine is killed, read on to the end."""
+            try:
+                chunks = []
+                with open(os.path.join(target, "big.bin"), "rb", buffering=0) as f:
+                    while True:
+                        chunk = f.read(256 * 1024)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        if len(chunks) == 24:  # 6 MiB in
+                            paused.set()
+                            resume.wait(60)
+                outcome["data"] = b"".join(chunks)
+            except BaseException as e:  # noqa: BLE001 - reported by the test thread
+                outcome["error"] = e
+            finally:
+                paused.set()
+
+        reader = threading.Thread(target=read_big, daemon=True)
+        reader.start()
+        assert paused.wait(60), "the reader did not get going"
+        drv.kill(signal.SIGKILL)  # the node plugin, and the engine inside it, die
+        resume.set()
+        reader.join(120)
+        assert not reader.is_alive(), "the read did not finish while the engine was down"
+        assert "error" not in outcome, f"read failed during the outage: {outcome.get('error')!r}"
+        assert sha(outcome["data"]) == sha(big)
+        assert sha(read_file(os.path.join(target, "during.bin"))) == sha(files["during.bin"])
+        with open(drv.log_path, errors="replace") as log:  # the daemon logs there too
+            assert "engine.unreachable" in log.read(), "the daemon fell back to the source"
+
+        drv = DriverProcess(workdir, extra_args=args).start()
+        assert daemon_pids(volume.volume_id) == [pid]  # adopted, never restarted
+        assert sha(read_file(os.path.join(target, "big.bin"))) == sha(big)
+        # Once the engine answers again, fresh reads go through it and fill its tier.
+        back = None
+        for rel, data in later.items():
+            assert sha(read_file(os.path.join(target, rel))) == sha(data), rel
+            if block_hashes({rel: data}, 256 * 1024) <= cached_hashes(ssd):
+                back = rel
+                break
+            time.sleep(0.5)
+        assert back is not None, "no read went through the restarted engine"
+        assert_files(target, files)
+        unpublish_and_unstage(drv, volume, staging, [target])
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+# --- 6. `eddy mount` with its own engine ----------------------------------------------------
+
+
+def eddy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eddy.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def kill_daemon(pid: int, mountpoint: str) -> None:
+    """SIGKILL a mount daemon this test started, if that pid is still it (teardown)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return
+    if b"csi.fuse" in args and mountpoint.encode() in args:
+        os.kill(pid, signal.SIGKILL)
+
+
+def is_mounted(path) -> bool:
+    return os.path.realpath(path) in mounts_under(str(path))
+
+
+def test_eddy_mount_reuses_its_state_dir_and_refuses_a_second_user(tmp_path):
+    src, mem, state = tmp_path / "dataset", tmp_path / "mem", tmp_path / "state"
+    files = {"a.bin": os.urandom(3 * MiB + 3), "dir/b.txt": b"hello\n" * 100}
+    write_tree(src, files)
+    mnt, other = tmp_path / "mnt", tmp_path / "mnt2"
+    mnt.mkdir()
+    other.mkdir()
+    mount_args = ("--state-dir", str(state), "--tier", f"MEM:{mem}:32Mi",
+                  "--log-dir", str(tmp_path / "logs"), "--param", "blockSize=1Mi")
+    pids: list[int] = []
+    try:
+        done = eddy("mount", f"local://{src}", str(mnt), *mount_args)
+        assert done.returncode == 0, done.stderr
+        pids.append(json.loads(done.stdout)["pid"])
+        assert_files(mnt, files)
+        want = block_hashes(files, MiB)
+        assert cached_hashes(mem) == want, "the mount read through its engine's MEM tier"
+        first_files = sorted(tier_files(mem))
+
+        done = eddy("umount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert not is_mounted(mnt)
+
+        done = eddy("mount", f"local://{src}", str(mnt), *mount_args)
+        assert done.returncode == 0, done.stderr
+        pids.append(json.loads(done.stdout)["pid"])
+        assert_files(mnt, files)
+        assert sorted(tier_files(mem)) == first_files, "the second mount found its blocks warm"
+
+        refused = eddy("mount", f"local://{src}", str(other), *mount_args)
+        assert refused.returncode != 0
+        assert "--state-dir" in refused.stderr, refused.stderr
+        assert not is_mounted(other)
+        assert_files(mnt, files)  # the first mount is untouched
+
+        done = eddy("umount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert mounts_under(str(tmp_path)) == []
+    finally:
+        cleanup_mounts(str(tmp_path))
+        for pid in pids:
+            kill_daemon(pid, str(mnt))
