@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from .metadata import MetadataCache
 from .spec import DatasetSpec
 from .tiers import Tier
-from .ufs.base import UfsBackend
+from .ufs.base import UfsBackend, UfsUnavailable
 
 ID_HEX_CHARS = 24
 MAX_TRACKED_FILES = 4096  # read-ahead remembers the last block of this many files
@@ -57,6 +57,10 @@ class Dataset:
         self._lock = threading.Lock()
         self._lease = _Lease(ufs)
         self._last_block: OrderedDict[str, int] = OrderedDict()
+        self.volumes: set[str] = set()  # volumes that opened it, for status
+        self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
+        self.misses = 0
+        self.source_error = ""  # why the last source request failed as unreachable, if it did
 
     @property
     def block_size(self) -> int:
@@ -85,6 +89,11 @@ class Dataset:
             lease.users += 1
         try:
             yield lease.backend
+        except UfsUnavailable as e:
+            self.source_error = str(e) or type(e).__name__
+            raise
+        else:
+            self.source_error = ""
         finally:
             with self._lock:
                 lease.users -= 1

@@ -35,8 +35,10 @@ from .dataset import Dataset, dataset_id
 from .index import BlockIndex
 from .placement import Placement
 from .prefetch import Prefetcher
+from .preload import DEFAULT_WORKERS, BlockOutcome, PreloadJob, PreloadProgress
 from .recovery import node_key, reconcile
 from .spec import DatasetSpec
+from .status import DatasetStatus, Histogram, SizeScan, phase_of
 from .table import BlockTable
 from .tiers import Tier, check_tiers
 from .ufs.base import Entry, UfsBackend, VersionChanged, clean_path
@@ -45,6 +47,8 @@ ACCESS_FLUSH_INTERVAL = 5.0  # seconds between batched writes of LRU access coun
 # A block handed out this recently is not evicted or demoted, so the reader that asked can
 # still open its file: a cache too small for its concurrent readers serves uncached instead.
 PIN_SECONDS = 1.0
+# Seconds to read one block from a source: local disk, a LAN object store, a far region.
+FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _log = log.get("cache_engine")
 
 
@@ -107,10 +111,15 @@ class CacheEngine:
         self._table = BlockTable(self.tiers)
         self._datasets: dict[str, Dataset] = {}
         self._inflight: dict[BlockKey, Future] = {}
+        self._jobs: dict[str, PreloadJob] = {}  # dataset id -> its latest preload job
+        self._preloading: dict[str, int] = {}  # dataset id -> bytes preload is loading now
+        self._scans: dict[str, SizeScan] = {}  # dataset id -> its latest size walk
         self._counters = dict.fromkeys(
             ("hits", "misses", "source_reads", "source_bytes", "uncached_reads",
              "tier_write_failures", "evictions", "demotions", "promotions",
              "checksum_failures", "prefetches"), 0)
+        self.fetch_seconds = Histogram(FETCH_BUCKETS)  # source reads of whole blocks
+        self.served_bytes = {t.name: 0 for t in self.tiers}  # block bytes located in each tier
         for block in recovered.blocks:
             if block.tier in self._tier:
                 self._table.add(block)
@@ -136,8 +145,10 @@ class CacheEngine:
 
     # --- datasets and metadata -------------------------------------------------------------
 
-    def open_dataset(self, spec: DatasetSpec, secrets: dict) -> DatasetInfo:
-        """Register a dataset (idempotent); the newest spec's settings and secrets win."""
+    def open_dataset(self, spec: DatasetSpec, secrets: dict, volume_id: str = "") -> DatasetInfo:
+        """Register a dataset (idempotent); the newest spec's settings and secrets win.
+
+        `volume_id` names a volume that reads it (for status); several volumes may share one."""
         if self._closed:
             raise Unavailable("the cache engine is shutting down")
         unknown = [name for name in spec.tiers if name not in self._tier]
@@ -156,6 +167,8 @@ class CacheEngine:
             self._table.capacity[ds_id] = spec.cache_capacity
         if known:
             ds.update(spec, allowed, backend)
+        if volume_id:
+            ds.volumes.add(volume_id)
         self._places.shrink_dataset(ds_id)
         _log.info("dataset.open", dataset=ds_id, source=spec.source.uri,
                   tiers=[t.name for t in allowed], capacity=spec.cache_capacity)
@@ -201,10 +214,13 @@ class CacheEngine:
             if block is not None:
                 self._table.touch(block, self._clock())
                 self._counters["hits"] += 1
+                self.served_bytes[block.tier] += block.length
+                ds.hits += 1
                 loc = self._location(block)
                 promote_to = self._places.promotion_target(ds, block)
             else:
                 self._counters["misses"] += 1
+                ds.misses += 1
         if promote_to is not None and not self._prefetcher.submit(
                 self._places.promote, block, promote_to):
             self._places.cancel_promotion(block, promote_to)
@@ -272,9 +288,11 @@ class CacheEngine:
                 del self._inflight[key]
 
     def _load(self, ds: Dataset, key: BlockKey, length: int) -> Location:
+        start = time.monotonic()
         with ds.source() as ufs:
             data = ufs.read(key.path, key.index * ds.block_size, length, key.version or None)
         with self._lock:
+            self.fetch_seconds.observe(time.monotonic() - start)
             self._counters["source_reads"] += 1
             self._counters["source_bytes"] += len(data)
         if len(data) != length:
@@ -285,6 +303,66 @@ class CacheEngine:
         if block is None:
             return Location(data=data)
         return self._location(block)
+
+    # --- preload -----------------------------------------------------------------------------
+
+    def capacity(self, dataset_id: str) -> int:
+        """Bytes the dataset can keep cached at rest: its `cacheCapacity`, bounded by what its
+        tiers hold without maintenance pushing blocks out (low watermark above the last tier,
+        high watermark in the last)."""
+        ds = self._dataset(dataset_id)
+        tiers = ds.tiers
+        held = sum(int(t.size * t.low) for t in tiers[:-1]) + int(tiers[-1].size * tiers[-1].high)
+        cap = self._table.capacity.get(dataset_id)
+        return held if cap is None else min(cap, held)
+
+    def preload(self, dataset_id: str, paths: tuple[str, ...] = (),
+                workers: int = DEFAULT_WORKERS) -> PreloadProgress:
+        """Start loading the dataset (or `paths` in it); if a job runs already, that one."""
+        ds = self._dataset(dataset_id)
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the cache engine is shutting down")
+            job = self._jobs.get(dataset_id)
+            fresh = job is None or job.progress().done
+            if fresh:
+                job = self._jobs[dataset_id] = PreloadJob(self, dataset_id, ds.block_size,
+                                                          tuple(paths), workers)
+        if fresh:
+            job.start()
+        return job.progress()
+
+    def preload_progress(self, dataset_id: str) -> PreloadProgress | None:
+        """The dataset's running or latest job, or None if it never had one."""
+        self._dataset(dataset_id)
+        job = self._jobs.get(dataset_id)
+        return job.progress() if job is not None else None
+
+    def cancel_preload(self, dataset_id: str) -> PreloadProgress | None:
+        job = self._jobs.get(dataset_id)
+        if job is None:
+            return None
+        job.cancel()
+        job.wait()
+        return job.progress()
+
+    def preload_block(self, dataset_id: str, key: BlockKey, length: int) -> BlockOutcome:
+        """Load one block for a preload job unless it is cached or the dataset has no room."""
+        ds = self._dataset(dataset_id)
+        limit = self.capacity(dataset_id)
+        with self._lock:
+            if key in self._table.blocks:
+                return BlockOutcome.CACHED
+            loading = self._preloading.get(dataset_id, 0)
+            if self._table.dataset_used.get(dataset_id, 0) + loading + length > limit:
+                return BlockOutcome.FULL
+            self._preloading[dataset_id] = loading + length
+        try:
+            loc = self._fetch(ds, key, length)
+        finally:
+            with self._lock:
+                self._preloading[dataset_id] -= length
+        return BlockOutcome.LOADED if loc.data is None else BlockOutcome.FULL
 
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         """A reader found a block whose length or checksum is wrong: drop it, count it."""
@@ -348,11 +426,67 @@ class CacheEngine:
                              "open": ds in self._datasets} for ds in sorted(ids)}
             return {"tiers": tiers, "datasets": datasets, **self._counters}
 
+    def status(self, wait: float | None = 0) -> list[DatasetStatus]:
+        """One row per dataset on the node (open, or holding blocks). Size walks start in the
+        background; `wait` seconds (None: until done) lets a caller wait for them."""
+        scans = [self._scan(ds) for ds in list(self._datasets.values())]
+        if wait != 0:
+            for scan in scans:
+                scan.wait(wait)
+        with self._lock:
+            ids = sorted(set(self._datasets) | {k for k, v in self._table.dataset_used.items()
+                                                if v})
+        return [self._status_of(ds_id) for ds_id in ids]
+
+    def dataset_status(self, dataset_id: str) -> DatasetStatus:
+        """One dataset's row (its size walk starts in the background if needed)."""
+        self._scan(self._dataset(dataset_id))
+        return self._status_of(dataset_id)
+
+    def _scan(self, ds: Dataset) -> SizeScan:
+        with self._lock:
+            scan = self._scans.get(ds.id)
+            if scan is None or scan.stale(ds.meta.ttl):
+                scan = self._scans[ds.id] = SizeScan(
+                    lambda path, ds_id=ds.id: self.list(ds_id, path))
+                scan.start()
+            return scan
+
+    def _status_of(self, dataset_id: str) -> DatasetStatus:
+        ds = self._datasets.get(dataset_id)
+        scan = self._scans.get(dataset_id)
+        files = scan.files if scan is not None else None
+        tier_bytes = {t.name: 0 for t in self.tiers}
+        cached = 0
+        with self._lock:
+            for block in self._table.dataset_blocks(dataset_id).values():
+                if files is None or (block.key.path, block.key.version) in files:
+                    tier_bytes[block.tier] += block.length
+                    cached += block.length
+            hits, misses = (ds.hits, ds.misses) if ds is not None else (0, 0)
+        job = self._jobs.get(dataset_id)
+        preload = job.progress() if job is not None else None
+        error = ds.source_error if ds is not None else ""
+        if not error and scan is not None and scan.error:
+            error = scan.error
+        return DatasetStatus(
+            dataset_id=dataset_id, source=ds.spec.source.uri if ds is not None else "",
+            volumes=tuple(sorted(ds.volumes)) if ds is not None else (),
+            ufs_total_bytes=scan.total if scan is not None else None,
+            ufs_files=len(files) if files is not None else None, cached_bytes=cached,
+            capacity=self.capacity(dataset_id) if ds is not None else None,
+            phase=phase_of(ds.source_error if ds is not None else "", preload,
+                           files is not None),
+            hits=hits, misses=misses, tier_bytes=tier_bytes, preload=preload, message=error)
+
     def close(self) -> None:
         """Stop maintenance and background loads, write LRU counters, release the state dir."""
         if self._closed:
             return
         self._closed = True
+        for job in list(self._jobs.values()):
+            job.cancel()
+            job.wait()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()

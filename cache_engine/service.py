@@ -7,18 +7,32 @@ a client to open the dataset again.
 
 from __future__ import annotations
 
-from eddy.errors import NotFound
+from collections.abc import Callable
+
+from eddy.errors import InvalidArgument, NotFound
 from eddy.pb import cache_pb2, cache_pb2_grpc
 from eddy.rpc import Servicer, require
 
 from .engine import CacheEngine
+from .preload import DEFAULT_WORKERS
 from .spec import parse_parameters, parse_secrets
-from .wire import DatasetNotOpen, entry_to_pb
+from .wire import DatasetNotOpen, entry_to_pb, progress_to_pb, status_to_pb
+
+
+class Volumes:
+    """The volumes a preload or status may name: how to open each one's dataset.
+
+    The node plugin gives its staged volumes; `eddy mount` its one volume."""
+
+    def __init__(self, names: Callable[[], list[str]], open_dataset: Callable[[str], str]):
+        self.names = names  # volume ids
+        self.open_dataset = open_dataset  # volume id -> dataset id; NotFound if unknown
 
 
 class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
-    def __init__(self, engine: CacheEngine):
+    def __init__(self, engine: CacheEngine, volumes: Volumes | None = None):
         self.engine = engine
+        self.volumes = volumes
 
     def _call(self, method, *args):
         try:
@@ -58,3 +72,52 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
         self._call(self.engine.report_corrupt, request.dataset_id, request.path,
                    request.version, request.index)
         return cache_pb2.ReportCorruptResponse()
+
+    # --- preload and status (the CLI) ------------------------------------------------------
+
+    def _dataset_of(self, target: cache_pb2.PreloadTarget) -> str:
+        if target.dataset_id:
+            return target.dataset_id
+        if target.volume_id:
+            if self.volumes is None:
+                raise NotFound(f"volume {target.volume_id} is not known here")
+            return self.volumes.open_dataset(target.volume_id)
+        names = self.volumes.names() if self.volumes is not None else []
+        if len(names) == 1:
+            return self.volumes.open_dataset(names[0])
+        if names:
+            raise InvalidArgument(f"{len(names)} volumes on this node: name one with "
+                                  f"--volume-id ({', '.join(sorted(names))})")
+        rows = self.engine.status()
+        if len(rows) == 1 and rows[0].source:
+            return rows[0].dataset_id
+        raise InvalidArgument("no volume is staged on this node" if not rows else
+                              "several datasets on this node: name a volume with --volume-id")
+
+    def Preload(self, request):
+        ds = self._dataset_of(request.target)
+        progress = self._call(self.engine.preload, ds, tuple(request.paths),
+                              request.workers or DEFAULT_WORKERS)
+        return progress_to_pb(progress)
+
+    def GetPreload(self, request):
+        ds = self._dataset_of(request)
+        progress = self._call(self.engine.preload_progress, ds)
+        if progress is None:
+            raise NotFound(f"dataset {ds} has no preload job")
+        return progress_to_pb(progress)
+
+    def CancelPreload(self, request):
+        ds = self._dataset_of(request)
+        progress = self._call(self.engine.cancel_preload, ds)
+        if progress is None:
+            raise NotFound(f"dataset {ds} has no preload job")
+        return progress_to_pb(progress)
+
+    def Status(self, request):
+        rows = self.engine.status(wait=request.wait or 0)
+        stats = self.engine.statistics()["tiers"]
+        return cache_pb2.StatusResponse(
+            datasets=[status_to_pb(r) for r in rows],
+            tier_used={name: t["used"] for name, t in stats.items()},
+            tier_size={name: t["size"] for name, t in stats.items()})

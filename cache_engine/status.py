@@ -27,7 +27,7 @@ from eddy import log
 from .preload import JobState, PreloadProgress
 from .ufs.base import Kind
 
-MIN_RESCAN_SECONDS = 60.0
+MIN_RESCAN_SECONDS = 600.0  # a walk of a big bucket is not free: at most every 10 min
 _log = log.get("cache_engine.status")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from eddy.errors import FailedPrecondition
 from eddy.pb import cache_pb2
 
+from .preload import PreloadProgress
+from .status import DatasetStatus
 from .ufs.base import Entry, Kind, UfsUnavailable
 
 KIND_TO_PB = {Kind.FILE: cache_pb2.Entry.FILE, Kind.DIR: cache_pb2.Entry.DIR,
@@ -29,3 +31,24 @@ def entry_to_pb(entry: Entry) -> cache_pb2.Entry:
 def entry_from_pb(msg: cache_pb2.Entry) -> Entry:
     return Entry(msg.path, KIND_FROM_PB[msg.kind], msg.size, msg.mtime_ns, msg.version,
                  msg.target or None)
+
+
+def progress_to_pb(p: PreloadProgress) -> cache_pb2.PreloadJob:
+    return cache_pb2.PreloadJob(
+        dataset_id=p.dataset_id, paths=list(p.paths), state=p.state.value, listing=p.listing,
+        files_total=p.files_total, files_done=p.files_done, bytes_total=p.bytes_total,
+        bytes_cached=p.bytes_cached, bytes_fetched=p.bytes_fetched,
+        blocks_skipped=p.blocks_skipped, started=p.started, finished=p.finished or 0.0,
+        message=p.message)
+
+
+def status_to_pb(s: DatasetStatus) -> cache_pb2.DatasetStatus:
+    msg = cache_pb2.DatasetStatus(
+        dataset_id=s.dataset_id, source=s.source, volumes=list(s.volumes),
+        size_known=s.ufs_total_bytes is not None, ufs_total_bytes=s.ufs_total_bytes or 0,
+        ufs_files=s.ufs_files or 0, cached_bytes=s.cached_bytes,
+        capacity_known=s.capacity is not None, capacity=s.capacity or 0, phase=s.phase.value,
+        hits=s.hits, misses=s.misses, tier_bytes=s.tier_bytes, message=s.message)
+    if s.preload is not None:
+        msg.preload.CopyFrom(progress_to_pb(s.preload))
+    return msg

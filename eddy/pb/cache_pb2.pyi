@@ -146,3 +146,122 @@ class ReportCorruptRequest(_message.Message):
 class ReportCorruptResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class PreloadTarget(_message.Message):
+    __slots__ = ("volume_id", "dataset_id")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    dataset_id: str
+    def __init__(self, volume_id: _Optional[str] = ..., dataset_id: _Optional[str] = ...) -> None: ...
+
+class PreloadRequest(_message.Message):
+    __slots__ = ("target", "paths", "workers")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    target: PreloadTarget
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    workers: int
+    def __init__(self, target: _Optional[_Union[PreloadTarget, _Mapping]] = ..., paths: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class PreloadJob(_message.Message):
+    __slots__ = ("dataset_id", "paths", "state", "listing", "files_total", "files_done", "bytes_total", "bytes_cached", "bytes_fetched", "blocks_skipped", "started", "finished", "message")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LISTING_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FILES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_CACHED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    state: str
+    listing: bool
+    files_total: int
+    files_done: int
+    bytes_total: int
+    bytes_cached: int
+    bytes_fetched: int
+    blocks_skipped: int
+    started: float
+    finished: float
+    message: str
+    def __init__(self, dataset_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., listing: _Optional[bool] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_cached: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., blocks_skipped: _Optional[int] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("wait",)
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    wait: float
+    def __init__(self, wait: _Optional[float] = ...) -> None: ...
+
+class DatasetStatus(_message.Message):
+    __slots__ = ("dataset_id", "source", "volumes", "size_known", "ufs_total_bytes", "ufs_files", "cached_bytes", "capacity_known", "capacity", "phase", "hits", "misses", "tier_bytes", "preload", "message")
+    class TierBytesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    UFS_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UFS_FILES_FIELD_NUMBER: _ClassVar[int]
+    CACHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    TIER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRELOAD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    source: str
+    volumes: _containers.RepeatedScalarFieldContainer[str]
+    size_known: bool
+    ufs_total_bytes: int
+    ufs_files: int
+    cached_bytes: int
+    capacity_known: bool
+    capacity: int
+    phase: str
+    hits: int
+    misses: int
+    tier_bytes: _containers.ScalarMap[str, int]
+    preload: PreloadJob
+    message: str
+    def __init__(self, dataset_id: _Optional[str] = ..., source: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., size_known: _Optional[bool] = ..., ufs_total_bytes: _Optional[int] = ..., ufs_files: _Optional[int] = ..., cached_bytes: _Optional[int] = ..., capacity_known: _Optional[bool] = ..., capacity: _Optional[int] = ..., phase: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., tier_bytes: _Optional[_Mapping[str, int]] = ..., preload: _Optional[_Union[PreloadJob, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("datasets", "tier_used", "tier_size")
+    class TierUsedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class TierSizeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    TIER_USED_FIELD_NUMBER: _ClassVar[int]
+    TIER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetStatus]
+    tier_used: _containers.ScalarMap[str, int]
+    tier_size: _containers.ScalarMap[str, int]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetStatus, _Mapping]]] = ..., tier_used: _Optional[_Mapping[str, int]] = ..., tier_size: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -59,6 +59,26 @@ class CacheEngineStub:
                 request_serializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
                 response_deserializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
                 _registered_method=True)
+        self.Preload = channel.unary_unary(
+                '/eddy.cache.v1.CacheEngine/Preload',
+                request_serializer=eddy_dot_pb_dot_cache__pb2.PreloadRequest.SerializeToString,
+                response_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+                _registered_method=True)
+        self.GetPreload = channel.unary_unary(
+                '/eddy.cache.v1.CacheEngine/GetPreload',
+                request_serializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+                response_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+                _registered_method=True)
+        self.CancelPreload = channel.unary_unary(
+                '/eddy.cache.v1.CacheEngine/CancelPreload',
+                request_serializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+                response_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/eddy.cache.v1.CacheEngine/Status',
+                request_serializer=eddy_dot_pb_dot_cache__pb2.StatusRequest.SerializeToString,
+                response_deserializer=eddy_dot_pb_dot_cache__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class CacheEngineServicer:
@@ -97,6 +117,34 @@ class CacheEngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Preload(self, request, context):
+        """Start loading a dataset (or some paths of it) into the cache; while a job runs for the
+        dataset, the running job is returned instead of a new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPreload(self, request, context):
+        """The dataset's running or latest preload job (NOT_FOUND if it never had one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelPreload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """One row per dataset on this node: size, cached bytes, capacity, phase, hit ratio, tiers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheEngineServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +172,26 @@ def add_CacheEngineServicer_to_server(servicer, server):
                     servicer.ReportCorrupt,
                     request_deserializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.FromString,
                     response_serializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.SerializeToString,
+            ),
+            'Preload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Preload,
+                    request_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadRequest.FromString,
+                    response_serializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
+            ),
+            'GetPreload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPreload,
+                    request_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.FromString,
+                    response_serializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
+            ),
+            'CancelPreload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelPreload,
+                    request_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.FromString,
+                    response_serializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=eddy_dot_pb_dot_cache__pb2.StatusRequest.FromString,
+                    response_serializer=eddy_dot_pb_dot_cache__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +329,114 @@ class CacheEngine:
             '/eddy.cache.v1.CacheEngine/ReportCorrupt',
             eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
             eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Preload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eddy.cache.v1.CacheEngine/Preload',
+            eddy_dot_pb_dot_cache__pb2.PreloadRequest.SerializeToString,
+            eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPreload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eddy.cache.v1.CacheEngine/GetPreload',
+            eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+            eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelPreload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eddy.cache.v1.CacheEngine/CancelPreload',
+            eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+            eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eddy.cache.v1.CacheEngine/Status',
+            eddy_dot_pb_dot_cache__pb2.StatusRequest.SerializeToString,
+            eddy_dot_pb_dot_cache__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,38 +15,9 @@ from cache_engine.engine import CacheEngine
 from cache_engine.tiers import Tier
 from cache_engine.ufs.fake import FakeUfs
 from eddy.errors import FailedPrecondition, InvalidArgument, NotFound
-from tests.support.engine import BS, FakeClock, make_spec, make_tiers, read_location
+from tests.support.engine import BS, FakeClock, blob, make_spec, make_tiers, read_location
 
 CREDS = {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "s3cr3t-value-never-logged"}
-
-
-def blob(n: int, seed: int = 0) -> bytes:
-    return bytes((i * 7 + seed) % 251 for i in range(n))
-
-
-@pytest.fixture
-def source():
-    return FakeUfs({"data/a.bin": blob(5 * BS + 123), "data/b.bin": blob(3 * BS, seed=1),
-                    "small.txt": b"hello"})
-
-
-@pytest.fixture
-def engines(tmp_path, source):
-    """Make engines over `source` (by default MEM 4 blocks, SSD 8 blocks); closed at the end."""
-    made = []
-
-    def make(tiers=None, ufs=None, **kw):
-        kw.setdefault("maintenance", False)
-        kw.setdefault("pin_seconds", 0)  # exact LRU: no grace for just-located blocks
-        kw.setdefault("open_ufs", lambda spec, secrets: ufs or source)
-        engine = CacheEngine(tiers if tiers is not None else make_tiers(str(tmp_path), 4, 8),
-                             str(tmp_path / "state"), **kw)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.close()
 
 
 def read_all(engine, ds, ufs, path):

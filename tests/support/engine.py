@@ -24,6 +24,10 @@ class FakeClock:
         self.now += seconds
 
 
+def blob(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(n))
+
+
 def make_spec(source: str = "local:///data", capacity: int | None = None, **params: str):
     """A DatasetSpec with 64 KiB blocks; `capacity` may be below the parameter minimum."""
     params = {"source": source, "blockSize": "64Ki", "readAhead": "0", **params}

@@ -1,0 +1,195 @@
+"""Preload, status, volume stats and metrics of a real node plugin, over a counting HTTP source.
+
+Every byte of file data the source serves is a recorded GET, so "no source request" and
+"nothing fetched twice" are counted at the source, not taken from the engine's word.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from eddy.pb import cache_pb2, cache_pb2_grpc, csi_pb2
+from tests.csi.test_lifecycle import create, stage_and_publish, teardown_volume
+from tests.support.driver import DriverProcess, cleanup_mounts, mount_capability, mounts_under
+from tests.support.http_source import HttpSource
+
+KI = 1 << 10
+MI = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_files(root, sizes: dict[str, int]) -> dict[str, bytes]:
+    files = {}
+    for rel, size in sizes.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files[rel] = os.urandom(size)
+        path.write_bytes(files[rel])
+    return files
+
+
+def eddy(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "eddy.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"eddy {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tier_bytes(path) -> int:
+    """Bytes really stored in a tier directory's block files."""
+    total = 0
+    for dirpath, _, names in os.walk(os.path.join(path, "blocks")):
+        total += sum(os.path.getsize(os.path.join(dirpath, n)) for n in names)
+    return total
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
+        if m:
+            values[m.group(1)] = float(m.group(2))
+    return values
+
+
+def read_all(root: str, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        with open(os.path.join(root, rel), "rb") as f:
+            assert f.read() == data, rel
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A driver with MEM 2Mi + SSD 16Mi tiers and metrics on a loopback port."""
+    port = free_port()
+    tiers = ("--tier", f"MEM:{tmp_path}/mem:2Mi", "--tier", f"SSD:{tmp_path}/ssd:16Mi")
+    drv = DriverProcess(str(tmp_path / "driver"), extra_args=(
+        *tiers, "--metrics-port", str(port), "--metrics-address", "127.0.0.1"))
+    drv.metrics_port = port
+    drv.start()
+    yield drv
+    drv.stop()
+    cleanup_mounts(str(tmp_path))
+
+
+def engine_stub(drv) -> cache_pb2_grpc.CacheEngineStub:
+    return cache_pb2_grpc.CacheEngineStub(drv.channel)
+
+
+def test_preload_then_every_read_is_a_hit_and_status_matches_the_tiers(node, tmp_path):
+    files = make_files(tmp_path / "src", {"weights/model.bin": 3 * MI + 5, "config.json": 300,
+                                          "tok/vocab.txt": 70 * KI})
+    total = sum(map(len, files.values()))
+    with HttpSource(tmp_path / "src") as http:
+        volume = create(node, "pvc-preload", {"source": http.url, "metadataTTL": "immutable",
+                                              "blockSize": "256Ki", "preload": "true"})
+        staging, targets = stage_and_publish(node, tmp_path, volume, targets=("pod-a",))
+        out = eddy("preload", "--endpoint", f"unix://{node.socket}", "--volume-id",
+                   volume.volume_id, "--wait", "--json")
+        last = json.loads(out.stdout.splitlines()[-1])
+        assert last["state"] == "Complete" and last["bytes_cached"] == total
+        before = scrape(node.metrics_port)
+
+        mark = http.mark()
+        read_all(targets[0], files)
+        assert http.data_gets(mark) == []  # every block came from a tier
+
+        [row] = json.loads(eddy("status", "--endpoint", f"unix://{node.socket}",
+                                "--json").stdout)
+        in_tiers = {"MEM": tier_bytes(tmp_path / "mem"), "SSD": tier_bytes(tmp_path / "ssd")}
+        assert row["volumes"] == [volume.volume_id] and row["phase"] == "Ready"
+        assert row["ufs_total_bytes"] == total == row["cached_bytes"] == sum(in_tiers.values())
+        assert row["tier_bytes"] == in_tiers and row["cached_percentage"] == 100.0
+        assert row["hit_ratio"] is not None and row["hits"] > 0
+
+        after = scrape(node.metrics_port)
+        assert after["eddy_cache_hits_total"] > before["eddy_cache_hits_total"]
+        assert after["eddy_source_bytes_total"] == total  # each block fetched once
+        assert after['eddy_tier_used_bytes{tier="MEM"}'] == in_tiers["MEM"]
+        assert after[f'eddy_preload_running{{dataset="{row["dataset_id"]}"}}'] == 0
+        assert after["eddy_block_fetch_seconds_count"] >= -(-total // (256 * KI))
+
+        stats = node.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
+            volume_id=volume.volume_id, volume_path=targets[0]))
+        [usage] = stats.usage
+        assert usage.used == total and usage.total == row["cache_capacity_bytes"]
+        assert not stats.volume_condition.abnormal
+        table = eddy("status", "--endpoint", f"unix://{node.socket}", "--wide").stdout
+        assert "CACHED PERCENTAGE" in table and "100.0%" in table and volume.volume_id in table
+        teardown_volume(node, volume, staging, targets)
+    assert mounts_under(str(tmp_path)) == []
+
+
+def test_a_preload_larger_than_the_capacity_ends_capacity_reached(node, tmp_path):
+    make_files(tmp_path / "src", {f"shard-{i}.bin": MI for i in range(3)})
+    with HttpSource(tmp_path / "src") as http:
+        volume = node.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+            name="pvc-small", volume_capabilities=[mount_capability()],
+            parameters={"source": http.url, "blockSize": "64Ki", "cacheCapacity": "1Mi"},
+            capacity_range=csi_pb2.CapacityRange(required_bytes=MI))).volume
+        staging, targets = stage_and_publish(node, tmp_path, volume, targets=("pod-a",))
+        out = eddy("preload", "--endpoint", f"unix://{node.socket}", "--wait", "--json",
+                   check=False)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "CapacityReached" in out.stderr
+        last = json.loads(out.stdout.splitlines()[-1])
+        assert last["state"] == "CapacityReached"
+        stored = tier_bytes(tmp_path / "mem") + tier_bytes(tmp_path / "ssd")
+        assert last["bytes_cached"] == stored
+        assert 0 < stored <= MI
+        [row] = json.loads(eddy("status", "--endpoint", f"unix://{node.socket}",
+                                "--json").stdout)
+        assert row["phase"] == "CapacityReached" and row["cached_bytes"] == stored
+        assert row["cached_percentage"] == pytest.approx(100 * stored / (3 * MI), abs=0.01)
+        teardown_volume(node, volume, staging, targets)
+
+
+def test_a_preload_interrupted_by_an_engine_kill_resumes_without_refetching(tmp_path):
+    files = make_files(tmp_path / "src", {f"part-{i:02d}.bin": 2 * MI for i in range(8)})
+    total = sum(map(len, files.values()))
+    workdir = str(tmp_path / "driver")
+    args = ("--tier", f"SSD:{tmp_path}/ssd:64Mi")
+    drv = DriverProcess(workdir, extra_args=args).start()
+    try:
+        with HttpSource(tmp_path / "src") as http:
+            volume = create(drv, "pvc-resume", {"source": http.url, "blockSize": "64Ki",
+                                                "metadataTTL": "immutable"})
+            staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+            engine_stub(drv).Preload(cache_pb2.PreloadRequest(workers=1), timeout=30)
+            deadline = time.monotonic() + 60
+            while len(http.data_gets()) < 40:  # part of the way
+                assert time.monotonic() < deadline, "the preload never started loading"
+                time.sleep(0.01)
+            drv.kill()  # the engine dies with the node plugin, mid-job
+            drv = DriverProcess(workdir, extra_args=args).start()
+            first_run = {(r.path, r.range) for r in http.data_gets()}
+            out = eddy("preload", "--endpoint", f"unix://{drv.socket}", "--wait", "--json")
+            last = json.loads(out.stdout.splitlines()[-1])
+            assert last["state"] == "Complete" and last["bytes_cached"] == total
+            gets = [(r.path, r.range) for r in http.data_gets()]
+            # Only the block being loaded when the engine died may be fetched again.
+            assert len(gets) - len(set(gets)) <= 1, "blocks were fetched from the source twice"
+            assert last["blocks_skipped"] >= len(first_run) - 1
+            assert tier_bytes(tmp_path / "ssd") == total
+            read_all(targets[0], files)
+            teardown_volume(drv, volume, staging, targets)
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
