@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from eddy.errors import InvalidParameter
 
 RESERVED_PREFIX = "csi.storage.k8s.io/"
-SOURCE_SCHEMES = ("local", "s3", "pvc", "http", "https")
+SOURCE_SCHEMES = ("local", "s3", "pvc", "nfs", "http", "https")
 SECRET_KEYS = ("accessKeyId", "secretAccessKey", "sessionToken")
 
 DEFAULT_BLOCK_SIZE = 4 << 20
@@ -66,8 +66,9 @@ class Source:
 
     scheme: str
     uri: str
-    bucket: str = ""  # s3 bucket, or pvc namespace
-    root: str = ""  # local: absolute dir; s3: key prefix; pvc: name[/subdir]; http(s): full URL
+    bucket: str = ""  # s3 bucket, pvc namespace, or nfs server
+    root: str = ""  # local: absolute dir; s3: key prefix; pvc: name[/subdir]; nfs: absolute
+    #                 export path (the node mounts it); http(s): full URL
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,22 @@ def parse_source(value: str, key: str = "source") -> Source:
                 raise InvalidParameter(key, f"{name!r} is not a valid Kubernetes name")
         root = "/".join(segs)
         return Source("pvc", f"pvc://{namespace}/{root}", bucket=namespace, root=root)
+    if scheme == "nfs":
+        return _parse_nfs(key, parts.netloc, parts.hostname, raw_path)
     # http / https
     if not parts.hostname:
         raise InvalidParameter(key, "is missing the host (https://host/path)")
     return Source(scheme, value, root=value)
+
+
+def _parse_nfs(key: str, netloc: str, host: str | None, raw_path: str) -> Source:
+    """nfs://server/export/path: what a pvc:// source on an NFS PersistentVolume becomes."""
+    if not host or not netloc or ":" in netloc.rsplit("]", 1)[-1]:
+        raise InvalidParameter(key, "nfs sources are nfs://server/export/path (no port)")
+    if not raw_path.startswith("/"):
+        raise InvalidParameter(key, "nfs sources need the export path (nfs://server/export)")
+    root = "/" + posixpath.normpath(raw_path).lstrip("/")
+    return Source("nfs", f"nfs://{netloc}{root}", bucket=netloc, root=root)
 
 
 def _parse_endpoint(value: str) -> str:

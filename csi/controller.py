@@ -15,11 +15,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
-from cache_engine.spec import MIN_CACHE_CAPACITY, format_bytes, parse_parameters
+from cache_engine.spec import MIN_CACHE_CAPACITY, DatasetSpec, format_bytes, parse_parameters
 from csi.inflight import InFlight
 from csi.state import VolumeRecord, VolumeStore
 from eddy import log
-from eddy.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, OutOfRange
+from eddy.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 from eddy.pb import csi_pb2, csi_pb2_grpc
 from eddy.rpc import Servicer, require
 
@@ -29,12 +36,26 @@ CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY)
 FILESYSTEMS_ONLY = "eddy serves filesystems only (mount access type), not block devices"
 
 
-class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
-    """Controller RPCs over a `VolumeStore`; `capacity()` answers GetCapacity (bytes)."""
+def no_pvc_sources(spec: DatasetSpec) -> DatasetSpec:
+    """The resolver of a controller with no Kubernetes API: pvc:// cannot be resolved."""
+    if spec.source.scheme == "pvc":
+        raise Unavailable(f"source {spec.source.uri}: pvc:// sources need the Kubernetes API, "
+                          "and this controller has none")
+    return spec
 
-    def __init__(self, store: VolumeStore, capacity: Callable[[], int] | None = None) -> None:
+
+class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
+    """Controller RPCs over a `VolumeStore`; `capacity()` answers GetCapacity (bytes).
+
+    `resolve` turns a pvc:// source into the source its PersistentVolume's data really is
+    (csi/pvc.py); the volume records and returns the resolved one, so nodes never need the API.
+    """
+
+    def __init__(self, store: VolumeStore, capacity: Callable[[], int] | None = None,
+                 resolve: Callable[[DatasetSpec], DatasetSpec] = no_pvc_sources) -> None:
         self._store = store
         self._capacity = capacity
+        self._resolve = resolve
         self._inflight = InFlight()
         self._log = log.get("csi.controller")
 
@@ -47,7 +68,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
             raise InvalidArgument("volume_content_source is not supported: volumes read a source")
         if getattr(request, "mutable_parameters", None):  # CSI 1.9+
             raise InvalidArgument("mutable_parameters are not supported")
-        spec = parse_parameters(dict(request.parameters))
+        spec = self._resolve(parse_parameters(dict(request.parameters)))
         required, limit = _capacity_range(request)
         capacity = _settle_capacity(spec.cache_capacity, required, limit)
         parameters = spec.to_parameters()
@@ -88,7 +109,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
         message = _capabilities_problem(request.volume_capabilities)
         if not message and request.parameters:
             try:
-                spec = parse_parameters(dict(request.parameters))
+                spec = self._resolve(parse_parameters(dict(request.parameters)))
             except InvalidArgument as e:
                 message = str(e)
             else:

@@ -21,6 +21,7 @@ class StagedVolume:
     parameters: dict[str, str]
     targets: dict[str, bool] = field(default_factory=dict)  # target path -> read-only
     pid: int = 0
+    ephemeral: bool = False  # an inline volume: staged by NodePublish, unstaged by NodeUnpublish
 
 
 class StagingRecords:

@@ -23,4 +23,10 @@ def open_ufs(spec: DatasetSpec, secrets: dict[str, str] | None = None) -> UfsBac
         from .http import HttpUfs
 
         return HttpUfs(spec, secrets or {})
+    if scheme == "pvc":
+        raise UfsUnavailable("pvc:// sources are resolved to their PersistentVolume by the CSI "
+                             "controller at CreateVolume; use them in a StorageClass")
+    if scheme == "nfs":
+        raise UfsUnavailable("nfs:// sources are mounted by the node plugin; outside Kubernetes, "
+                             "mount the export yourself and read it as local:///path")
     raise UfsUnavailable(f"source scheme {scheme!r} is not supported by this node yet")

@@ -1,0 +1,99 @@
+"""Which datasets a pod author may mount as an inline ephemeral volume on this node.
+
+An inline CSI volume (`volumes[].csi` in a Pod) never passes a StorageClass or the controller:
+kubelet calls NodePublishVolume straight away, with the pod author's `volumeAttributes` and
+`csi.storage.k8s.io/ephemeral: "true"` (sent because the CSIDriver has podInfoOnMount). The pod
+author is not the administrator, so the node only accepts what its flags allow:
+
+    --ephemeral-allow s3://bucket/prefix,https://mirror/models,local:///srv/public
+        source prefixes (segment-wise: s3://bucket/pre allows s3://bucket/pre/x, not
+        s3://bucket/prefix); nothing is allowed by default, local:// only when a directory is
+        listed by name, pvc:// never (it names another namespace's claim)
+    --ephemeral-endpoint https://s3.internal:9000
+        S3 endpoints an inline volume may name (none by default: AWS only), so that a pod cannot
+        point the node at an arbitrary address
+    --ephemeral-tiers MEM,SSD
+        node tiers inline volumes may fill (default: all)
+
+A refusal is INVALID_ARGUMENT with a message naming the source and the flag, before anything is
+mounted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cache_engine.spec import DatasetSpec, Source, parse_source
+from eddy.errors import InvalidArgument, InvalidParameter
+
+EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
+_ENCODED = ("%2e", "%2f", "%5c")  # an encoded dot or slash could walk out of an allowed prefix
+
+
+def is_ephemeral(volume_context: dict[str, str]) -> bool:
+    return volume_context.get(EPHEMERAL_KEY, "").lower() == "true"
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    """Flag values, each repeatable and comma-separated; empty items are ignored."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class EphemeralPolicy:
+    sources: tuple[Source, ...] = ()
+    endpoints: tuple[str, ...] = ()
+    tiers: tuple[str, ...] = ()  # empty: every node tier
+
+    @classmethod
+    def from_flags(cls, allow: Iterable[str] = (), endpoints: Iterable[str] = (),
+                   tiers: Iterable[str] = ()) -> EphemeralPolicy:
+        sources = []
+        for entry in _split(allow):
+            try:
+                source = parse_source(entry, "--ephemeral-allow")
+            except InvalidParameter as e:
+                raise InvalidArgument(f"{e} ({entry!r})") from None
+            if source.scheme == "pvc":
+                raise InvalidArgument("--ephemeral-allow: pvc:// sources cannot be used inline; "
+                                      "they are resolved by the controller")
+            sources.append(source)
+        return cls(tuple(sources), tuple(e.rstrip("/") for e in _split(endpoints)),
+                   tuple(_split(tiers)))
+
+    def admit(self, spec: DatasetSpec) -> DatasetSpec:
+        """`spec` as this node will serve it inline, or InvalidArgument saying why not."""
+        source = spec.source
+        if source.scheme == "pvc":
+            raise InvalidArgument(f"inline ephemeral volumes cannot read {source.uri}: pvc:// "
+                                  "sources are resolved by the controller; use a StorageClass")
+        if not any(_covers(allowed, source) for allowed in self.sources):
+            hint = " (local:// directories must be listed one by one)" \
+                if source.scheme == "local" else ""
+            raise InvalidArgument(f"inline ephemeral volumes may not read {source.uri}: it is "
+                                  f"not under any --ephemeral-allow entry of this node{hint}")
+        if spec.endpoint and spec.endpoint.rstrip("/") not in self.endpoints:
+            raise InvalidArgument(f"inline ephemeral volumes may not use endpoint "
+                                  f"{spec.endpoint}: it is not an --ephemeral-endpoint")
+        return self._with_tiers(spec)
+
+    def _with_tiers(self, spec: DatasetSpec) -> DatasetSpec:
+        if not self.tiers:
+            return spec
+        refused = [t for t in spec.tiers if t not in self.tiers]
+        if refused:
+            raise InvalidArgument(f"inline ephemeral volumes may not use tier {refused[0]!r} "
+                                  f"(--ephemeral-tiers: {', '.join(self.tiers)})")
+        return spec if spec.tiers else dataclasses.replace(spec, tiers=self.tiers)
+
+
+def _covers(allowed: Source, source: Source) -> bool:
+    """True when `source` is `allowed` or lies below it, path segment by path segment."""
+    if allowed.scheme != source.scheme:
+        return False
+    if any(code in source.uri.lower() for code in _ENCODED):
+        return False
+    prefix = allowed.uri.rstrip("/")
+    return source.uri == allowed.uri or source.uri.startswith(prefix + "/")

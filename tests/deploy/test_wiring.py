@@ -1,0 +1,238 @@
+"""The deploy files agree with the code: driver name, socket paths, flags, kubelet paths.
+
+Checked on every rendered kustomization that contains the driver (base and each overlay), so
+an overlay that moves the kubelet directory or the tiers cannot leave one place behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cache_engine.tiers import parse_tiers
+from csi.ephemeral import EphemeralPolicy
+from csi.server import socket_path
+from eddy.cli import _parser
+from tests.support.kustomize import (
+    DEPLOY,
+    container,
+    find,
+    kustomizations,
+    label,
+    render,
+    renderer,
+)
+
+pytestmark = pytest.mark.skipif(renderer() is None,
+                                reason="needs kubectl (or kustomize) to render deploy/")
+DRIVER_INSTALLS = [p for p in kustomizations() if "examples" not in p.parts]
+SIDECAR_IMAGE = re.compile(r"^registry\.k8s\.io/sig-storage/[a-z-]+:v\d+\.\d+\.\d+$")
+
+
+def installs():
+    return pytest.mark.parametrize("directory", DRIVER_INSTALLS, ids=label)
+
+
+def serve_defaults():
+    return _parser().parse_args(["serve"])
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+    assert len(values) == 1, f"{flag} appears {len(values)} times in {args}"
+    return values[0]
+
+
+def expand(c: dict, objects: list[dict]) -> list[str]:
+    """The container's args as the kubelet runs them: $(VAR) replaced from its env."""
+    env = {}
+    for var in c.get("env", []):
+        source = var.get("valueFrom", {})
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            env[var["name"]] = find(objects, "ConfigMap", ref["name"])["data"][ref["key"]]
+        elif "fieldRef" in source:
+            env[var["name"]] = f"field-{source['fieldRef']['fieldPath'].replace('.', '-')}"
+    unknown = re.findall(r"\$\((\w+)\)", " ".join(c.get("args", [])))
+    assert set(unknown) <= set(env), f"{c['name']}: undefined variables {set(unknown) - set(env)}"
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c.get("args", [])]
+
+
+def mount_of(c: dict, path: str) -> dict:
+    """The volume mount of container `c` under which `path` lies (the deepest one)."""
+    mounts = [m for m in c["volumeMounts"]
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mounts, f"{c['name']}: {path} is on no volume"
+    return max(mounts, key=lambda m: len(m["mountPath"]))
+
+
+def host_path(workload: dict, c: dict, path: str) -> str:
+    """Where `path` inside container `c` lives on the host (via hostPath volume + subPath)."""
+    mount = mount_of(c, path)
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    volume = volumes[mount["name"]]
+    assert "hostPath" in volume, f"{c['name']}: {path} is not on a hostPath volume"
+    base = volume["hostPath"]["path"]
+    if mount.get("subPath"):
+        base = f"{base}/{mount['subPath']}"
+    return base + path[len(mount["mountPath"].rstrip("/")):]
+
+
+def eddy_args(objects: list[dict], kind: str) -> list[str]:
+    workload = find(objects, kind, "eddy-")
+    c = container(workload, "eddy")
+    assert c["command"] == ["eddy", "serve"]
+    return expand(c, objects)
+
+
+# -- every flag exists and parses -------------------------------------------------------------
+
+@functools.cache
+def serve_help() -> str:
+    return subprocess.run([sys.executable, "-m", "eddy.cli", "serve", "--help"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@installs()
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_eddy_flags_exist_and_parse(directory, kind):
+    args = eddy_args(render(directory), kind)
+    help_text = serve_help()
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        assert flag.startswith("--") and re.search(rf"{flag}\b", help_text), \
+            f"{flag} is not in `eddy serve --help`"
+    parsed = _parser().parse_args(["serve", *args])  # SystemExit on a bad value
+    assert parsed.mode == {"Deployment": "controller", "DaemonSet": "node"}[kind]
+
+
+@installs()
+def test_node_tiers_and_ephemeral_policy_parse_and_live_on_host_paths(directory):
+    objects = render(directory)
+    parsed = _parser().parse_args(["serve", *eddy_args(objects, "DaemonSet")])
+    tiers = parse_tiers(parsed.tier)
+    assert [t.name for t in tiers] == ["MEM", "SSD"]
+    node = find(objects, "DaemonSet", "eddy-node")
+    eddy = container(node, "eddy")
+    hosts = {tier.name: host_path(node, eddy, tier.path) for tier in tiers}
+    assert hosts["MEM"].startswith("/dev/shm/"), "the MEM tier must be on the host's tmpfs"
+    assert len(set(hosts.values())) == len(hosts)
+    assert host_path(node, eddy, "/var/lib/eddy/x").startswith("/var/lib/eddy/")
+    policy = EphemeralPolicy.from_flags(parsed.ephemeral_allow, parsed.ephemeral_endpoint,
+                                        parsed.ephemeral_tiers)
+    assert not any(s.scheme == "local" for s in policy.sources), "local:// allowed by default"
+
+
+# -- driver name and sockets ------------------------------------------------------------------
+
+@installs()
+def test_driver_name_is_the_same_everywhere(directory):
+    objects = render(directory)
+    name = serve_defaults().driver_name
+    assert find(objects, "CSIDriver")["metadata"]["name"] == name
+    for kind in ("Deployment", "DaemonSet"):
+        assert flag_value(eddy_args(objects, kind), "--driver-name") == name
+    csidriver = find(objects, "CSIDriver")["spec"]
+    assert csidriver["attachRequired"] is False and csidriver["podInfoOnMount"] is True
+    assert set(csidriver["volumeLifecycleModes"]) == {"Persistent", "Ephemeral"}
+    assert csidriver["fsGroupPolicy"] == "None"
+
+
+@installs()
+def test_node_sockets_agree_between_eddy_sidecars_and_kubelet(directory):
+    objects = render(directory)
+    node = find(objects, "DaemonSet", "eddy-node")
+    eddy, registrar, probe = (container(node, n) for n in
+                              ("eddy", "node-driver-registrar", "liveness-probe"))
+    name = serve_defaults().driver_name
+    eddy_socket = host_path(node, eddy, socket_path(flag_value(expand(eddy, objects),
+                                                               "--endpoint")))
+    registrar_args = expand(registrar, objects)
+    for c, args in ((registrar, registrar_args), (probe, expand(probe, objects))):
+        assert host_path(node, c, flag_value(args, "--csi-address")) == eddy_socket
+    registration = flag_value(registrar_args, "--kubelet-registration-path")
+    kubelet_dir = host_path(node, eddy, mount_of(eddy, "/csi")["mountPath"])
+    assert registration == eddy_socket == f"{kubelet_dir}/csi.sock"
+    kubelet_root = [m for m in eddy["volumeMounts"] if m.get("mountPropagation")][0]
+    assert kubelet_root["mountPropagation"] == "Bidirectional"
+    # kubelet hands the plugin host paths: the kubelet root must be mounted at its host path
+    assert host_path(node, eddy, kubelet_root["mountPath"]) == kubelet_root["mountPath"]
+    assert registration == f"{kubelet_root['mountPath']}/plugins/{name}/csi.sock"
+    assert host_path(node, registrar, "/registration") == \
+        f"{kubelet_root['mountPath']}/plugins_registry"
+
+
+@installs()
+def test_controller_socket_is_shared_with_its_sidecars(directory):
+    objects = render(directory)
+    controller = find(objects, "Deployment", "eddy-controller")
+    eddy = container(controller, "eddy")
+    endpoint = socket_path(flag_value(expand(eddy, objects), "--endpoint"))
+    socket_volume = mount_of(eddy, endpoint)["name"]
+    for name in ("csi-provisioner", "liveness-probe"):
+        c = container(controller, name)
+        address = flag_value(c["args"], "--csi-address")
+        assert address == endpoint and mount_of(c, address)["name"] == socket_volume
+    assert "--leader-election" in container(controller, "csi-provisioner")["args"]
+    assert flag_value(eddy_args(objects, "Deployment"), "--state-store") == "kubernetes"
+
+
+@installs()
+def test_liveness_probes_ask_the_livenessprobe_sidecar(directory):
+    objects = render(directory)
+    for kind in ("Deployment", "DaemonSet"):
+        workload = find(objects, kind, "eddy-")
+        eddy = container(workload, "eddy")
+        ports = {p["name"]: p["containerPort"] for p in eddy["ports"]}
+        probe_port = int(flag_value(container(workload, "liveness-probe")["args"],
+                                    "--health-port"))
+        assert ports[eddy["livenessProbe"]["httpGet"]["port"]] == probe_port
+
+
+# -- privilege, priority, images --------------------------------------------------------------
+
+def test_node_is_privileged_and_controller_is_not():
+    objects = render(DEPLOY / "base")
+    node = find(objects, "DaemonSet", "eddy-node")["spec"]["template"]["spec"]
+    controller = find(objects, "Deployment", "eddy-controller")["spec"]["template"]["spec"]
+    assert container({"spec": {"template": {"spec": node}}}, "eddy")["securityContext"][
+        "privileged"] is True
+    assert node["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in node["tolerations"]
+    assert node["automountServiceAccountToken"] is False
+    assert controller["priorityClassName"] == "system-cluster-critical"
+    assert controller["securityContext"]["runAsNonRoot"] is True
+    for c in controller["containers"]:
+        assert not c.get("securityContext", {}).get("privileged")
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@installs()
+def test_sidecar_images_are_pinned(directory):
+    for obj in render(directory):
+        if obj["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            if c["name"] != "eddy":
+                assert SIDECAR_IMAGE.match(c["image"]), c["image"]
+
+
+def test_overlays_change_what_they_say():
+    kubelet = render(DEPLOY / "overlays" / "kubelet-dir")
+    node = find(kubelet, "DaemonSet", "eddy-node")
+    assert flag_value(expand(container(node, "node-driver-registrar"), kubelet),
+                      "--kubelet-registration-path").startswith("/var/lib/k0s/kubelet/")
+    tiers = _parser().parse_args(["serve", *eddy_args(render(DEPLOY / "overlays" / "tiers"),
+                                                      "DaemonSet")]).tier
+    assert [t.split(":")[2] for t in tiers] == ["20Gi", "200Gi"]
+    for arch in ("arm64", "amd64"):
+        for obj in render(DEPLOY / "overlays" / arch):
+            if obj["kind"] in ("Deployment", "DaemonSet"):
+                assert obj["spec"]["template"]["spec"]["nodeSelector"][
+                    "kubernetes.io/arch"] == arch
