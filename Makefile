@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/*.proto)
 
-.PHONY: setup proto lint test e2e demo bench clean
+.PHONY: setup proto lint test e2e demo bench clean image
 
 setup: $(STAMP)
 
@@ -34,8 +34,27 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
+# One command to see eddy work: local S3, the driver, CSI calls as a cluster makes them.
+demo: $(STAMP)
+	$(PY) -m e2e.demo
+
 e2e: $(STAMP)
 	$(PY) -m pytest -q e2e
+
+# eddy against tmpfs, raw S3 GETs, rclone and s3fs (installed with apt-get when missing), on a
+# 2 GiB file and 10k small files: a table, bench-results/bench-results.{json,png}. Root, FUSE.
+# `make bench BENCH_ARGS="--quick --no-peers"` for a smoke run.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -m e2e.bench $(BENCH_ARGS)
+
+# The image from the Dockerfile (Docker with buildx): for this machine's platform, loaded
+# into Docker; with PUSH=1, for amd64 and arm64, pushed to the registry named in IMAGE.
+# Deploy it with deploy/ (README, "Deploy on Kubernetes").
+IMAGE     ?= eddy:0.1.0
+PLATFORMS ?= linux/amd64,linux/arm64
+image:
+	docker buildx build -t $(IMAGE) $(if $(PUSH),--platform $(PLATFORMS) --push,--load) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

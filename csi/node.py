@@ -4,17 +4,22 @@ NodeStageVolume starts the volume's FUSE daemon at the staging path and returns 
 answers; NodePublishVolume bind-mounts the staging path onto each pod's target (read-only when
 asked). Every call is idempotent as the spec says, and a second call on a volume that is in
 flight gets ABORTED. Dead daemons are restarted and their targets re-bound by the supervisor.
+An inline ephemeral volume (kubelet publishes it without staging) is staged by its first
+NodePublishVolume, if the node's allowlist admits its source, and unstaged by its last
+NodeUnpublishVolume (csi/ephemeral.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 
-from cache_engine.spec import parse_parameters, parse_secrets
+from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
 from eddy import log
 from eddy.errors import (
     AlreadyExists,
+    EddyError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -24,8 +29,11 @@ from eddy.pb import csi_pb2, csi_pb2_grpc
 from eddy.rpc import Servicer, require
 
 from . import daemons, mounts
+from .ephemeral import EphemeralPolicy, is_ephemeral
 from .inflight import InFlight
+from .nfs import NfsMounts
 from .staging import StagedVolume, StagingRecords
+from .volume_cache import VolumeCache, condition
 
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 READER_ONLY = {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
@@ -44,14 +52,20 @@ def _check_capability(cap: csi_pb2.VolumeCapability) -> None:
 class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     def __init__(self, node_id: str, state_dir: str, max_volumes: int = 0,
                  log_level: str = "info", start_daemon=daemons.start,
-                 engine_endpoint: str | None = None, tier_names: tuple[str, ...] = ()):
+                 engine_endpoint: str | None = None, tier_names: tuple[str, ...] = (),
+                 cache: VolumeCache | None = None, ephemeral: EphemeralPolicy | None = None,
+                 nfs: NfsMounts | None = None):
         self.node_id = node_id
         self.engine_endpoint = engine_endpoint  # the node's cache engine, for mount daemons
         self.tier_names = tuple(tier_names)
+        self.cache = cache  # the same engine, in this process: preload, usage
         self.max_volumes = max_volumes
         self._log_level = log_level
         self._start_daemon = start_daemon
         self._records = StagingRecords(state_dir)
+        self.ephemeral = ephemeral or EphemeralPolicy()  # default: no inline volumes at all
+        self._ephemeral_dir = os.path.join(os.path.abspath(state_dir), "ephemeral")
+        self._nfs = nfs or NfsMounts(state_dir)
         self._inflight = InFlight()
         self._lock = threading.Lock()
         self._volumes: dict[str, StagedVolume] = {}
@@ -93,6 +107,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
             if old is not None:
                 old.stop(timeout=2)
             mounts.unmount_all(vol.staging_path)
+            self._nfs.ensure(vol.parameters)
             daemon = self._start_daemon(self._config(vol))
             vol.pid = daemon.pid
             for target, read_only in vol.targets.items():
@@ -107,35 +122,88 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     def NodeStageVolume(self, request):
         require(request, "volume_id", "staging_target_path", "volume_capability")
         _check_capability(request.volume_capability)
-        spec = parse_parameters(dict(request.volume_context))
+        spec = self._dataset(dict(request.volume_context))
         secrets = parse_secrets(dict(request.secrets))
+        path = os.path.normpath(request.staging_target_path)
+        with self._inflight.hold(request.volume_id):
+            self._stage(request.volume_id, path, spec, secrets)
+        return csi_pb2.NodeStageVolumeResponse()
+
+    def _dataset(self, volume_context: dict[str, str], inline: bool = False) -> DatasetSpec:
+        """The volume's dataset as this node serves it: on known tiers, an nfs:// source
+        rewritten to its mount point under the state dir (csi/nfs.py). Inline volumes must
+        pass the node's ephemeral policy first."""
+        spec = parse_parameters(volume_context)
+        if inline:
+            spec = self.ephemeral.admit(spec)
+        elif spec.source.scheme == "pvc":
+            raise InvalidArgument(f"source {spec.source.uri}: pvc:// sources are resolved by "
+                                  "the controller at CreateVolume; this volume was not")
         unknown = [t for t in spec.tiers if self.tier_names and t not in self.tier_names]
         if unknown:
             raise InvalidArgument(
                 f"parameter 'tiers': tier {unknown[0]!r} is not configured on node "
                 f"{self.node_id} (node tiers: {', '.join(self.tier_names)})")
-        path = os.path.normpath(request.staging_target_path)
-        with self._inflight.hold(request.volume_id):
-            vol = self._volumes.get(request.volume_id)
-            if vol is not None:
-                if vol.staging_path != path or vol.parameters != spec.to_parameters():
-                    raise AlreadyExists(
-                        f"volume {request.volume_id} is already staged at {vol.staging_path} "
-                        "with other parameters")
-                return csi_pb2.NodeStageVolumeResponse()
-            if self.max_volumes and len(self._volumes) >= self.max_volumes:
-                raise ResourceExhausted(f"node {self.node_id} already holds "
-                                        f"{self.max_volumes} volumes")
-            os.makedirs(path, exist_ok=True)
-            mounts.unmount_all(path)  # a stale mount left by a crash
-            vol = StagedVolume(request.volume_id, path, spec.to_parameters())
+        return self._nfs.local_spec(spec)
+
+    def _stage(self, volume_id: str, path: str, spec: DatasetSpec, secrets: dict[str, str],
+               inline: bool = False) -> StagedVolume:
+        """Start the volume's mount daemon at `path` (idempotent); the caller holds its id."""
+        vol = self._volumes.get(volume_id)
+        if vol is not None:
+            if vol.staging_path != path or vol.parameters != spec.to_parameters():
+                raise AlreadyExists(f"volume {volume_id} is already staged at "
+                                    f"{vol.staging_path} with other parameters")
+            return vol
+        if self.max_volumes and len(self._volumes) >= self.max_volumes:
+            raise ResourceExhausted(f"node {self.node_id} already holds "
+                                    f"{self.max_volumes} volumes")
+        os.makedirs(path, exist_ok=True)
+        mounts.unmount_all(path)  # a stale mount left by a crash
+        vol = StagedVolume(volume_id, path, spec.to_parameters(), ephemeral=inline)
+        self._nfs.ensure(vol.parameters)
+        try:
             daemon = self._start_daemon(self._config(vol, secrets))
-            vol.pid = daemon.pid
-            self._records.save(vol, secrets)
-            with self._lock:
-                self._volumes[vol.volume_id] = vol
-            self.supervisor.watch(daemon)
-        return csi_pb2.NodeStageVolumeResponse()
+        except BaseException:
+            self._nfs.release(vol.parameters, self._others(vol))
+            raise
+        vol.pid = daemon.pid
+        self._records.save(vol, secrets)
+        with self._lock:
+            self._volumes[vol.volume_id] = vol
+        self.supervisor.watch(daemon)
+        if self.cache is not None:
+            self.cache.start_preload(vol, secrets)
+        return vol
+
+    def _unstage(self, vol: StagedVolume) -> None:
+        """Stop the volume's daemon and forget it; the caller holds its id."""
+        daemon = self.supervisor.unwatch(vol.volume_id)
+        if daemon is None:
+            daemon = daemons.MountDaemon(self._config(vol, {}), vol.pid)
+        daemon.stop()
+        mounts.unmount_all(vol.staging_path)
+        self._records.remove(vol.volume_id)
+        with self._lock:
+            del self._volumes[vol.volume_id]
+        self._nfs.release(vol.parameters, self._others(vol))
+
+    def _others(self, vol: StagedVolume) -> list[dict[str, str]]:
+        with self._lock:
+            return [v.parameters for v in self._volumes.values() if v is not vol]
+
+    # -- the volumes' datasets (for `eddy preload` and `eddy status`) ----------------------------
+
+    def volume_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._volumes)
+
+    def dataset_of(self, volume_id: str) -> str:
+        """The dataset id of a staged volume, opening it in the engine if needed."""
+        vol = self._volumes.get(volume_id)
+        if vol is None or self.cache is None:
+            raise NotFound(f"volume {volume_id} is not staged on node {self.node_id}")
+        return self.cache.open(vol, self._records.secrets(volume_id))
 
     def NodeUnstageVolume(self, request):
         require(request, "volume_id", "staging_target_path")
@@ -149,39 +217,34 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                 raise FailedPrecondition(
                     f"volume {request.volume_id} is still published at "
                     f"{', '.join(sorted(vol.targets))}; unpublish it first")
-            daemon = self.supervisor.unwatch(vol.volume_id)
-            if daemon is None:
-                daemon = daemons.MountDaemon(self._config(vol, {}), vol.pid)
-            daemon.stop()
+            self._unstage(vol)
             mounts.unmount_all(path)
-            self._records.remove(vol.volume_id)
-            with self._lock:
-                del self._volumes[vol.volume_id]
         return csi_pb2.NodeUnstageVolumeResponse()
 
     # -- publishing ----------------------------------------------------------------------------
 
     def NodePublishVolume(self, request):
         require(request, "volume_id", "target_path", "volume_capability")
-        require(request, "staging_target_path")
+        inline = is_ephemeral(dict(request.volume_context))
+        if not inline:
+            require(request, "staging_target_path")
         _check_capability(request.volume_capability)
         read_only = request.readonly or request.volume_capability.access_mode.mode in READER_ONLY
         target = os.path.normpath(request.target_path)
         with self._inflight.hold(request.volume_id):
-            vol = self._volumes.get(request.volume_id)
-            if vol is None:
-                raise NotFound(f"volume {request.volume_id} is not staged on this node")
-            if os.path.normpath(request.staging_target_path) != vol.staging_path:
-                raise FailedPrecondition(
-                    f"volume {request.volume_id} is staged at {vol.staging_path}, "
-                    f"not {request.staging_target_path}")
+            vol = self._stage_inline(request) if inline else self._staged(request)
             if target in vol.targets and mounts.is_mount_point(target):
                 if vol.targets[target] != read_only:
                     raise AlreadyExists(f"{target} is already published with "
                                         f"read_only={vol.targets[target]}")
                 return csi_pb2.NodePublishVolumeResponse()
             os.makedirs(target, exist_ok=True)
-            mounts.bind_mount(vol.staging_path, target, read_only)
+            try:
+                mounts.bind_mount(vol.staging_path, target, read_only)
+            except BaseException:
+                if vol.ephemeral and not vol.targets:
+                    self._unstage_inline(vol)
+                raise
             vol.targets[target] = read_only
             self._records.save(vol)
         return csi_pb2.NodePublishVolumeResponse()
@@ -198,7 +261,37 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
             vol = self._volumes.get(request.volume_id)
             if vol is not None and vol.targets.pop(target, None) is not None:
                 self._records.save(vol)
+            if vol is not None and vol.ephemeral and not vol.targets:
+                self._unstage_inline(vol)
         return csi_pb2.NodeUnpublishVolumeResponse()
+
+    def _staged(self, request) -> StagedVolume:
+        vol = self._volumes.get(request.volume_id)
+        if vol is None:
+            raise NotFound(f"volume {request.volume_id} is not staged on this node")
+        if os.path.normpath(request.staging_target_path) != vol.staging_path:
+            raise FailedPrecondition(f"volume {request.volume_id} is staged at "
+                                     f"{vol.staging_path}, not {request.staging_target_path}")
+        return vol
+
+    # -- inline ephemeral volumes: kubelet publishes them without staging ----------------------
+
+    def _stage_inline(self, request) -> StagedVolume:
+        """Stage an inline volume at <state-dir>/ephemeral/<id>, if the node's policy allows
+        its source; it is then published like any staged volume, and re-adopted likewise."""
+        spec = self._dataset(dict(request.volume_context), inline=True)
+        secrets = parse_secrets(dict(request.secrets))
+        name = "v-" + re.sub(r"[^A-Za-z0-9._-]", "_", request.volume_id)
+        path = os.path.join(self._ephemeral_dir, name)
+        return self._stage(request.volume_id, path, spec, secrets, inline=True)
+
+    def _unstage_inline(self, vol: StagedVolume) -> None:
+        self._unstage(vol)
+        try:
+            os.rmdir(vol.staging_path)
+        except OSError:
+            pass
+        self._log.info("ephemeral.unstaged", volume_id=vol.volume_id)
 
     # -- information -------------------------------------------------------------------------
 
@@ -209,25 +302,34 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         if vol is None or (path != vol.staging_path and path not in vol.targets):
             raise NotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
         daemon = self.supervisor.get(vol.volume_id)
-        abnormal, message = False, "mount daemon running"
-        usage = []
         if daemon is None or not daemon.alive():
             abnormal, message = True, "mount daemon is not running; it is being restarted"
         else:
+            abnormal, message = self._mount_condition(path)
+        usage = []
+        if self.cache is not None:
             try:
-                st = os.statvfs(path)
-                usage.append(csi_pb2.VolumeUsage(
-                    unit=csi_pb2.VolumeUsage.BYTES, total=st.f_blocks * st.f_frsize,
-                    available=st.f_bavail * st.f_frsize,
-                    used=(st.f_blocks - st.f_bfree) * st.f_frsize))
-                usage.append(csi_pb2.VolumeUsage(
-                    unit=csi_pb2.VolumeUsage.INODES, total=st.f_files,
-                    available=st.f_favail, used=st.f_files - st.f_ffree))
-            except OSError as e:
-                abnormal, message = True, f"mount does not answer: {e.strerror}"
+                row = self.cache.status(vol, self._records.secrets(vol.volume_id))
+            except (EddyError, OSError) as e:
+                return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=csi_pb2.VolumeCondition(
+                    abnormal=True, message=f"cache engine cannot open the dataset: {e}"))
+            if not abnormal:
+                abnormal, message = condition(row)
+            total = row.capacity or 0
+            usage.append(csi_pb2.VolumeUsage(  # the volume's share of the node's cache
+                unit=csi_pb2.VolumeUsage.BYTES, total=total, used=row.cached_bytes,
+                available=max(total - row.cached_bytes, 0)))
         return csi_pb2.NodeGetVolumeStatsResponse(
             usage=usage,
             volume_condition=csi_pb2.VolumeCondition(abnormal=abnormal, message=message))
+
+    @staticmethod
+    def _mount_condition(path: str) -> tuple[bool, str]:
+        try:
+            os.statvfs(path)
+        except OSError as e:
+            return True, f"mount does not answer: {e.strerror}"
+        return False, "mount daemon running"
 
     def NodeGetCapabilities(self, request):
         caps = [NodeCap.STAGE_UNSTAGE_VOLUME, NodeCap.GET_VOLUME_STATS, NodeCap.VOLUME_CONDITION]

@@ -12,18 +12,22 @@ import grpc
 
 from cache_engine.client import MAX_MESSAGE
 from cache_engine.engine import CacheEngine
-from cache_engine.service import CacheEngineService
+from cache_engine.service import CacheEngineService, Volumes
 from cache_engine.tiers import parse_tiers
 from eddy import log
 from eddy.errors import InvalidArgument
 from eddy.pb import cache_pb2_grpc, csi_pb2_grpc
 
+from . import metrics
 from .controller import ControllerService
+from .ephemeral import EphemeralPolicy
 from .identity import IdentityService
 from .node import NodeService
 from .state import SqliteVolumeStore
+from .volume_cache import VolumeCache
 
 MODES = ("all", "controller", "node")
+STATE_STORES = ("sqlite", "kubernetes")
 DEFAULT_TIER_SIZE = "10Gi"
 ENGINE_THREADS = 32  # concurrent engine calls from all mount daemons (misses block on the source)
 
@@ -66,6 +70,25 @@ def bind_unix(server: grpc.Server, path: str) -> None:
     server.add_insecure_port(f"unix://{path}")
 
 
+def _controller(config: DriverConfig) -> ControllerService:
+    """The controller over the configured volume store, resolving pvc:// through the API."""
+    from .kube import LazyCoreApi, own_namespace
+    from .pvc import PvcResolver
+
+    if config.state_store not in STATE_STORES:
+        raise InvalidArgument(f"--state-store {config.state_store!r}: use one of "
+                              f"{', '.join(STATE_STORES)}")
+    api = LazyCoreApi()
+    if config.state_store == "kubernetes":
+        from .kube_state import KubernetesVolumeStore
+
+        api.core()  # fail at start, not at the first CreateVolume, when there is no cluster
+        store = KubernetesVolumeStore(api, config.state_namespace or own_namespace())
+    else:
+        store = SqliteVolumeStore(os.path.join(config.state_dir, "controller.db"))
+    return ControllerService(store, resolve=PvcResolver(api))
+
+
 @dataclass
 class DriverConfig:
     mode: str
@@ -77,6 +100,13 @@ class DriverConfig:
     log_level: str = "info"
     tiers: list[str] = field(default_factory=list)  # NAME:PATH:SIZE[:HIGH:LOW], fastest first
     engine_endpoint: str = ""  # default: unix://<state_dir>/engine.sock
+    metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_address: str = "0.0.0.0"
+    state_store: str = "sqlite"  # or "kubernetes": ConfigMaps, for several controller replicas
+    state_namespace: str = ""  # for the kubernetes store; default: the pod's own namespace
+    ephemeral_allow: list[str] = field(default_factory=list)  # inline volume source prefixes
+    ephemeral_endpoints: list[str] = field(default_factory=list)  # S3 endpoints they may use
+    ephemeral_tiers: list[str] = field(default_factory=list)  # node tiers they may use
 
 
 class Driver:
@@ -95,16 +125,25 @@ class Driver:
         self.controller = None
         self.engine = None
         self.engine_server = None
+        self.metrics_server = None
         if with_controller:
-            store = SqliteVolumeStore(os.path.join(config.state_dir, "controller.db"))
-            self.controller = ControllerService(store)
+            self.controller = _controller(config)
             csi_pb2_grpc.add_ControllerServicer_to_server(self.controller, self.server)
         if with_node:
             self._start_engine()
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
                                     config.log_level, engine_endpoint=self.engine_endpoint,
-                                    tier_names=tuple(t.name for t in self.engine.tiers))
+                                    tier_names=tuple(t.name for t in self.engine.tiers),
+                                    cache=VolumeCache(self.engine),
+                                    ephemeral=EphemeralPolicy.from_flags(
+                                        config.ephemeral_allow, config.ephemeral_endpoints,
+                                        config.ephemeral_tiers))
             csi_pb2_grpc.add_NodeServicer_to_server(self.node, self.server)
+            # The CLI (`eddy status`, `eddy preload`) reaches the engine on either socket.
+            service = CacheEngineService(self.engine,
+                                         Volumes(self.node.volume_ids, self.node.dataset_of))
+            for server in (self.engine_server, self.server):
+                cache_pb2_grpc.add_CacheEngineServicer_to_server(service, server)
         identity = IdentityService(config.driver_name, with_controller)
         csi_pb2_grpc.add_IdentityServicer_to_server(identity, self.server)
 
@@ -121,8 +160,6 @@ class Driver:
                                        thread_name_prefix="engine-rpc"),
             options=[("grpc.max_send_message_length", MAX_MESSAGE),
                      ("grpc.max_receive_message_length", MAX_MESSAGE)])
-        cache_pb2_grpc.add_CacheEngineServicer_to_server(CacheEngineService(self.engine),
-                                                         self.engine_server)
 
     def start(self) -> None:
         if self.engine_server is not None:
@@ -134,11 +171,17 @@ class Driver:
             self.node.start()
         bind_unix(self.server, self.path)
         self.server.start()
+        if self.engine is not None and self.config.metrics_port:
+            self.metrics_server = metrics.serve(self.engine, self.node.supervisor,
+                                                self.config.metrics_port,
+                                                self.config.metrics_address)
         log.get("csi.server").info("serving", mode=self.config.mode, endpoint=self.config.endpoint,
                                    node_id=self.config.node_id)
 
     def stop(self, grace: float = 5.0) -> None:
         self.server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         if self.node is not None:
             self.node.close()
         if self.engine_server is not None:

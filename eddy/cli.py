@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
@@ -38,9 +37,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-volumes", type=int, default=0,
                    help="volumes this node may stage at once, 0 for no limit")
     _tier_argument(s, "STATE-DIR/cache, 10Gi")
+    s.add_argument("--metrics-port", type=int, default=0,
+                   help="serve Prometheus metrics on this port (default: off)")
+    s.add_argument("--metrics-address", default="0.0.0.0",
+                   help="address for --metrics-port (default: %(default)s)")
     s.add_argument("--engine-endpoint", default="",
                    help="the cache engine's socket for mount daemons and the CLI "
                         "(default: unix://STATE-DIR/engine.sock)")
+    s.add_argument("--state-store", choices=["sqlite", "kubernetes"], default="sqlite",
+                   help="where the controller keeps volume records: SQLite in STATE-DIR, or "
+                        "one ConfigMap per volume (several replicas) (default: %(default)s)")
+    s.add_argument("--state-namespace", default="",
+                   help="namespace of the kubernetes state store (default: the pod's own)")
+    s.add_argument("--ephemeral-allow", action="append", default=[], metavar="SOURCE[,SOURCE]",
+                   help="source prefixes inline ephemeral volumes may read, e.g. "
+                        "s3://bucket/prefix; repeatable (default: none, inline volumes refused)")
+    s.add_argument("--ephemeral-endpoint", action="append", default=[], metavar="URL[,URL]",
+                   help="S3 endpoints inline ephemeral volumes may name; repeatable")
+    s.add_argument("--ephemeral-tiers", action="append", default=[], metavar="NAME[,NAME]",
+                   help="node tiers inline ephemeral volumes may use (default: all)")
 
     m = sub.add_parser("mount", help="mount a dataset at a directory, without Kubernetes")
     m.add_argument("source", help="s3://bucket/prefix, local:///abs/dir, ...")
@@ -60,7 +75,34 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("umount", help="unmount what `eddy mount` mounted")
     u.add_argument("mountpoint")
+
+    pl = sub.add_parser("preload", help="load a dataset (or paths in it) into the cache")
+    pl.add_argument("paths", nargs="*", metavar="PATH",
+                    help="files, directories or name prefixes in the dataset (default: all)")
+    _engine_arguments(pl)
+    pl.add_argument("--volume-id", help="which volume, when the node plugin has several")
+    pl.add_argument("--workers", type=int, default=0,
+                    help="parallel source reads (default: the engine's, 8)")
+    pl.add_argument("--wait", action="store_true",
+                    help="follow the job to its end; exit non-zero unless it completes")
+    pl.add_argument("--cancel", action="store_true", help="cancel the running job")
+    pl.add_argument("--json", action="store_true", help="JSON lines instead of a progress bar")
+
+    st = sub.add_parser("status", help="one row per dataset cached on this node")
+    _engine_arguments(st)
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--wide", action="store_true", help="add bytes per tier, source, dataset")
+    st.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
+                    help="wait this long for source sizes being calculated (default: 2)")
     return p
+
+
+def _engine_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", default="unix:///csi/csi.sock",
+                       help="the node plugin's socket, as given to `eddy serve` "
+                            "(default: %(default)s)")
+    where.add_argument("--mountpoint", help="a directory mounted by `eddy mount`")
 
 
 def _tier_argument(p: argparse.ArgumentParser, default: str) -> None:
@@ -73,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.configure(args.log_level)
     try:
-        return {"serve": _serve, "mount": _mount, "umount": _umount}[args.command](args)
+        return {"serve": _serve, "mount": _mount, "umount": _umount, "preload": _preload,
+                "status": _status}[args.command](args)
     except EddyError as e:
         print(f"eddy {args.command}: {e}", file=sys.stderr)
         return 1
@@ -85,7 +128,10 @@ def _serve(args) -> int:
     driver = Driver(DriverConfig(
         mode=args.mode, endpoint=args.endpoint, node_id=args.node_id, state_dir=args.state_dir,
         driver_name=args.driver_name, max_volumes=args.max_volumes, log_level=args.log_level,
-        tiers=args.tier, engine_endpoint=args.engine_endpoint))
+        tiers=args.tier, engine_endpoint=args.engine_endpoint, metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address, state_store=args.state_store,
+        state_namespace=args.state_namespace, ephemeral_allow=args.ephemeral_allow,
+        ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers))
     stopping = threading.Event()
 
     def on_signal(signum, frame):
@@ -114,6 +160,7 @@ def _mount(args) -> int:
     from cache_engine.tiers import parse_tiers
     from csi import daemons
     from csi.server import default_tiers
+    from eddy import cache_cli
 
     params = {"source": args.source}
     for item in args.param:
@@ -126,11 +173,12 @@ def _mount(args) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     if not os.path.isdir(mountpoint):
         raise EddyError(f"mountpoint {mountpoint} is not a directory")
-    volume_id = "mount-" + hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
+    volume_id = cache_cli.mount_volume_id(mountpoint)
     state_dir = os.path.abspath(args.state_dir)
     tiers = args.tier or default_tiers(state_dir)
     parse_tiers(tiers)  # a bad --tier is reported here, not by the detached daemon
-    engine = {"tiers": tiers, "state_dir": state_dir}
+    engine = {"tiers": tiers, "state_dir": state_dir,
+              "socket": cache_cli.mount_socket(mountpoint)}  # for `eddy status`/`preload`
     if args.foreground:
         from csi.fuse.daemon import run
 
@@ -145,6 +193,18 @@ def _mount(args) -> int:
     print(json.dumps({"mounted": spec.source.uri, "mountpoint": mountpoint, "pid": daemon.pid,
                       "log": log_path, "state_dir": state_dir}))
     return 0
+
+
+def _preload(args) -> int:
+    from eddy import cache_cli
+
+    return cache_cli.preload(args)
+
+
+def _status(args) -> int:
+    from eddy import cache_cli
+
+    return cache_cli.status(args)
 
 
 def _umount(args) -> int:

@@ -23,6 +23,7 @@ removed from outside (`fusermount3 -u`, `umount`; it exits 0). Logs are JSON lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import trio
 from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
 from cache_engine.ufs import Kind, UfsBackend, open_ufs
 from eddy import log
-from eddy.errors import EddyError, InvalidArgument, Unavailable
+from eddy.errors import EddyError, InvalidArgument, NotFound, Unavailable
 
 from .fs import DatasetFs
 
@@ -142,9 +143,11 @@ def _check_source(reader: UfsBackend, uri: str) -> None:
 class _Reader:
     """The `UfsBackend` the filesystem reads, and what to close after it."""
 
-    def __init__(self, spec: DatasetSpec, secrets: dict[str, str], engine: dict | None):
+    def __init__(self, spec: DatasetSpec, secrets: dict[str, str], engine: dict | None,
+                 volume_id: str):
         self.engine = None
         self.client = None
+        self.server = None
         engine = engine or {}
         if engine.get("endpoint"):
             from cache_engine.client import EngineClient
@@ -153,7 +156,8 @@ class _Reader:
             self.client = EngineClient(engine["endpoint"])
             try:
                 self.backend = DatasetReader(self.client, spec, secrets,
-                                             direct=lambda: open_ufs(spec, secrets))
+                                             direct=lambda: open_ufs(spec, secrets),
+                                             volume_id=volume_id)
             except BaseException:
                 self.client.close()
                 raise
@@ -170,7 +174,11 @@ class _Reader:
                     f"{e} (another mount is using it: give this one its own --state-dir)"
                 ) from None
             try:
-                self.backend = DatasetReader(self.engine, spec, secrets)
+                self.backend = DatasetReader(self.engine, spec, secrets, volume_id=volume_id)
+                if engine.get("socket"):
+                    self.socket_path = engine["socket"]
+                    self.server = _serve_engine(self.engine, engine["socket"], volume_id,
+                                                spec, secrets)
             except BaseException:
                 self.engine.close()
                 raise
@@ -178,11 +186,44 @@ class _Reader:
             self.backend = open_ufs(spec, secrets)
 
     def close(self) -> None:
+        if self.server is not None:
+            self.server.stop(1).wait()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
         self.backend.close()
         if self.client is not None:
             self.client.close()
         if self.engine is not None:
             self.engine.close()
+
+
+def _serve_engine(engine, endpoint: str, volume_id: str, spec: DatasetSpec,
+                  secrets: dict[str, str]):
+    """Serve this mount's engine to `eddy status` and `eddy preload --mountpoint`."""
+    from concurrent import futures
+
+    import grpc
+
+    from cache_engine.service import CacheEngineService, Volumes
+    from eddy.pb import cache_pb2_grpc
+
+    from ..server import bind_unix, socket_path
+
+    def dataset_of(name: str) -> str:
+        if name != volume_id:
+            raise NotFound(f"volume {name} is not this mount's ({volume_id})")
+        return engine.open_dataset(spec, secrets, volume_id).dataset_id
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4,
+                                                    thread_name_prefix="engine-rpc"))
+    service = CacheEngineService(engine, Volumes(lambda: [volume_id], dataset_of))
+    cache_pb2_grpc.add_CacheEngineServicer_to_server(service, server)
+    path = socket_path(endpoint)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    bind_unix(server, path)
+    server.start()
+    os.chmod(path, 0o600)
+    return server
 
 
 def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
@@ -201,7 +242,7 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     if not os.path.isdir(mountpoint):
         raise InvalidArgument(f"mountpoint {mountpoint} is not a directory")
     logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.uri)
-    opened = _Reader(spec, secrets, engine)
+    opened = _Reader(spec, secrets, engine, volume_id)
     try:
         _check_source(opened.backend, spec.source.uri)
         fs = DatasetFs(opened.backend, spec.metadata_ttl)
