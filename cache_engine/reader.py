@@ -41,10 +41,11 @@ class CorruptBlock(OSError):
 
 class DatasetReader(UfsBackend):
     def __init__(self, engine, spec: specmod.DatasetSpec, secrets: dict[str, str],
-                 direct: Callable[[], UfsBackend] | None = None):
+                 direct: Callable[[], UfsBackend] | None = None, volume_id: str = ""):
         self._engine = engine  # a CacheEngine, or an EngineClient to the node's engine
         self._spec = spec
         self._secrets = secrets
+        self._volume_id = volume_id  # named in the engine's status
         self.description = spec.source.uri
         self._lock = threading.Lock()
         self._open_direct = direct
@@ -56,13 +57,14 @@ class DatasetReader(UfsBackend):
         self._recent: collections.OrderedDict[tuple, memoryview | bytes] = \
             collections.OrderedDict()
         self._pending: dict[tuple, threading.Event] = {}
+        self._queued: set[tuple] = set()  # blocks handed to the read-ahead threads, not started
         self._sizes: dict[tuple[str, str], int] = {}
         self._last_demanded: dict[tuple[str, str], int] = {}  # (path, version) -> block index
         self._buffers = _Buffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
         self._ahead = ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="block-ahead")
 
     def _open(self) -> None:
-        self.info = self._engine.open_dataset(self._spec, self._secrets)
+        self.info = self._engine.open_dataset(self._spec, self._secrets, self._volume_id)
 
     def _call(self, method, *args):
         """Call the engine; if it restarted and forgot the dataset, open it again once."""
@@ -138,10 +140,54 @@ class DatasetReader(UfsBackend):
         if offset >= end:
             return b""
         bs = self.info.block_size
-        self._read_ahead(path, version, offset // bs, size)
+        first = offset // bs
+        with self._lock:
+            ahead = self._plan_ahead(path, version, first, size)
+        self._start_ahead(path, version, ahead, size)
+        blocks = [self._block(path, version, index, size)
+                  for index in range(first, (end - 1) // bs + 1)]
+        return self._cut(blocks, first, offset, end)
+
+    def read_cached(self, path: str, offset: int, length: int,
+                    version: str | None) -> bytes | memoryview | None:
+        """The bytes if checked blocks already in memory hold them all, else None; never blocks.
+
+        Most requests of a sequential reader land in a block that an earlier request or the
+        read-ahead already loaded and checked. This answers those with no engine call, no I/O
+        and no wait for a lock (a busy lock means "use `read`"), so a caller on an event loop
+        can skip the hop to a worker thread that `read` needs: for a mount daemon that hop
+        costs more CPU than serving the request.
+        """
+        size = self._sizes.get((path, version))  # no version: only `read` can resolve it
+        if size is None:
+            return None
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        bs = self.info.block_size
+        first = offset // bs
+        keys = [(path, version, index) for index in range(first, (end - 1) // bs + 1)]
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            blocks = [self._recent.get(key) for key in keys]
+            if None in blocks:
+                return None
+            for key in keys:
+                self._recent.move_to_end(key)
+            ahead = self._plan_ahead(path, version, first, size)
+            data = self._cut(blocks, first, offset, end)  # under the lock: no block is let go
+        finally:
+            self._lock.release()
+        self._start_ahead(path, version, ahead, size)
+        return data
+
+    def _cut(self, blocks: list, first: int, offset: int, end: int) -> bytes | memoryview:
+        """Bytes [offset, end) of consecutive blocks starting at block `first`: a view if one
+        block holds them all."""
+        bs = self.info.block_size
         parts = []
-        for index in range(offset // bs, (end - 1) // bs + 1):
-            block = self._block(path, version, index, size)
+        for index, block in enumerate(blocks, first):
             start = max(offset - index * bs, 0)
             stop = min(end - index * bs, len(block))
             parts.append(block[start:stop] if (start, stop) != (0, len(block)) else block)
@@ -173,30 +219,39 @@ class DatasetReader(UfsBackend):
             pending.set()
 
     def _forget(self, block: memoryview) -> None:
-        """Give a dropped block's buffer back for reuse (if it came from the pool)."""
+        """Give a dropped block's buffer back for reuse (if it came from the pool).
+
+        The view is dropped, not released: a reader that took it just before it was dropped
+        may still be slicing it, and then the buffer is simply not reused.
+        """
         buf = block.obj
-        block.release()
+        del block
         if isinstance(buf, mmap.mmap):
             self._buffers.put(buf)
 
-    def _read_ahead(self, path: str, version: str, index: int, size: int) -> None:
-        """A sequential reader gets the next blocks loaded while it consumes this one.
+    def _plan_ahead(self, path: str, version: str, index: int, size: int) -> list[int]:
+        """Note that block `index` was asked for; the blocks to load ahead of it (under the lock).
 
-        The kernel keeps only a request or two in flight per reader, so without this every
-        block would wait for its own pread and checksum.
+        A sequential reader gets the next blocks loaded while it consumes this one: the
+        kernel keeps only a request or two in flight per reader, so without this every block
+        would wait for its own pread and checksum.
         """
         file = (path, version)
-        with self._lock:
-            last = self._last_demanded.pop(file, None)
-            self._last_demanded[file] = index
-            if len(self._last_demanded) > MAX_TRACKED_FILES:
-                self._last_demanded.pop(next(iter(self._last_demanded)))
-            if last not in (index - 1, index) and not (last is None and index == 0):
-                return  # random access
-            bs = self.info.block_size
-            todo = [i for i in range(index + 1, index + 1 + AHEAD_BLOCKS)
-                    if i * bs < size and (path, version, i) not in self._recent
-                    and (path, version, i) not in self._pending]
+        last = self._last_demanded.pop(file, None)
+        self._last_demanded[file] = index
+        if len(self._last_demanded) > MAX_TRACKED_FILES:
+            self._last_demanded.pop(next(iter(self._last_demanded)))
+        if last not in (index - 1, index) and not (last is None and index == 0):
+            return []  # random access
+        bs = self.info.block_size
+        todo = [i for i in range(index + 1, index + 1 + AHEAD_BLOCKS)
+                if i * bs < size and (path, version, i) not in self._recent
+                and (path, version, i) not in self._pending
+                and (path, version, i) not in self._queued]
+        self._queued.update((path, version, i) for i in todo)
+        return todo
+
+    def _start_ahead(self, path: str, version: str, todo: list[int], size: int) -> None:
         for i in todo:
             try:
                 self._ahead.submit(self._load_quietly, path, version, i, size)
@@ -204,6 +259,8 @@ class DatasetReader(UfsBackend):
                 return  # closed
 
     def _load_quietly(self, path: str, version: str, index: int, size: int) -> None:
+        with self._lock:
+            self._queued.discard((path, version, index))
         try:
             self._block(path, version, index, size)
         except Exception:  # noqa: BLE001 - a demand read of this block will report it

@@ -9,7 +9,8 @@ On one file of --size bytes kept on tmpfs, in one run, it reports MB/s for
   d  hot      the same file again through the same mount (kernel page cache kept)
 
 and the mount daemon's peak RSS. It prints a table and writes the figures to --out (JSON).
-Run as root (FUSE, drop_caches): `make bench` or `python e2e/bench_cache.py --size 2Gi`.
+Run as root (FUSE, drop_caches): `python -m e2e.bench_cache --size 2Gi`; `make bench` runs
+the side-by-side benchmark (e2e/bench/), whose timing helpers this script shares.
 """
 
 from __future__ import annotations
@@ -25,48 +26,13 @@ import tempfile
 import time
 
 from cache_engine.spec import parse_quantity
+from e2e.bench.measure import drop_caches, peak_rss_mib, read_file
+from e2e.bench.source import make_big_file
 
-CHUNK = 1 << 20
 TARGETS = {  # issue 3: figures a 2-core machine must reach
     "warm_mb_s_min": 1000.0, "warm_over_direct_min": 0.25, "hot_over_direct_min": 0.8,
     "daemon_peak_rss_mib_max": 200.0,
 }
-
-
-def make_file(path: str, size: int) -> None:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 64 << 20)
-            f.write(os.urandom(n))
-            left -= n
-
-
-def read_mb_s(path: str) -> float:
-    """Read the whole file with 1 MiB reads; MB/s (10^6 bytes per second)."""
-    fd = os.open(path, os.O_RDONLY)
-    total = 0
-    start = time.perf_counter()
-    try:
-        while chunk := os.read(fd, CHUNK):
-            total += len(chunk)
-    finally:
-        os.close(fd)
-    return total / (time.perf_counter() - start) / 1e6
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 class Mount:
@@ -92,23 +58,23 @@ def run(size: int, workdir: str) -> dict:
     os.makedirs(src)
     os.makedirs(mnt)
     data = os.path.join(src, "model.bin")
-    make_file(data, size)
+    make_big_file(data, size)
     tier = f"MEM:{os.path.join(workdir, 'mem')}:{size + (256 << 20)}"
     args = (f"local://{src}", mnt, os.path.join(workdir, "state"), tier,
             os.path.join(workdir, "logs"))
     through = os.path.join(mnt, "model.bin")
     figures: dict = {"size_bytes": size}
-    figures["direct_mb_s"] = max(read_mb_s(data) for _ in range(2))
+    figures["direct_mb_s"] = max(read_file(data).mb_s for _ in range(2))
     mount = Mount(*args)
     try:
-        figures["cold_mb_s"] = read_mb_s(through)
+        figures["cold_mb_s"] = read_file(through).mb_s
     finally:
         mount.unmount()
     drop_caches()
     mount = Mount(*args)
     try:
-        figures["warm_mb_s"] = read_mb_s(through)
-        figures["hot_mb_s"] = read_mb_s(through)
+        figures["warm_mb_s"] = read_file(through).mb_s
+        figures["hot_mb_s"] = read_file(through).mb_s
         figures["daemon_peak_rss_mib"] = peak_rss_mib(mount.pid)
         figures["bytes_match"] = filecmp.cmp(data, through, shallow=False)
     finally:

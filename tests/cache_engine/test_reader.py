@@ -1,0 +1,132 @@
+"""DatasetReader: a dataset read through the cache engine, the way a mount daemon reads it.
+
+Reads go either through `read` (may locate, pread and check blocks) or through the
+non-blocking `read_cached` that the mount's event loop tries first; both must only ever
+return the source's bytes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from cache_engine import reader as readermod
+from cache_engine.reader import DatasetReader
+from tests.support.engine import BS, make_spec
+
+
+@pytest.fixture
+def readers(engines):
+    """Make DatasetReaders (over a fresh engine unless one is given); closed at the end."""
+    made = []
+
+    def make(engine=None):
+        reader = DatasetReader(engine or engines(), make_spec(), {})
+        made.append(reader)
+        return reader
+
+    yield make
+    for reader in made:
+        reader.close()
+
+
+def read_like_a_mount(reader, path: str, version: str, offset: int, length: int) -> bytes:
+    """What DatasetFs does: the in-memory answer if there is one, else a (blocking) read."""
+    data = reader.read_cached(path, offset, length, version)
+    if data is None:
+        data = reader.read(path, offset, length, version)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("step", [BS // 3, BS, BS + 1000, 3 * BS])
+def test_reads_of_any_size_return_the_source_bytes(readers, source, step):
+    reader = readers()
+    entry = reader.stat("data/a.bin")  # 5 blocks and 123 bytes
+    want = source.data("data/a.bin")
+    for _pass in range(2):  # loading blocks, then all of them in memory
+        got = b"".join(read_like_a_mount(reader, entry.path, entry.version, off, step)
+                       for off in range(0, entry.size, step))
+        assert got == want
+    for offset, length in ((BS - 10, 20), (BS // 2, 3 * BS), (5 * BS + 100, 1000)):
+        cached = reader.read_cached(entry.path, offset, length, entry.version)
+        assert cached is not None and bytes(cached) == want[offset:offset + length]
+    assert reader.read_cached(entry.path, entry.size, 10, entry.version) == b""
+
+
+def test_read_cached_answers_only_from_blocks_already_checked(readers, source):
+    reader = readers()
+    entry = reader.stat("data/b.bin")
+    want = source.data("data/b.bin")
+    assert reader.read_cached(entry.path, BS, 100, entry.version) is None  # not loaded yet
+    assert bytes(reader.read(entry.path, BS, 100, entry.version)) == want[BS:BS + 100]
+    assert bytes(reader.read_cached(entry.path, BS + 5, 10, entry.version)) == \
+        want[BS + 5:BS + 15]
+    # another version, or none (only `read` can resolve it), is never answered from memory
+    assert reader.read_cached(entry.path, BS, 100, "other-version") is None
+    assert reader.read_cached(entry.path, BS, 100, None) is None
+    # a range reaching into a block that is not loaded is not answered either
+    assert reader.read_cached(entry.path, 2 * BS - 10, 20, entry.version) is None
+
+
+def test_a_corrupt_tier_file_is_never_served(engines, readers, source):
+    engine = engines()
+    reader = readers(engine)
+    entry = reader.stat("data/b.bin")
+    want = source.data("data/b.bin")[BS:2 * BS]
+    loc = engine.locate(reader.info.dataset_id, entry.path, entry.version, 1, entry.size)
+    with open(loc.file, "r+b") as f:
+        f.write(b"\xff" * 16)
+    assert reader.read_cached(entry.path, BS, BS, entry.version) is None
+    assert bytes(reader.read(entry.path, BS, BS, entry.version)) == want
+    assert engine.statistics()["checksum_failures"] == 1
+    # The checked copy in memory is what the fast path serves, whatever happens to the file
+    # afterwards; a reader that has not checked the block yet detects the damage itself.
+    refetched = engine.locate(reader.info.dataset_id, entry.path, entry.version, 1, entry.size)
+    with open(refetched.file, "r+b") as f:
+        f.write(b"\x00" * 16)
+    assert bytes(reader.read_cached(entry.path, BS, BS, entry.version)) == want
+    fresh = readers(engine)
+    assert fresh.read_cached(entry.path, BS, BS, entry.version) is None
+    assert read_like_a_mount(fresh, entry.path, entry.version, BS, BS) == want
+    assert engine.statistics()["checksum_failures"] == 2
+
+
+def test_read_cached_never_waits_for_a_busy_reader(readers):
+    """It runs on the mount's event loop: a lock held by a loading thread means "use read"."""
+    reader = readers()
+    entry = reader.stat("data/b.bin")
+    reader.read(entry.path, 0, 10, entry.version)
+    assert reader.read_cached(entry.path, 0, 10, entry.version) is not None
+    with reader._lock:
+        assert reader.read_cached(entry.path, 0, 10, entry.version) is None
+
+
+def test_concurrent_readers_get_the_source_bytes_while_blocks_are_dropped(
+        engines, readers, source, monkeypatch):
+    monkeypatch.setattr(readermod, "RECENT_BLOCK_BYTES", 2 * BS)  # keep 2 blocks: churn
+    reader = readers()
+    files = {path: (reader.stat(path), source.data(path)) for path in ("data/a.bin", "data/b.bin")}
+    failures = []
+
+    def read_randomly(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(200):
+            entry, want = files[rnd.choice(sorted(files))]
+            offset = rnd.randrange(entry.size)
+            length = rnd.randrange(1, 2 * BS)
+            try:
+                got = read_like_a_mount(reader, entry.path, entry.version, offset, length)
+            except Exception as e:  # noqa: BLE001 - a thread's error must fail the test
+                failures.append((entry.path, offset, length, repr(e)))
+                continue
+            if got != want[offset:offset + length]:
+                failures.append((entry.path, offset, length, "wrong bytes"))
+
+    threads = [threading.Thread(target=read_randomly, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
