@@ -63,7 +63,7 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
         loc = self._call(self.engine.locate, request.dataset_id, request.path,
                          request.version, request.index, request.file_size)
         if loc.data is not None:
-            return cache_pb2.LocateResponse(data=loc.data)
+            return cache_pb2.LocateResponse(data=bytes(loc.data))
         return cache_pb2.LocateResponse(file=cache_pb2.BlockFile(
             path=loc.file, offset=loc.offset, length=loc.length, checksum=loc.checksum))
 

@@ -107,7 +107,8 @@ class UfsBackend(abc.ABC):
 
     @abc.abstractmethod
     def read(self, path: str, offset: int, length: int, version: str | None = None) -> bytes:
-        """Up to `length` bytes of the file at `offset` (short only at end of file).
+        """Up to `length` bytes of the file at `offset` (short only at end of file), as bytes
+        or another read-only bytes-like object (the S3 backend hands over obstore's buffer).
 
         With `version`, a backend that can tell raises VersionChanged instead of returning
         bytes of a different version.

@@ -183,7 +183,7 @@ class S3Ufs(UfsBackend):
             try:
                 with self._boundary(rel):
                     result = obstore.get(self._store, key, options=options)
-                    data = bytes(result.bytes())
+                    data = result.bytes()  # bytes-like, not copied again
                 meta = result.meta
             except _PastEnd:
                 if version and not chunks:
@@ -197,7 +197,7 @@ class S3Ufs(UfsBackend):
             length -= len(data)
             if not data or offset >= meta["size"]:
                 break
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self) -> None:
         """Nothing to release: obstore closes idle pooled connections itself."""
