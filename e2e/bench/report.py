@@ -1,0 +1,99 @@
+"""The bench's output: the printed table, the JSON file and the PNG chart, from one `Results`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .results import DATASETS, PEER_PHASES, PEERS, PHASES, REFERENCES, Results
+
+LABELS = {"tmpfs/direct": "tmpfs direct read", "s3/raw": "S3 raw parallel GETs"}
+COLORS = {"tmpfs": "#9e9e9e", "s3": "#616161", "eddy": "#1f77b4", "rclone": "#ff7f0e",
+          "s3fs": "#2ca02c"}
+
+
+def _label(system: str, phase: str) -> str:
+    return LABELS.get(f"{system}/{phase}", f"{system} {phase}")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table(results: Results, meta: dict) -> str:
+    lines = [f"eddy bench: {meta['machine']['summary']}",
+             f"  {meta['command']}", ""]
+    for dataset in DATASETS:
+        info = meta["datasets"][dataset]
+        lines.append(info["title"])
+        lines.append(f"  {'what':<22} {'seconds':>8} {'MB/s':>9} {'files/s':>9} "
+                     f"{'peak RSS':>9}  note")
+        for row in results.rows.values():
+            if row.dataset != dataset:
+                continue
+            note = row.skipped and f"skipped: {row.skipped}" or row.error and \
+                f"FAILED: {row.error}" or ""
+            rss = "-" if row.peak_rss_mib is None else f"{row.peak_rss_mib:.0f} MiB"
+            files_s = row.files_s if info["files"] > 1 else None
+            lines.append(f"  {_label(row.system, row.phase):<22} {_num(row.seconds, '8.2f'):>8} "
+                         f"{_num(row.mb_s, '9.1f'):>9} {_num(files_s, '9.0f'):>9} "
+                         f"{rss:>9}  {note}".rstrip())
+        others = [f"{s}/{p}" for s, p in REFERENCES] + [f"{p} same" for p in PEERS]
+        lines.append(f"  eddy / {'':<15}" + "".join(f"{o:>14}" for o in others))
+        for phase in PHASES:
+            cells = [results.ratio(dataset, phase, f"{s}/{p}") for s, p in REFERENCES]
+            cells += [results.ratio(dataset, phase, f"{p}/{phase}") if phase in PEER_PHASES
+                      else None for p in PEERS]
+            lines.append(f"  eddy {phase:<17}" + "".join(
+                f"{_num(c, '.2f') + ('x' if c is not None else ''):>14}" for c in cells))
+        lines.append("")
+    lines.append("targets (issue 6)")
+    for t in results.targets():
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        got = f"{t['ratio']:.2f}x" if t["ratio"] is not None else t["not_measured_because"]
+        lines.append(f"  {verdict:<13} {t['target']}: {got}")
+    return "\n".join(lines)
+
+
+def write_json(results: Results, meta: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({**meta, **results.to_json()}, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_chart(results: Results, meta: dict, path: str) -> None:
+    """One panel per dataset: horizontal bars on a log axis (MB/s for the big file, files/s
+    for the small ones), eddy against the references and the peers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, axes = plt.subplots(1, len(DATASETS), figsize=(13, 5.5))
+    for ax, dataset in zip(axes, DATASETS, strict=True):
+        rows = [r for r in results.rows.values() if r.dataset == dataset]
+        per_file = meta["datasets"][dataset]["files"] > 1
+        unit = "files/s" if per_file else "MB/s"
+        values = [(r.files_s if per_file else r.mb_s) if r.measured else 0 for r in rows]
+        ax.barh(range(len(rows)), values, color=[COLORS[r.system] for r in rows])
+        ax.set_yticks(range(len(rows)), [_label(r.system, r.phase) for r in rows])
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        if any(values):
+            ax.set_xlim(right=max(values) * 2)  # room for the last label
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"{unit} (log scale; higher is better)")
+        ax.set_title(meta["datasets"][dataset]["title"])
+        for y, row in enumerate(rows):
+            text = (f"{values[y]:,.0f}" if row.measured
+                    else "skipped" if row.skipped else "failed")
+            ax.annotate(text, (max(values[y], ax.get_xlim()[0]), y), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+    fig.suptitle(f"eddy bench: {meta['machine']['summary']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,146 @@
+"""The bench's figures: one row per (dataset, system, phase), the ratios and the targets.
+
+Every row the bench can produce is known up front (`expected_rows`), so a skipped peer or a
+failed scenario still leaves its row in the JSON, with the reason instead of figures.
+Ratios are throughput ratios (eddy's MB/s over the other row's), so "3x" means eddy took a
+third of the time on the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .measure import Timing
+
+DATASETS = ("big", "small")
+PHASES = ("cold", "warm", "hot")  # eddy's
+PEERS = ("rclone", "s3fs")
+PEER_PHASES = ("cold", "warm")  # what the issue compares; a peer's hot read adds only time
+REFERENCES = (("tmpfs", "direct"), ("s3", "raw"))
+
+
+@dataclass
+class Row:
+    dataset: str
+    system: str
+    phase: str
+    seconds: float | None = None
+    bytes: int | None = None
+    files: int | None = None
+    mb_s: float | None = None
+    files_s: float | None = None
+    peak_rss_mib: float | None = None
+    skipped: str | None = None  # why there are no figures (a peer not installed, --no-peers)
+    error: str | None = None  # the scenario failed, or read other bytes than the source holds
+    details: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.system}/{self.phase}"
+
+    @property
+    def measured(self) -> bool:
+        return self.mb_s is not None and self.error is None
+
+    def record(self, timing: Timing, want_bytes: int, want_files: int) -> None:
+        self.seconds, self.bytes, self.files = timing.seconds, timing.bytes, timing.files
+        self.mb_s, self.files_s = timing.mb_s, timing.files_s
+        if (timing.bytes, timing.files) != (want_bytes, want_files):
+            self.error = (f"read {timing.bytes} bytes in {timing.files} files, the source "
+                          f"holds {want_bytes} in {want_files}")
+
+
+def expected_rows() -> list[Row]:
+    rows = []
+    for dataset in DATASETS:
+        rows += [Row(dataset, system, phase) for system, phase in REFERENCES]
+        rows += [Row(dataset, "eddy", phase) for phase in PHASES]
+        rows += [Row(dataset, peer, phase) for peer in PEERS for phase in PEER_PHASES]
+    return rows
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio the issue asks for: eddy's `phase` over `other`'s row, at least `minimum`
+    (more than it, when `strictly`)."""
+
+    dataset: str
+    phase: str
+    other: str  # "rclone/warm", "s3/raw", ...
+    minimum: float
+    strictly: bool = False
+
+    @property
+    def text(self) -> str:
+        what = {"big": "big file", "small": "small files"}[self.dataset]
+        other = self.other.replace("/", " ")
+        if self.strictly and self.minimum == 1.0:
+            return f"{what}: eddy {self.phase} faster than {other}"
+        return f"{what}: eddy {self.phase} >= {self.minimum:g}x {other}"
+
+
+TARGETS = (  # issue 6, "Targets the bench will be judged on"
+    Target("big", "warm", "rclone/warm", 3.0),
+    Target("big", "warm", "s3fs/warm", 3.0),
+    Target("big", "cold", "s3/raw", 0.8),
+    Target("big", "cold", "rclone/cold", 2.0),
+    Target("big", "hot", "tmpfs/direct", 0.8),
+    Target("small", "warm", "rclone/warm", 1.0, strictly=True),
+    Target("small", "warm", "s3fs/warm", 1.0, strictly=True),
+)
+
+
+class Results:
+    def __init__(self):
+        self.rows = {row.id: row for row in expected_rows()}
+
+    def __getitem__(self, row_id: str) -> Row:
+        return self.rows[row_id]
+
+    def ratio(self, dataset: str, phase: str, other: str) -> float | None:
+        """eddy's throughput in `phase` over the `other` row's; None unless both measured."""
+        mine, theirs = self.rows[f"{dataset}/eddy/{phase}"], self.rows[f"{dataset}/{other}"]
+        if not (mine.measured and theirs.measured):
+            return None
+        return mine.mb_s / theirs.mb_s
+
+    def ratios(self) -> list[dict]:
+        """eddy's every phase against each reference and against each peer's same phase."""
+        out = []
+        for dataset in DATASETS:
+            for phase in PHASES:
+                others = [f"{s}/{p}" for s, p in REFERENCES]
+                if phase in PEER_PHASES:
+                    others += [f"{p}/{phase}" for p in PEERS]
+                for other in others:
+                    out.append({"dataset": dataset, "eddy": phase, "other": other,
+                                "ratio": self.ratio(dataset, phase, other)})
+        return out
+
+    def targets(self) -> list[dict]:
+        out = []
+        for t in TARGETS:
+            ratio = self.ratio(t.dataset, t.phase, t.other)
+            if ratio is None:
+                met = None
+                why = self._why_missing(t)
+            else:
+                met = ratio > t.minimum if t.strictly else ratio >= t.minimum
+                why = ""
+            out.append({"target": t.text, "dataset": t.dataset, "eddy": t.phase,
+                        "other": t.other, "minimum": t.minimum, "strictly": t.strictly,
+                        "ratio": ratio, "met": met, "not_measured_because": why})
+        return out
+
+    def _why_missing(self, t: Target) -> str:
+        for row in (self.rows[f"{t.dataset}/eddy/{t.phase}"], self.rows[f"{t.dataset}/{t.other}"]):
+            if not row.measured:
+                return f"{row.id}: {row.skipped or row.error or 'not run'}"
+        return ""
+
+    def eddy_failed(self) -> list[Row]:
+        return [r for r in self.rows.values() if r.system == "eddy" and not r.measured]
+
+    def to_json(self) -> dict:
+        return {"rows": [{"id": r.id, **asdict(r)} for r in self.rows.values()],
+                "ratios": self.ratios(), "targets": self.targets()}

@@ -1,0 +1,153 @@
+"""The scenarios: the same reads of the same dataset, by every system, in the same states.
+
+    references  tmpfs direct: the source copy read with no FUSE and no network (best of 2)
+                S3 raw: the same client eddy uses, parallel GETs, no filesystem (the mean of
+                one run before and one after eddy's scenarios, so a drift of the shared
+                machine does not favour either side)
+    each system cold: a fresh mount with an empty cache, page cache dropped
+                warm: unmounted, page cache dropped, a fresh mount reusing the cache dir
+                hot:  (eddy only) the same read again on that mount, page cache kept; the
+                      issue compares the peers cold and warm only, and their hot reads
+                      would add a minute to a bench that must fit in 15
+
+For eddy the cold mount also runs `eddy preload --wait` (untimed) before it is unmounted, so
+the warm mount finds every block in its MEM tier even if the cold read left a block out; the
+job's state and `eddy status` go into the rows' details. eddy's hot read is checked byte for
+byte against the source; every other read is checked by its byte and file counts.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .measure import Timing, drop_caches, mem_available_mib, page_cache_mib, read_file, read_tree
+from .mounts import Eddy, Mounted, System
+from .results import PHASES, Results, Row
+from .source import BIG, BIG_NAME, SMALL, Source, small_names
+
+
+@dataclass(frozen=True)
+class Dataset:
+    key: str  # "big" or "small", the rows' dataset
+    prefix: str  # under the bench bucket
+    local: str  # the source copy on tmpfs
+    bytes: int
+    files: int
+    read: Callable[[str], Timing]  # read the dataset under this root
+    raw: Callable[[], Timing]  # the S3 reference
+    same: Callable[[str], bool]  # the dataset under this root equals the source copy
+
+
+def datasets(source: Source) -> list[Dataset]:
+    def big_same(root: str) -> bool:
+        return filecmp.cmp(source.big_path, os.path.join(root, BIG_NAME), shallow=False)
+
+    def small_same(root: str) -> bool:
+        return all(filecmp.cmp(os.path.join(source.small_root, name), os.path.join(root, name),
+                               shallow=False) for name in small_names(source.small_files))
+
+    return [
+        Dataset("big", BIG, os.path.dirname(source.big_path), source.big_bytes, 1,
+                lambda root: read_file(os.path.join(root, BIG_NAME)), source.raw_big, big_same),
+        Dataset("small", SMALL, source.small_root, source.small_bytes, source.small_files,
+                read_tree, source.raw_small, small_same),
+    ]
+
+
+def references(ds: Dataset, results: Results) -> None:
+    """tmpfs direct (best of 2) and the first S3 raw run."""
+    direct = max((ds.read(ds.local) for _ in range(2)), key=lambda t: t.mb_s)
+    results[f"{ds.key}/tmpfs/direct"].record(direct, ds.bytes, ds.files)
+    _progress(results[f"{ds.key}/tmpfs/direct"], ds)
+    first = ds.raw()
+    row = results[f"{ds.key}/s3/raw"]
+    row.details["runs_mb_s"] = [first.mb_s]
+    print(f"  {row.id:<20} {first.seconds:8.2f} s {first.mb_s:9.1f} MB/s (first run)",
+          flush=True)
+
+
+def finish_references(ds: Dataset, results: Results) -> None:
+    """The second S3 raw run; the row gets the mean time of both."""
+    row = results[f"{ds.key}/s3/raw"]
+    second = ds.raw()
+    runs = [*row.details["runs_mb_s"], second.mb_s]
+    mean_seconds = sum(second.bytes / (r * 1e6) for r in runs) / len(runs)
+    row.record(Timing(mean_seconds, second.bytes, second.files), ds.bytes, ds.files)
+    row.details["runs_mb_s"] = runs
+    print(f"  {row.id:<20} {second.seconds:8.2f} s {second.mb_s:9.1f} MB/s (second run)",
+          flush=True)
+
+
+def run_system(system: System, ds: Dataset, results: Results, cache_root: str) -> None:
+    """cold, warm (and hot, where the results have a row for it) for one system; a failure
+    marks the phases left with the error."""
+    rows = {phase: results.rows[f"{ds.key}/{system.name}/{phase}"] for phase in PHASES
+            if f"{ds.key}/{system.name}/{phase}" in results.rows}
+    cache = os.path.join(cache_root, f"{system.name}-{ds.key}")
+    phase = "cold"
+    try:
+        drop_caches()
+        with system.mount(ds.prefix, cache, ds.bytes) as mounted:
+            _measure(rows["cold"], system, ds, mounted)
+            if isinstance(system, Eddy):
+                rows["cold"].details["preload"] = _preload_state(system, mounted)
+                rows["cold"].details["status"] = system.status(mounted)
+        phase = "warm"
+        drop_caches()
+        with system.mount(ds.prefix, cache, ds.bytes) as mounted:
+            _measure(rows["warm"], system, ds, mounted)
+            if "hot" in rows:
+                phase = "hot"
+                _measure(rows["hot"], system, ds, mounted)
+            if isinstance(system, Eddy):
+                rows["hot"].details["status"] = system.status(mounted)
+                if not ds.same(mounted.path):
+                    rows["hot"].error = "the bytes read differ from the source"
+    except Exception as e:  # noqa: BLE001 - one system's failure must not stop the others
+        message = _describe(e)
+        print(f"  {system.name} {ds.key} {phase}: FAILED: {message}")
+        if os.environ.get("EDDY_BENCH_DEBUG"):
+            traceback.print_exc()
+        tail = system.log_tail()
+        if tail:
+            print("  " + tail.replace("\n", "\n  "))
+        for p in PHASES[PHASES.index(phase):]:
+            if p in rows:
+                rows[p].error = rows[p].error or message
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _measure(row: Row, system: System, ds: Dataset, mounted: Mounted) -> None:
+    row.details["mem_available_mib_before"] = mem_available_mib()
+    row.record(ds.read(mounted.path), ds.bytes, ds.files)
+    row.peak_rss_mib = mounted.peak_rss_mib()
+    if ds.files == 1:
+        row.details["page_cache_mib_after"] = page_cache_mib(os.path.join(mounted.path,
+                                                                          BIG_NAME))
+    _progress(row, ds)
+
+
+def _progress(row: Row, ds: Dataset) -> None:
+    print(f"  {row.id:<20} {row.seconds:8.2f} s {row.mb_s:9.1f} MB/s"
+          + (f" {row.files_s:9.0f} files/s" if ds.files > 1 else "")
+          + (f"  ({row.error})" if row.error else ""), flush=True)
+
+
+def _preload_state(system: Eddy, mounted: Mounted) -> dict:
+    job = system.preload(mounted)
+    return {k: job.get(k) for k in ("state", "message", "bytes_cached", "bytes_total",
+                                    "files_done", "files_total")}
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, subprocess.CalledProcessError):
+        err = (e.stderr or "").strip().splitlines()
+        return f"{e.cmd} exited {e.returncode}: {err[-1] if err else 'no message'}"
+    return f"{type(e).__name__}: {e}"

