@@ -294,3 +294,34 @@ def test_statfs_and_xattrs():
     st, codes = run(go)
     assert st.f_bsize == 1 << 20 and st.f_namemax == 255
     assert codes == [errno.ENOSYS, errno.ENOSYS]  # the kernel then says EOPNOTSUPP itself
+
+
+class MemoryUfs(FakeUfs):
+    """A reader that holds some files' bytes in memory, as DatasetReader holds checked blocks."""
+
+    def __init__(self, tree: dict):
+        super().__init__(tree)
+        self.in_memory: dict[tuple[str, str], bytes] = {}
+
+    def read_cached(self, path, offset, length, version):
+        self.calls.append(("read_cached", path))
+        data = self.in_memory.get((path, version))
+        return None if data is None else data[offset:offset + length]
+
+
+def test_bytes_in_memory_are_answered_without_a_blocking_read():
+    ufs = MemoryUfs(TREE)
+    fs = DatasetFs(ufs, 60.0, clock=FakeClock())
+
+    async def go():
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"dir")
+        fi = await fs.open((await fs.lookup(d.st_ino, b"a.bin")).st_ino, os.O_RDONLY)
+        first = await fs.read(fi.fh, 0, 4)  # not in memory: a read in a worker thread
+        ufs.in_memory[("dir/a.bin", "v1")] = b"abcdef"
+        second = await fs.read(fi.fh, 2, 10)
+        return first, second
+
+    assert run(go) == (b"abcd", b"cdef")
+    assert ufs.count("read_cached") == 2 and ufs.count("read") == 1
+    stats = fs.statistics()
+    assert stats.reads == 2 and stats.bytes_read == 8
