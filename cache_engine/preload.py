@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from eddy import log
 
 from .blocks import BlockKey
-from .ufs.base import Entry, Kind, clean_path
+from .ufs.base import Entry, Kind, clean_path, walk_files
 
 DEFAULT_WORKERS = 8
 MAX_WORKERS = 64
@@ -160,7 +160,7 @@ class PreloadJob:
                     self._c.listing = False
         except Exception as e:  # noqa: BLE001 - the job's state must say what went wrong
             _log.warning("preload.failed", dataset=self.dataset_id, error=str(e))
-            self._end(JobState.FAILED, f"{type(e).__name__}: {e}" if not str(e) else str(e))
+            self._end(JobState.FAILED, str(e) or type(e).__name__)
         self._end(JobState.COMPLETE)
         with self._lock:
             self._c.listing = False
@@ -256,11 +256,5 @@ class PreloadJob:
                 yield from self._walk(e.path)
 
     def _walk(self, top: str) -> Iterator[Entry]:
-        stack = [top]
-        while stack and not self._stop.is_set():
-            directory = stack.pop()
-            entries = sorted(self._engine.list(self.dataset_id, directory), key=lambda e: e.path)
-            for e in entries:
-                if e.kind is Kind.FILE:
-                    yield e
-            stack.extend(e.path for e in reversed(entries) if e.kind is Kind.DIR)
+        return walk_files(lambda path: self._engine.list(self.dataset_id, path), top,
+                          self._stop.is_set)

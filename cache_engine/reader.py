@@ -51,7 +51,6 @@ class DatasetReader(UfsBackend):
         self._open_direct = direct
         self._direct: UfsBackend | None = None
         self._engine_away = False
-        self.direct_reads = 0  # reads served from the source while the engine was away
         self._open()
         self._max_recent = max(2, RECENT_BLOCK_BYTES // self.info.block_size)
         self._recent: collections.OrderedDict[tuple, memoryview | bytes] = \
@@ -116,15 +115,7 @@ class DatasetReader(UfsBackend):
              version: str | None = None) -> bytes | memoryview:
         """The bytes, as a view of a cached block where one block holds them all (no copy)."""
         return self._through_engine(lambda: self._read(path, offset, length, version),
-                                    lambda src: self._read_direct(src, path, offset, length,
-                                                                  version))
-
-    def _read_direct(self, src: UfsBackend, path: str, offset: int, length: int,
-                     version: str | None) -> bytes:
-        data = src.read(path, offset, length, version)
-        with self._lock:
-            self.direct_reads += 1
-        return data
+                                    lambda src: src.read(path, offset, length, version))
 
     def _read(self, path: str, offset: int, length: int,
               version: str | None) -> bytes | memoryview:
@@ -296,7 +287,6 @@ class DatasetReader(UfsBackend):
             direct, self._direct = self._direct, None
         if direct is not None:
             direct.close()
-
 
 
 class _Buffers:

@@ -16,6 +16,7 @@ Phases:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import threading
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from eddy import log
 
 from .preload import JobState, PreloadProgress
-from .ufs.base import Kind
+from .ufs.base import walk_files
 
 MIN_RESCAN_SECONDS = 600.0  # a walk of a big bucket is not free: at most every 10 min
 _log = log.get("cache_engine.status")
@@ -103,15 +104,8 @@ class SizeScan:
         return self._clock() - self.finished >= max(ttl, MIN_RESCAN_SECONDS)
 
     def _run(self) -> None:
-        files: dict[tuple[str, str], int] = {}
         try:
-            stack = [""]
-            while stack:
-                for entry in self._list(stack.pop()):
-                    if entry.kind is Kind.DIR:
-                        stack.append(entry.path)
-                    elif entry.kind is Kind.FILE:
-                        files[(entry.path, entry.version)] = entry.size
+            files = {(e.path, e.version): e.size for e in walk_files(self._list)}
         except Exception as e:  # noqa: BLE001 - shown in the status, retried later
             self.error = str(e) or type(e).__name__
             _log.warning("size_scan.failed", error=self.error)
@@ -132,12 +126,7 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self._counts[i] += 1
-                break
-        else:
-            self._counts[-1] += 1
+        self._counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
         self.count += 1
 

@@ -60,7 +60,7 @@ class NodeCollector:
         for ds, d in stats["datasets"].items():
             cached.add_metric([ds], d["used"])
         yield cached
-        yield from self._preload()
+        yield from self._preload(stats["datasets"])
         h = self.engine.fetch_seconds
         buckets = [("+Inf" if b == float("inf") else repr(b), n) for b, n in h.cumulative()]
         yield HistogramMetricFamily("eddy_block_fetch_seconds",
@@ -71,7 +71,7 @@ class NodeCollector:
                                       "Mount daemons restarted after dying.",
                                       value=self.supervisor.restarts)
 
-    def _preload(self):
+    def _preload(self, datasets):
         done = GaugeMetricFamily("eddy_preload_cached_bytes",
                                  "Bytes of the latest preload's scope now cached.",
                                  labels=["dataset"])
@@ -80,7 +80,7 @@ class NodeCollector:
                                   labels=["dataset"])
         running = GaugeMetricFamily("eddy_preload_running", "1 while a preload runs.",
                                     labels=["dataset"])
-        for ds in self.engine.statistics()["datasets"]:
+        for ds in datasets:
             try:
                 p = self.engine.preload_progress(ds)
             except Exception:  # noqa: BLE001 - a dataset closed between the two calls

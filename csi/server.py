@@ -89,6 +89,21 @@ def _controller(config: DriverConfig) -> ControllerService:
     return ControllerService(store, resolve=PvcResolver(api))
 
 
+def engine_server(threads: int) -> grpc.Server:
+    """A server for the cache engine's API (an uncached block travels inline: big messages)."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="engine-rpc"),
+        options=[("grpc.max_send_message_length", MAX_MESSAGE),
+                 ("grpc.max_receive_message_length", MAX_MESSAGE)])
+
+
+def start_private(server: grpc.Server, path: str) -> None:
+    """Serve on a unix socket at `path` that only root may use: it hands out tier files."""
+    bind_unix(server, path)
+    server.start()
+    os.chmod(path, 0o600)
+
+
 @dataclass
 class DriverConfig:
     mode: str
@@ -155,18 +170,12 @@ class Driver:
             f"unix://{os.path.join(config.state_dir, 'engine.sock')}"
         self.engine_path = socket_path(self.engine_endpoint)
         self.engine = CacheEngine(tiers, os.path.join(config.state_dir, "engine"))
-        self.engine_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=ENGINE_THREADS,
-                                       thread_name_prefix="engine-rpc"),
-            options=[("grpc.max_send_message_length", MAX_MESSAGE),
-                     ("grpc.max_receive_message_length", MAX_MESSAGE)])
+        self.engine_server = engine_server(ENGINE_THREADS)
 
     def start(self) -> None:
         if self.engine_server is not None:
             # Before the node service: re-adopted mount daemons read through it at once.
-            bind_unix(self.engine_server, self.engine_path)
-            self.engine_server.start()
-            os.chmod(self.engine_path, 0o600)
+            start_private(self.engine_server, self.engine_path)
         if self.node is not None:
             self.node.start()
         bind_unix(self.server, self.path)

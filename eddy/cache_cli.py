@@ -17,6 +17,7 @@ import grpc
 
 from eddy.errors import EddyError
 from eddy.pb import cache_pb2, cache_pb2_grpc
+from eddy.rpc import ERROR_KEY
 
 MOUNT_SOCKET_DIR = "/run/eddy"
 POLL_SECONDS = 0.5
@@ -50,7 +51,7 @@ def _call(method, request, where: str):
     try:
         return method(request, timeout=CALL_TIMEOUT)
     except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNAVAILABLE and "eddy-error" not in dict(
+        if e.code() == grpc.StatusCode.UNAVAILABLE and ERROR_KEY not in dict(
                 e.trailing_metadata() or ()):
             raise EddyError(f"nothing answers at {where}: {e.details()}") from None
         if e.code() == grpc.StatusCode.UNIMPLEMENTED:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import errno
 import posixpath
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -76,6 +77,16 @@ def read_path(path: str, offset: int, length: int) -> str:
 
 def join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
+
+
+def walk_files(list_dir: Callable[[str], list[Entry]], top: str = "",
+               stopped: Callable[[], bool] = lambda: False) -> Iterator[Entry]:
+    """Every regular file under `top`, depth first in name order, listing with `list_dir`."""
+    stack = [top]
+    while stack and not stopped():
+        entries = sorted(list_dir(stack.pop()), key=lambda e: e.path)
+        yield from (e for e in entries if e.kind is Kind.FILE)
+        stack.extend(e.path for e in reversed(entries) if e.kind is Kind.DIR)
 
 
 def link_stays_inside(link_path: str, target: str) -> bool:

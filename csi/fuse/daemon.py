@@ -200,29 +200,22 @@ class _Reader:
 def _serve_engine(engine, endpoint: str, volume_id: str, spec: DatasetSpec,
                   secrets: dict[str, str]):
     """Serve this mount's engine to `eddy status` and `eddy preload --mountpoint`."""
-    from concurrent import futures
-
-    import grpc
-
     from cache_engine.service import CacheEngineService, Volumes
     from eddy.pb import cache_pb2_grpc
 
-    from ..server import bind_unix, socket_path
+    from ..server import engine_server, socket_path, start_private
 
     def dataset_of(name: str) -> str:
         if name != volume_id:
             raise NotFound(f"volume {name} is not this mount's ({volume_id})")
         return engine.open_dataset(spec, secrets, volume_id).dataset_id
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4,
-                                                    thread_name_prefix="engine-rpc"))
+    server = engine_server(threads=4)
     service = CacheEngineService(engine, Volumes(lambda: [volume_id], dataset_of))
     cache_pb2_grpc.add_CacheEngineServicer_to_server(service, server)
     path = socket_path(endpoint)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    bind_unix(server, path)
-    server.start()
-    os.chmod(path, 0o600)
+    start_private(server, path)
     return server
 
 
