@@ -453,31 +453,28 @@ class CacheEngine:
             return scan
 
     def _status_of(self, dataset_id: str) -> DatasetStatus:
-        ds = self._datasets.get(dataset_id)
+        ds = self._datasets.get(dataset_id)  # None: blocks from before a restart, not reopened
         scan = self._scans.get(dataset_id)
         files = scan.files if scan is not None else None
         tier_bytes = {t.name: 0 for t in self.tiers}
-        cached = 0
         with self._lock:
             for block in self._table.dataset_blocks(dataset_id).values():
                 if files is None or (block.key.path, block.key.version) in files:
                     tier_bytes[block.tier] += block.length
-                    cached += block.length
             hits, misses = (ds.hits, ds.misses) if ds is not None else (0, 0)
         job = self._jobs.get(dataset_id)
         preload = job.progress() if job is not None else None
-        error = ds.source_error if ds is not None else ""
-        if not error and scan is not None and scan.error:
-            error = scan.error
+        source_error = ds.source_error if ds is not None else ""
         return DatasetStatus(
             dataset_id=dataset_id, source=ds.spec.source.uri if ds is not None else "",
             volumes=tuple(sorted(ds.volumes)) if ds is not None else (),
             ufs_total_bytes=scan.total if scan is not None else None,
-            ufs_files=len(files) if files is not None else None, cached_bytes=cached,
+            ufs_files=len(files) if files is not None else None,
+            cached_bytes=sum(tier_bytes.values()),
             capacity=self.capacity(dataset_id) if ds is not None else None,
-            phase=phase_of(ds.source_error if ds is not None else "", preload,
-                           files is not None),
-            hits=hits, misses=misses, tier_bytes=tier_bytes, preload=preload, message=error)
+            phase=phase_of(source_error, preload, files is not None),
+            hits=hits, misses=misses, tier_bytes=tier_bytes, preload=preload,
+            message=source_error or (scan.error if scan is not None else ""))
 
     def close(self) -> None:
         """Stop maintenance and background loads, write LRU counters, release the state dir."""

@@ -184,6 +184,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         daemon.stop()
         mounts.unmount_all(vol.staging_path)
         self._records.remove(vol.volume_id)
+        if self.cache is not None:
+            self.cache.forget(vol.volume_id)
         with self._lock:
             del self._volumes[vol.volume_id]
         self._nfs.release(vol.parameters, self._others(vol))
@@ -203,7 +205,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         vol = self._volumes.get(volume_id)
         if vol is None or self.cache is None:
             raise NotFound(f"volume {volume_id} is not staged on node {self.node_id}")
-        return self.cache.open(vol, self._records.secrets(volume_id))
+        return self.cache.dataset_of(vol, lambda: self._records.secrets(volume_id))
 
     def NodeUnstageVolume(self, request):
         require(request, "volume_id", "staging_target_path")
@@ -309,7 +311,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         usage = []
         if self.cache is not None:
             try:
-                row = self.cache.status(vol, self._records.secrets(vol.volume_id))
+                row = self.cache.status(vol, lambda: self._records.secrets(vol.volume_id))
             except (EddyError, OSError) as e:
                 return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=csi_pb2.VolumeCondition(
                     abnormal=True, message=f"cache engine cannot open the dataset: {e}"))

@@ -8,6 +8,7 @@ it), and report the volume's cache usage and health for NodeGetVolumeStats.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from cache_engine.engine import CacheEngine
 from cache_engine.spec import parse_parameters
@@ -21,11 +22,26 @@ class VolumeCache:
     def __init__(self, engine: CacheEngine):
         self.engine = engine
         self._log = log.get("csi.node")
+        self._ids: dict[str, str] = {}  # volume id -> dataset id, while staged
 
     def open(self, vol: StagedVolume, secrets: dict[str, str]) -> str:
-        """The volume's dataset id (opening the dataset if the engine does not know it)."""
+        """Open the volume's dataset in the engine; its id."""
         spec = parse_parameters(vol.parameters)
-        return self.engine.open_dataset(spec, secrets, vol.volume_id).dataset_id
+        ds = self._ids[vol.volume_id] = \
+            self.engine.open_dataset(spec, secrets, vol.volume_id).dataset_id
+        return ds
+
+    def dataset_of(self, vol: StagedVolume, secrets: Callable[[], dict[str, str]]) -> str:
+        """The volume's dataset id; `secrets` is read only if the dataset must be opened.
+
+        Kubelet asks for volume stats every minute: opening the dataset each time would build
+        a new source backend (and, for HTTP, send a request) for nothing."""
+        ds = self._ids.get(vol.volume_id)
+        return ds if ds is not None else self.open(vol, secrets())
+
+    def forget(self, volume_id: str) -> None:
+        """The volume was unstaged: a later staging may name other parameters or secrets."""
+        self._ids.pop(volume_id, None)
 
     def start_preload(self, vol: StagedVolume, secrets: dict[str, str]) -> None:
         """Start the preload named by the volume's `preload` parameter, if any, in the
@@ -43,8 +59,8 @@ class VolumeCache:
 
         threading.Thread(target=run, name=f"preload-{vol.volume_id[:12]}", daemon=True).start()
 
-    def status(self, vol: StagedVolume, secrets: dict[str, str]) -> DatasetStatus:
-        return self.engine.dataset_status(self.open(vol, secrets))
+    def status(self, vol: StagedVolume, secrets: Callable[[], dict[str, str]]) -> DatasetStatus:
+        return self.engine.dataset_status(self.dataset_of(vol, secrets))
 
 
 def condition(row: DatasetStatus) -> tuple[bool, str]:
