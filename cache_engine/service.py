@@ -101,15 +101,14 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
         return progress_to_pb(progress)
 
     def GetPreload(self, request):
-        ds = self._dataset_of(request)
-        progress = self._call(self.engine.preload_progress, ds)
-        if progress is None:
-            raise NotFound(f"dataset {ds} has no preload job")
-        return progress_to_pb(progress)
+        return self._job(self.engine.preload_progress, request)
 
     def CancelPreload(self, request):
-        ds = self._dataset_of(request)
-        progress = self._call(self.engine.cancel_preload, ds)
+        return self._job(self.engine.cancel_preload, request)
+
+    def _job(self, method, target: cache_pb2.PreloadTarget) -> cache_pb2.PreloadJob:
+        ds = self._dataset_of(target)
+        progress = self._call(method, ds)
         if progress is None:
             raise NotFound(f"dataset {ds} has no preload job")
         return progress_to_pb(progress)
