@@ -93,14 +93,15 @@ class EngineClient:
         return [entry_from_pb(e) for e in resp.entries]
 
     def locate(self, dataset_id: str, path: str, version: str, index: int,
-               file_size: int) -> Location:
+               file_size: int, following: int = 0) -> Location:
         resp = self._call(self._stub.Locate, cache_pb2.LocateRequest(
             dataset_id=dataset_id, path=path, version=version, index=index,
-            file_size=file_size), timeout=LOCATE_TIMEOUT)
+            file_size=file_size, following=following), timeout=LOCATE_TIMEOUT)
         if resp.WhichOneof("where") == "data":
             return Location(data=resp.data)
         f = resp.file
-        return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum)
+        return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum,
+                        following=tuple(map(_location, resp.following)))
 
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         self._call(self._stub.ReportCorrupt, cache_pb2.ReportCorruptRequest(
@@ -108,3 +109,7 @@ class EngineClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _location(f: cache_pb2.BlockFile) -> Location:
+    return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum)

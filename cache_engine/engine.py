@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eddy import log
 from eddy.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -69,6 +69,7 @@ class Location:
     length: int = 0
     checksum: int = 0
     data: bytes | None = None
+    following: tuple[Location, ...] = ()  # cached blocks right after it, when asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,32 +204,53 @@ class CacheEngine:
     # --- blocks -----------------------------------------------------------------------------
 
     def locate(self, dataset_id: str, path: str, version: str, index: int,
-               file_size: int) -> Location:
-        """Where block `index` of this file version lives; fetched from the source on a miss."""
+               file_size: int, following: int = 0) -> Location:
+        """Where block `index` of this file version lives; fetched from the source on a miss.
+
+        With `following`, the answer also holds up to that many of the next blocks, as far as
+        they are cached without a gap: a sequential reader asks once for several blocks (each
+        counted as a hit now) instead of once per block.
+        """
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, index)
         length = _block_length(ds, key, file_size)
-        promote_to = None
+        last = min(index + following, -(-file_size // ds.block_size) - 1)
+        promotions = []
         with self._lock:
             block = self._table.get(key)
-            if block is not None:
-                self._table.touch(block, self._clock())
-                self._counters["hits"] += 1
-                self.served_bytes[block.tier] += block.length
-                ds.hits += 1
-                loc = self._location(block)
-                promote_to = self._places.promotion_target(ds, block)
-            else:
+            if block is None:
                 self._counters["misses"] += 1
                 ds.misses += 1
-        if promote_to is not None and not self._prefetcher.submit(
-                self._places.promote, block, promote_to):
-            self._places.cancel_promotion(block, promote_to)
+                run = []
+            else:
+                run = [self._hit(ds, block, promotions)]
+                for i in range(index + 1, last + 1):
+                    nxt = self._table.get(key._replace(index=i))
+                    if nxt is None:
+                        break
+                    run.append(self._hit(ds, nxt, promotions))
+        for hit, tier in promotions:
+            if not self._prefetcher.submit(self._places.promote, hit, tier):
+                self._places.cancel_promotion(hit, tier)
         if ds.sequential(key.path, index) and ds.read_ahead:
-            self._schedule(ds, key, file_size, index + 1, ds.read_ahead, limit=ds.read_ahead)
-        if block is not None:
-            return loc
+            self._schedule(ds, key, file_size, index + max(len(run), 1), ds.read_ahead,
+                           limit=ds.read_ahead)
+        if len(run) > 1:
+            ds.sequential(key.path, index + len(run) - 1)  # the reader goes on from there
+        if run:
+            return replace(run[0], following=tuple(run[1:])) if len(run) > 1 else run[0]
         return self._fetch(ds, key, length)
+
+    def _hit(self, ds: Dataset, block: Block, promotions: list) -> Location:
+        """Count a located block as a hit (under the lock); its location."""
+        self._table.touch(block, self._clock())
+        self._counters["hits"] += 1
+        self.served_bytes[block.tier] += block.length
+        ds.hits += 1
+        tier = self._places.promotion_target(ds, block)
+        if tier is not None:
+            promotions.append((block, tier))
+        return self._location(block)
 
     def prefetch(self, dataset_id: str, path: str, version: str, file_size: int,
                  first: int, count: int) -> int:

@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import xxhash
 
@@ -29,9 +30,14 @@ from . import spec as specmod
 from .ufs.base import Entry, Kind, UfsBackend, VersionChanged
 from .wire import DatasetNotOpen, EngineUnreachable
 
+if TYPE_CHECKING:
+    from .engine import Location
+
 RECENT_BLOCK_BYTES = 64 << 20  # memory for recently read blocks, whatever the block size
-AHEAD_BLOCKS = 2  # blocks loaded ahead of a sequential reader
-AHEAD_THREADS = 2  # threads loading them, for all readers of the mount
+AHEAD_BLOCKS = 4  # blocks loaded ahead of a sequential reader
+AHEAD_THREADS = 4  # threads loading them, for all readers of the mount
+LOCATE_RUN = 8  # blocks one engine call locates for the read-ahead (fewer round trips)
+MAX_LOCATED = 256  # locations kept for blocks not loaded yet
 MAX_TRACKED_FILES = 1024  # files whose last block is remembered to detect sequential reads
 
 
@@ -57,6 +63,8 @@ class DatasetReader(UfsBackend):
             collections.OrderedDict()
         self._pending: dict[tuple, threading.Event] = {}
         self._queued: set[tuple] = set()  # blocks handed to the read-ahead threads, not started
+        # Where the engine said blocks not loaded yet live (it counted them as hits then).
+        self._located: collections.OrderedDict[tuple, Location] = collections.OrderedDict()
         self._sizes: dict[tuple[str, str], int] = {}
         self._last_demanded: dict[tuple[str, str], int] = {}  # (path, version) -> block index
         self._buffers = _Buffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
@@ -184,7 +192,10 @@ class DatasetReader(UfsBackend):
             parts.append(block[start:stop] if (start, stop) != (0, len(block)) else block)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _block(self, path: str, version: str, index: int, size: int) -> memoryview | bytes:
+    def _block(self, path: str, version: str, index: int, size: int,
+               run: int = 1) -> memoryview | bytes:
+        """Block `index`, loaded once however many threads ask; `run` > 1 lets the engine
+        locate that many blocks from this one in the same call."""
         key = (path, version, index)
         while True:
             with self._lock:
@@ -198,7 +209,7 @@ class DatasetReader(UfsBackend):
                     break
             pending.wait()  # another thread fetched it (or failed): look again
         try:
-            block = self._fetch(path, version, index, size)
+            block = self._fetch(path, version, index, size, run)
             with self._lock:
                 self._recent[key] = block
                 while len(self._recent) > self._max_recent:
@@ -253,13 +264,29 @@ class DatasetReader(UfsBackend):
         with self._lock:
             self._queued.discard((path, version, index))
         try:
-            self._block(path, version, index, size)
+            self._block(path, version, index, size, LOCATE_RUN)
         except Exception:  # noqa: BLE001 - a demand read of this block will report it
             pass
 
-    def _fetch(self, path: str, version: str, index: int, size: int) -> memoryview | bytes:
+    def _locate(self, path: str, version: str, index: int, size: int, run: int) -> Location:
+        """Where the block lives: from an earlier run's answer if one had it, else the engine."""
+        with self._lock:
+            loc = self._located.pop((path, version, index), None)
+        if loc is not None:
+            return loc
+        loc = self._call(self._engine.locate, path, version, index, size, run - 1)
+        if loc.following:
+            with self._lock:
+                for i, later in enumerate(loc.following, index + 1):
+                    self._located[(path, version, i)] = later
+                while len(self._located) > MAX_LOCATED:
+                    self._located.popitem(last=False)
+        return loc
+
+    def _fetch(self, path: str, version: str, index: int, size: int,
+               run: int = 1) -> memoryview | bytes:
         for _attempt in range(3):
-            loc = self._call(self._engine.locate, path, version, index, size)
+            loc = self._locate(path, version, index, size, run)
             if loc.data is not None:
                 return memoryview(loc.data)
             try:

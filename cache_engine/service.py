@@ -13,10 +13,12 @@ from eddy.errors import InvalidArgument, NotFound
 from eddy.pb import cache_pb2, cache_pb2_grpc
 from eddy.rpc import Servicer, require
 
-from .engine import CacheEngine
+from .engine import CacheEngine, Location
 from .preload import DEFAULT_WORKERS
 from .spec import parse_parameters, parse_secrets
 from .wire import DatasetNotOpen, entry_to_pb, progress_to_pb, status_to_pb
+
+MAX_FOLLOWING = 64  # blocks one Locate may answer for beyond the one asked
 
 
 class Volumes:
@@ -61,11 +63,12 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
     def Locate(self, request):
         require(request, "dataset_id", "path")
         loc = self._call(self.engine.locate, request.dataset_id, request.path,
-                         request.version, request.index, request.file_size)
+                         request.version, request.index, request.file_size,
+                         min(request.following, MAX_FOLLOWING))
         if loc.data is not None:
             return cache_pb2.LocateResponse(data=bytes(loc.data))
-        return cache_pb2.LocateResponse(file=cache_pb2.BlockFile(
-            path=loc.file, offset=loc.offset, length=loc.length, checksum=loc.checksum))
+        return cache_pb2.LocateResponse(file=_block_file(loc),
+                                        following=[_block_file(f) for f in loc.following])
 
     def ReportCorrupt(self, request):
         require(request, "dataset_id", "path")
@@ -120,3 +123,8 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
             datasets=[status_to_pb(r) for r in rows],
             tier_used={name: t["used"] for name, t in stats.items()},
             tier_size={name: t["size"] for name, t in stats.items()})
+
+
+def _block_file(loc: Location) -> cache_pb2.BlockFile:
+    return cache_pb2.BlockFile(path=loc.file, offset=loc.offset, length=loc.length,
+                               checksum=loc.checksum)

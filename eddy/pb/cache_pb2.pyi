@@ -98,18 +98,20 @@ class ListResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
 
 class LocateRequest(_message.Message):
-    __slots__ = ("dataset_id", "path", "version", "index", "file_size")
+    __slots__ = ("dataset_id", "path", "version", "index", "file_size", "following")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWING_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     path: str
     version: str
     index: int
     file_size: int
-    def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[str] = ..., index: _Optional[int] = ..., file_size: _Optional[int] = ...) -> None: ...
+    following: int
+    def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[str] = ..., index: _Optional[int] = ..., file_size: _Optional[int] = ..., following: _Optional[int] = ...) -> None: ...
 
 class BlockFile(_message.Message):
     __slots__ = ("path", "offset", "length", "checksum")
@@ -124,12 +126,14 @@ class BlockFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class LocateResponse(_message.Message):
-    __slots__ = ("file", "data")
+    __slots__ = ("file", "data", "following")
     FILE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWING_FIELD_NUMBER: _ClassVar[int]
     file: BlockFile
     data: bytes
-    def __init__(self, file: _Optional[_Union[BlockFile, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    following: _containers.RepeatedCompositeFieldContainer[BlockFile]
+    def __init__(self, file: _Optional[_Union[BlockFile, _Mapping]] = ..., data: _Optional[bytes] = ..., following: _Optional[_Iterable[_Union[BlockFile, _Mapping]]] = ...) -> None: ...
 
 class ReportCorruptRequest(_message.Message):
     __slots__ = ("dataset_id", "path", "version", "index")

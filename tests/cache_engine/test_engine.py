@@ -39,6 +39,23 @@ def test_hit_returns_the_tier_file_and_reads_the_source_once(engines, source):
     assert engine.statistics()["hits"] >= 1
 
 
+def test_locate_answers_for_the_cached_blocks_that_follow_up_to_a_gap(engines, source,
+                                                                     tmp_path):
+    engine = engines(tiers=make_tiers(str(tmp_path), 8))  # one tier: no block moves
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    entry = engine.stat(ds, "data/a.bin")  # 6 blocks
+    for index in (0, 1, 2, 4, 5):  # block 3 is not cached
+        read_location(engine, ds, entry.path, entry.version, index, entry.size)
+    reads, hits = len(source.reads), engine.statistics()["hits"]
+    run = engine.locate(ds, entry.path, entry.version, 0, entry.size, following=5)
+    assert [f.file for f in run.following] == [
+        engine.locate(ds, entry.path, entry.version, i, entry.size).file for i in (1, 2)]
+    assert engine.statistics()["hits"] == hits + 3 + 2  # the run, then the two checks
+    tail = engine.locate(ds, entry.path, entry.version, 4, entry.size, following=10)
+    assert len(tail.following) == 1 and tail.following[0].length == 123  # ends at the file's end
+    assert len(source.reads) == reads  # only cached blocks are answered for, none fetched
+
+
 def test_concurrent_misses_of_one_block_read_the_source_once(engines):
     slow = FakeUfs({"big": blob(2 * BS)}, delay=0.2)
     engine = engines(ufs=slow)

@@ -130,3 +130,30 @@ def test_concurrent_readers_get_the_source_bytes_while_blocks_are_dropped(
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_a_sequential_reader_locates_several_blocks_per_engine_call(
+        engines, readers, source, monkeypatch):
+    """Blocks the engine already holds are located in runs: over a socket each call costs."""
+    monkeypatch.setattr(readermod, "AHEAD_THREADS", 1)  # one loader: the calls come in order
+    engine = engines()
+    entry = readers(engine).stat("data/a.bin")  # 6 blocks
+    want = source.data("data/a.bin")
+    assert read_like_a_mount(readers(engine), entry.path, entry.version, 0, entry.size) == want
+
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def locate(self, *args):
+            calls.append(args)
+            return engine.locate(*args)
+
+    reader = readers(Counting())
+    got = b"".join(read_like_a_mount(reader, entry.path, entry.version, off, BS // 2)
+                   for off in range(0, entry.size, BS // 2))
+    assert got == want
+    assert 1 <= len(calls) <= 3, calls  # block 0 on demand, then runs for the rest
+
