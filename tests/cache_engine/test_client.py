@@ -1,0 +1,68 @@
+"""The engine's API over a real unix socket, as a mount daemon of the node plugin uses it."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache_engine.client import EngineClient
+from cache_engine.reader import DatasetReader
+from cache_engine.service import CacheEngineService
+from cache_engine.wire import DatasetNotOpen, EngineUnreachable
+from csi.server import engine_server, start_private
+from eddy.pb import cache_pb2_grpc
+from tests.support.engine import make_spec
+
+
+@pytest.fixture
+def served(engines, tmp_path):
+    """(engine, client): the engine served on a socket in tmp_path, and a client of it."""
+    engine = engines()
+    server = engine_server(4)
+    cache_pb2_grpc.add_CacheEngineServicer_to_server(CacheEngineService(engine), server)
+    start_private(server, str(tmp_path / "engine.sock"))
+    client = EngineClient(f"unix://{tmp_path / 'engine.sock'}")
+    yield engine, client
+    client.close()
+    server.stop(None).wait()
+
+
+def test_a_reader_over_the_socket_gets_the_source_bytes(served, source):
+    engine, client = served
+    for _pass in range(2):  # cold, then from the tiers (a fresh reader holds no block)
+        reader = DatasetReader(client, make_spec(), {})
+        try:
+            for path in ("data/a.bin", "data/b.bin", "small.txt"):
+                entry = reader.stat(path)
+                assert bytes(reader.read(path, 0, entry.size, entry.version)) == \
+                    source.data(path)
+        finally:
+            reader.close()
+    stats = engine.statistics()
+    assert stats["hits"] >= 10 and stats["source_bytes"] == sum(
+        len(source.data(p)) for p in ("data/a.bin", "data/b.bin", "small.txt"))
+
+
+def test_locate_over_the_socket_carries_the_following_blocks(served):
+    engine, client = served
+    ds = client.open_dataset(make_spec(), {}).dataset_id
+    entry = client.stat(ds, "data/b.bin")  # 3 blocks
+    for index in range(3):
+        engine.locate(ds, entry.path, entry.version, index, entry.size)
+    run = client.locate(ds, entry.path, entry.version, 0, entry.size, 2)
+    here = engine.locate(ds, entry.path, entry.version, 0, entry.size, 2)
+    assert (run.file, run.checksum) == (here.file, here.checksum)
+    assert [(f.file, f.length, f.checksum) for f in run.following] == \
+        [(f.file, f.length, f.checksum) for f in here.following]
+    assert len(run.following) == 2
+
+
+def test_errors_keep_their_meaning_across_the_socket(served, tmp_path):
+    _engine, client = served
+    with pytest.raises(DatasetNotOpen):
+        client.stat("no-such-dataset", "x")
+    nobody = EngineClient(f"unix://{tmp_path / 'nobody.sock'}")
+    try:
+        with pytest.raises(EngineUnreachable):  # nobody listens: mounts fall back to the source
+            nobody.stat("any", "x")
+    finally:
+        nobody.close()
