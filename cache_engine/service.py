@@ -65,7 +65,7 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
         loc = self._call(self.engine.locate, request.dataset_id, request.path,
                          request.version, request.index, request.file_size,
                          min(request.following, MAX_FOLLOWING))
-        if loc.data is not None:
+        if loc.file is None:  # no tier took it: the bytes travel inline
             return cache_pb2.LocateResponse(data=bytes(loc.data))
         return cache_pb2.LocateResponse(file=_block_file(loc),
                                         following=[_block_file(f) for f in loc.following])
