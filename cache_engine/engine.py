@@ -47,9 +47,6 @@ ACCESS_FLUSH_INTERVAL = 5.0  # seconds between batched writes of LRU access coun
 # A block handed out this recently is not evicted or demoted, so the reader that asked can
 # still open its file: a cache too small for its concurrent readers serves uncached instead.
 PIN_SECONDS = 1.0
-# Read-ahead asks the source for up to this many bytes of consecutive blocks at once: an S3
-# server spends CPU per request, and fewer, larger ranged GETs cost it less per byte.
-PREFETCH_GET_BYTES = 8 << 20
 # Seconds to read one block from a source: local disk, a LAN object store, a far region.
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _log = log.get("cache_engine")
@@ -273,50 +270,19 @@ class CacheEngine:
             todo = [k for k in (key._replace(index=i) for i in range(max(first, 0), end))
                     if k not in self._table.blocks and k not in self._inflight]
         queued = 0
-        for run in _runs(todo, max(1, PREFETCH_GET_BYTES // ds.block_size)):
-            if not self._prefetcher.submit(self._prefetch_run, ds, run, file_size,
+        for k in todo:
+            if not self._prefetcher.submit(self._prefetch_one, ds, k, file_size,
                                            owner=ds.id, limit=limit):
                 break
-            queued += len(run)
+            queued += 1
         return queued
 
-    def _prefetch_run(self, ds: Dataset, keys: list[BlockKey], file_size: int) -> None:
-        """Load consecutive blocks with one source request (a source pays per request too).
-
-        The blocks are claimed as in flight first, as `_fetch` does for one, so a reader that
-        asks for one of them meanwhile waits for this request instead of making its own.
-        """
-        mine: list[tuple[BlockKey, Future]] = []
+    def _prefetch_one(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
         with self._lock:
-            for key in keys:
-                if key in self._table.blocks or key in self._inflight:
-                    break  # loaded or being loaded meanwhile: keep the run consecutive
-                future = self._inflight[key] = Future()
-                mine.append((key, future))
-            self._counters["prefetches"] += len(mine)
-        if not mine:
-            return
-        lengths = [_block_length(ds, key, file_size) for key, _ in mine]
-        try:
-            view = memoryview(self._read_source(ds, mine[0][0], sum(lengths)))
-            offset = 0
-            for (key, future), length in zip(mine, lengths, strict=True):
-                piece = view[offset:offset + length]
-                offset += length
-                block = self._places.store(ds, key, piece, checksum(piece))
-                # A waiter gets the bytes only if no tier took them: a slice would keep the
-                # whole request's buffer alive in its reader.
-                future.set_result(Location(data=bytes(piece)) if block is None
-                                  else self._location(block))
-        except BaseException as e:
-            for _key, future in mine:
-                if not future.done():
-                    future.set_exception(e)
-            raise
-        finally:
-            with self._lock:
-                for key, _future in mine:
-                    del self._inflight[key]
+            if key in self._table.blocks:
+                return
+            self._counters["prefetches"] += 1
+        self._fetch(ds, key, _block_length(ds, key, file_size))
 
     def _location(self, block: Block) -> Location:
         return Location(block_path(self._tier[block.tier], block.file), 0, block.length,
@@ -347,8 +313,7 @@ class CacheEngine:
             with self._lock:
                 del self._inflight[key]
 
-    def _read_source(self, ds: Dataset, key: BlockKey, length: int) -> bytes:
-        """`length` bytes of the file from block `key.index` on, from the source."""
+    def _load(self, ds: Dataset, key: BlockKey, length: int) -> Location:
         start = time.monotonic()
         with ds.source() as ufs:
             data = ufs.read(key.path, key.index * ds.block_size, length, key.version or None)
@@ -360,10 +325,6 @@ class CacheEngine:
             raise VersionChanged(
                 errno.ESTALE, f"the source returned {len(data)} bytes for block {key.index}"
                 f" where {length} were expected: the file changed", key.path)
-        return data
-
-    def _load(self, ds: Dataset, key: BlockKey, length: int) -> Location:
-        data = self._read_source(ds, key, length)
         block = self._places.store(ds, key, data, checksum(data))
         if block is None:
             return Location(data=data)
@@ -567,17 +528,6 @@ class CacheEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _runs(keys: list[BlockKey], most: int) -> list[list[BlockKey]]:
-    """`keys` (one file's, in index order) cut into runs of consecutive blocks, `most` long."""
-    runs: list[list[BlockKey]] = []
-    for key in keys:
-        if runs and len(runs[-1]) < most and runs[-1][-1].index + 1 == key.index:
-            runs[-1].append(key)
-        else:
-            runs.append([key])
-    return runs
 
 
 def _block_length(ds: Dataset, key: BlockKey, file_size: int) -> int:

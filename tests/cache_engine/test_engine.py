@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from cache_engine import engine as enginemod
 from cache_engine.engine import CacheEngine
 from cache_engine.tiers import Tier
 from cache_engine.ufs.fake import FakeUfs
@@ -383,25 +382,11 @@ def test_prefetch_loads_a_range_in_the_background(engines):
     assert engine.prefetch(ds, "f", version, 6 * BS, 2, 10) == 0
 
 
-def test_read_ahead_asks_the_source_for_consecutive_blocks_at_once(engines, monkeypatch):
-    monkeypatch.setattr(enginemod, "PREFETCH_GET_BYTES", 2 * BS)
-    src = FakeUfs({"f": blob(6 * BS + 10)})
-    engine = engines(ufs=src)
-    ds = engine.open_dataset(make_spec(), {}).dataset_id
-    version = src.stat("f").version
-    assert engine.prefetch(ds, "f", version, 6 * BS + 10, 1, 10) == 6
-    engine.drain()
-    assert src.reads == [("f", BS, 2 * BS), ("f", 3 * BS, 2 * BS), ("f", 5 * BS, BS + 10)]
-    for i in range(1, 7):
-        assert read_location(engine, ds, "f", version, i, 6 * BS + 10) == \
-            src.data("f")[i * BS:(i + 1) * BS]
-    assert len(src.reads) == 3 and engine.statistics()["source_reads"] == 3
-
-
-def test_a_failed_read_ahead_request_fails_its_waiters_and_is_retried(engines):
+def test_a_failed_read_ahead_fails_its_waiters_and_leaves_nothing_in_flight(engines):
     class Broken(FakeUfs):
         def read(self, path, offset, length, version=None):
-            self.reads.append((path, offset, length))
+            with self._lock:
+                self.reads.append((path, offset, length))
             time.sleep(0.3)
             raise OSError(errno.EIO, "the source broke")
 
@@ -410,14 +395,14 @@ def test_a_failed_read_ahead_request_fails_its_waiters_and_is_retried(engines):
     ds = engine.open_dataset(make_spec(), {}).dataset_id
     version = src.stat("f").version
     assert engine.prefetch(ds, "f", version, 4 * BS, 0, 4) == 4
-    time.sleep(0.1)  # the run's one request is on its way
+    time.sleep(0.1)  # the read-ahead requests are on their way
     with pytest.raises(OSError, match="broke"):  # a reader of block 2 waits for it, gets its error
         engine.locate(ds, "f", version, 2, 4 * BS)
-    assert src.reads == [("f", 0, 4 * BS)]
+    assert sorted(src.reads) == [("f", i * BS, BS) for i in range(4)]  # no second request
     engine.drain()
     with pytest.raises(OSError, match="broke"):  # nothing was left in flight: the source is asked
         engine.locate(ds, "f", version, 2, 4 * BS)
-    assert ("f", 2 * BS, BS) in src.reads[1:]  # (read-ahead may ask for block 3 as well)
+    assert src.reads.count(("f", 2 * BS, BS)) == 2
     engine.drain()
     assert engine.blocks(ds) == []
 
