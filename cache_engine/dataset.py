@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import posixpath
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -18,10 +19,11 @@ from collections.abc import Callable, Iterator
 from .metadata import MetadataCache
 from .spec import DatasetSpec
 from .tiers import Tier
-from .ufs.base import UfsBackend, UfsUnavailable
+from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 
 ID_HEX_CHARS = 24
 MAX_TRACKED_FILES = 4096  # read-ahead remembers the last block of this many files
+MAX_TRACKED_DIRS = 64  # directories whose scan (files opened in listing order) is followed
 
 
 def credential_identity(secrets: dict[str, str], node_key: bytes) -> str:
@@ -57,6 +59,7 @@ class Dataset:
         self._lock = threading.Lock()
         self._lease = _Lease(ufs)
         self._last_block: OrderedDict[str, int] = OrderedDict()
+        self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
         self.volumes: set[str] = set()  # volumes that opened it, for status
         self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
         self.misses = 0
@@ -117,3 +120,41 @@ class Dataset:
             if len(self._last_block) > MAX_TRACKED_FILES:
                 self._last_block.popitem(last=False)
         return last is not None and index in (last, last + 1)
+
+    def next_files(self, path: str, count: int) -> list[Entry]:
+        """Record that `path` is being read from its start; the next `count` files of its
+        directory when this continues a scan, else [].
+
+        A scan is files read in the order of their directory's listing (`find | xargs cat`, a
+        tokenizer loading its files, a data loader walking a folder): each file follows the one
+        read before it, or skips one. Only a listing the dataset already holds is used: this
+        never lists a directory by itself.
+        """
+        parent = posixpath.dirname(path)
+        entries = self.meta.list(parent)
+        if not entries:
+            return []
+        with self._lock:
+            scan = self._scans.get(parent)
+            if scan is None or scan.entries is not entries:  # a new or refreshed listing
+                scan = self._scans[parent] = _Scan(entries)
+                if len(self._scans) > MAX_TRACKED_DIRS:
+                    self._scans.popitem(last=False)
+            self._scans.move_to_end(parent)
+            pos = scan.positions.get(path)
+            if pos is None:
+                return []
+            last, scan.last = scan.last, pos
+        if last is None or not 0 < pos - last <= 2:
+            return []
+        return [e for e in entries[pos + 1:pos + 1 + count] if e.kind is Kind.FILE and e.size]
+
+
+class _Scan:
+    """Where a directory's reader is in its listing."""
+
+    def __init__(self, entries: list[Entry]):
+        self.entries = entries
+        self.positions = {e.path: i for i, e in enumerate(entries)}
+        self.last: int | None = None
+

@@ -116,6 +116,7 @@ class CacheEngine:
         self._table = BlockTable(self.tiers)
         self._datasets: dict[str, Dataset] = {}
         self._inflight: dict[BlockKey, Future] = {}
+        self._queued: set[BlockKey] = set()  # handed to the prefetcher, not started yet
         self._jobs: dict[str, PreloadJob] = {}  # dataset id -> its latest preload job
         self._preloading: dict[str, int] = {}  # dataset id -> bytes preload is loading now
         self._scans: dict[str, SizeScan] = {}  # dataset id -> its latest size walk
@@ -239,6 +240,10 @@ class CacheEngine:
         if ds.sequential(key.path, index) and ds.read_ahead:
             self._schedule(ds, key, file_size, index + max(len(run), 1), ds.read_ahead,
                            limit=ds.read_ahead)
+        if index == 0 and ds.read_ahead:  # a file read from its start: maybe a folder's scan
+            for entry in ds.next_files(key.path, ds.read_ahead):
+                self._schedule(ds, BlockKey(dataset_id, entry.path, entry.version, 0),
+                               entry.size, 0, 1, limit=ds.read_ahead)
         if len(run) > 1:
             ds.sequential(key.path, index + len(run) - 1)  # the reader goes on from there
         if run:
@@ -267,18 +272,25 @@ class CacheEngine:
                   limit: int | None) -> int:
         end = min(first + count, -(-file_size // ds.block_size))
         with self._lock:
+            # Windows of consecutive requests overlap: a block already queued is not queued
+            # again (a duplicate would take a slot of the dataset's read-ahead limit).
             todo = [k for k in (key._replace(index=i) for i in range(max(first, 0), end))
-                    if k not in self._table.blocks and k not in self._inflight]
+                    if k not in self._table.blocks and k not in self._inflight
+                    and k not in self._queued]
+            self._queued.update(todo)
         queued = 0
         for k in todo:
             if not self._prefetcher.submit(self._prefetch_one, ds, k, file_size,
                                            owner=ds.id, limit=limit):
+                with self._lock:
+                    self._queued.difference_update(todo[queued:])
                 break
             queued += 1
         return queued
 
     def _prefetch_one(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
         with self._lock:
+            self._queued.discard(key)
             if key in self._table.blocks:
                 return
             self._counters["prefetches"] += 1

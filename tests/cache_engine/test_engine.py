@@ -359,6 +359,50 @@ def test_sequential_reads_prefetch_the_next_blocks(engines):
     assert read_location(engine, ds, "f", version, 3, 10 * BS) == src.data("f")[3 * BS:4 * BS]
 
 
+def test_overlapping_read_ahead_windows_queue_each_block_once(engines):
+    src = FakeUfs({"f": blob(8 * BS)}, delay=0.1)
+    engine = engines(ufs=src, prefetch_workers=1)  # jobs wait in the queue
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    version = src.stat("f").version
+    assert engine.prefetch(ds, "f", version, 8 * BS, 0, 4) == 4
+    assert engine.prefetch(ds, "f", version, 8 * BS, 2, 4) == 2  # blocks 4 and 5 are new
+    engine.drain()
+    assert engine.statistics()["prefetches"] == 6 and len(src.reads) == 6
+
+
+def test_files_read_in_listing_order_prefetch_the_next_files(engines):
+    src = FakeUfs({f"tok/{i:02d}.json": blob(100 + i, seed=i) for i in range(20)})
+    engine = engines(ufs=src)
+    ds = engine.open_dataset(make_spec(readAhead="4"), {}).dataset_id
+    files = [e for e in engine.list(ds, "tok")]  # the listing a mount daemon asked for
+    for entry in files[:2]:
+        read_location(engine, ds, entry.path, entry.version, 0, entry.size)
+    engine.drain()
+    assert sorted(b.key.path for b in engine.blocks(ds)) == [e.path for e in files[:6]]
+    reads = len(src.reads)
+    for entry in files[2:6]:  # the scan goes on: these are cached already
+        assert read_location(engine, ds, entry.path, entry.version, 0, entry.size) == \
+            src.data(entry.path)
+    engine.drain()
+    assert len(src.reads) == reads + 4  # each hit moved the window on by one file
+    assert sorted(b.key.path for b in engine.blocks(ds)) == [e.path for e in files[:10]]
+
+
+def test_files_read_out_of_order_or_unlisted_prefetch_nothing(engines):
+    src = FakeUfs({f"tok/{i:02d}.json": blob(100 + i, seed=i) for i in range(20)})
+    engine = engines(ufs=src)
+    ds = engine.open_dataset(make_spec(readAhead="4"), {}).dataset_id
+    entries = {e.path: e for e in (src.stat(f"tok/{i:02d}.json") for i in range(20))}
+    for i in (0, 1, 2):  # in order, but nobody listed the directory
+        e = entries[f"tok/{i:02d}.json"]
+        read_location(engine, ds, e.path, e.version, 0, e.size)
+    files = engine.list(ds, "tok")
+    for i in (9, 4, 15, 11):  # listed, read out of order
+        read_location(engine, ds, files[i].path, files[i].version, 0, files[i].size)
+    engine.drain()
+    assert len(engine.blocks(ds)) == 7 and len(src.reads) == 7
+
+
 def test_random_reads_do_not_prefetch(engines):
     src = FakeUfs({"f": blob(10 * BS)})
     engine = engines(ufs=src)
