@@ -93,15 +93,17 @@ class EngineClient:
         return [entry_from_pb(e) for e in resp.entries]
 
     def locate(self, dataset_id: str, path: str, version: str, index: int,
-               file_size: int, following: int = 0) -> Location:
+               file_size: int, following: int = 0, next_files: int = 0) -> Location:
         resp = self._call(self._stub.Locate, cache_pb2.LocateRequest(
             dataset_id=dataset_id, path=path, version=version, index=index,
-            file_size=file_size, following=following), timeout=LOCATE_TIMEOUT)
+            file_size=file_size, following=following, next_files=next_files),
+            timeout=LOCATE_TIMEOUT)
+        files = tuple((f.path, f.version, _location(f.file)) for f in resp.next_files)
         if resp.WhichOneof("where") == "data":
-            return Location(data=resp.data)
+            return Location(data=resp.data, next_files=files)
         f = resp.file
         return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum,
-                        following=tuple(map(_location, resp.following)))
+                        following=tuple(map(_location, resp.following)), next_files=files)
 
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         self._call(self._stub.ReportCorrupt, cache_pb2.ReportCorruptRequest(

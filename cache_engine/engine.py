@@ -74,6 +74,7 @@ class Location:
     checksum: int = 0
     data: bytes | None = None
     following: tuple[Location, ...] = ()  # cached blocks right after it, when asked for
+    next_files: tuple[tuple[str, str, Location], ...] = ()  # (path, version, block 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,18 +210,21 @@ class CacheEngine:
     # --- blocks -----------------------------------------------------------------------------
 
     def locate(self, dataset_id: str, path: str, version: str, index: int,
-               file_size: int, following: int = 0) -> Location:
+               file_size: int, following: int = 0, next_files: int = 0) -> Location:
         """Where block `index` of this file version lives; fetched from the source on a miss.
 
-        With `following`, the answer also holds up to that many of the next blocks, as far as
-        they are cached without a gap: a sequential reader asks once for several blocks (each
-        counted as a hit now) instead of once per block.
+        Asking for more saves a reader round trips (each block answered for counts as a hit
+        now): `following` adds up to that many of the next blocks, as far as they are cached
+        without a gap; `next_files`, for block 0 of a file that continues a scan of its folder
+        (see `Dataset.next_files`), adds the cached first blocks of up to that many next files.
         """
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, index)
         length = _block_length(ds, key, file_size)
         last = min(index + following, -(-file_size // ds.block_size) - 1)
-        promotions = []
+        ahead = max(ds.read_ahead, next_files)
+        siblings = ds.next_files(key.path, ahead) if index == 0 and ahead else []
+        promotions: list = []
         with self._lock:
             block = self._table.get(key)
             if block is None:
@@ -234,21 +238,26 @@ class CacheEngine:
                     if nxt is None:
                         break
                     run.append(self._hit(ds, nxt, promotions))
+            files = []
+            for entry in siblings[:next_files]:
+                first = self._table.get(BlockKey(dataset_id, entry.path, entry.version, 0))
+                if first is not None:
+                    files.append((entry.path, entry.version, self._hit(ds, first, promotions)))
         for hit, tier in promotions:
             if not self._prefetcher.submit(self._places.promote, hit, tier):
                 self._places.cancel_promotion(hit, tier)
         if ds.sequential(key.path, index) and ds.read_ahead:
             self._schedule(ds, key, file_size, index + max(len(run), 1), ds.read_ahead,
                            limit=ds.read_ahead)
-        if index == 0 and ds.read_ahead:  # a file read from its start: maybe a folder's scan
-            for entry in ds.next_files(key.path, ds.read_ahead):
-                self._schedule(ds, BlockKey(dataset_id, entry.path, entry.version, 0),
-                               entry.size, 0, 1, limit=ds.read_ahead)
+        for entry in siblings[:ds.read_ahead]:  # a folder's scan: its next files, block 0
+            self._schedule(ds, BlockKey(dataset_id, entry.path, entry.version, 0),
+                           entry.size, 0, 1, limit=ds.read_ahead)
         if len(run) > 1:
             ds.sequential(key.path, index + len(run) - 1)  # the reader goes on from there
-        if run:
-            return replace(run[0], following=tuple(run[1:])) if len(run) > 1 else run[0]
-        return self._fetch(ds, key, length)
+        loc = run[0] if run else self._fetch(ds, key, length)
+        if len(run) > 1 or files:
+            loc = replace(loc, following=tuple(run[1:]), next_files=tuple(files))
+        return loc
 
     def _hit(self, ds: Dataset, block: Block, promotions: list) -> Location:
         """Count a located block as a hit (under the lock); its location."""

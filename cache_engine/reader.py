@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 RECENT_BLOCK_BYTES = 64 << 20  # memory for recently read blocks, whatever the block size
 AHEAD_BLOCKS = 4  # blocks loaded ahead of a sequential reader
 AHEAD_THREADS = 4  # threads loading them, for all readers of the mount
-LOCATE_RUN = 8  # blocks one engine call locates for the read-ahead (fewer round trips)
+LOCATE_RUN = 8  # blocks (or a folder's next files) one engine call locates: fewer trips
 MAX_LOCATED = 256  # locations kept for blocks not loaded yet
 MAX_TRACKED_FILES = 1024  # files whose last block is remembered to detect sequential reads
 
@@ -274,11 +274,14 @@ class DatasetReader(UfsBackend):
             loc = self._located.pop((path, version, index), None)
         if loc is not None:
             return loc
-        loc = self._call(self._engine.locate, path, version, index, size, run - 1)
-        if loc.following:
+        loc = self._call(self._engine.locate, path, version, index, size, run - 1,
+                         LOCATE_RUN if index == 0 else 0)
+        if loc.following or loc.next_files:
             with self._lock:
                 for i, later in enumerate(loc.following, index + 1):
                     self._located[(path, version, i)] = later
+                for other, other_version, first in loc.next_files:
+                    self._located[(other, other_version, 0)] = first
                 while len(self._located) > MAX_LOCATED:
                     self._located.popitem(last=False)
         return loc

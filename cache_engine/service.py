@@ -18,7 +18,7 @@ from .preload import DEFAULT_WORKERS
 from .spec import parse_parameters, parse_secrets
 from .wire import DatasetNotOpen, entry_to_pb, progress_to_pb, status_to_pb
 
-MAX_FOLLOWING = 64  # blocks one Locate may answer for beyond the one asked
+MAX_FOLLOWING = 64  # blocks (or files) one Locate may answer for beyond the one asked
 
 
 class Volumes:
@@ -64,10 +64,13 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
         require(request, "dataset_id", "path")
         loc = self._call(self.engine.locate, request.dataset_id, request.path,
                          request.version, request.index, request.file_size,
-                         min(request.following, MAX_FOLLOWING))
+                         min(request.following, MAX_FOLLOWING),
+                         min(request.next_files, MAX_FOLLOWING))
+        next_files = [cache_pb2.FileBlock(path=path, version=version, file=_block_file(first))
+                      for path, version, first in loc.next_files]
         if loc.file is None:  # no tier took it: the bytes travel inline
-            return cache_pb2.LocateResponse(data=bytes(loc.data))
-        return cache_pb2.LocateResponse(file=_block_file(loc),
+            return cache_pb2.LocateResponse(data=bytes(loc.data), next_files=next_files)
+        return cache_pb2.LocateResponse(file=_block_file(loc), next_files=next_files,
                                         following=[_block_file(f) for f in loc.following])
 
     def ReportCorrupt(self, request):

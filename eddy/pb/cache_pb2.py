@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x65\x64\x64y/pb/cache.proto\x12\reddy.cache.v1\"\x92\x02\n\x12OpenDatasetRequest\x12\x45\n\nparameters\x18\x01 \x03(\x0b\x32\x31.eddy.cache.v1.OpenDatasetRequest.ParametersEntry\x12?\n\x07secrets\x18\x02 \x03(\x0b\x32..eddy.cache.v1.OpenDatasetRequest.SecretsEntry\x12\x11\n\tvolume_id\x18\x03 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x13OpenDatasetResponse\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x12\n\nblock_size\x18\x02 \x01(\x04\x12\x14\n\x0cmetadata_ttl\x18\x03 \x01(\x01\x12\x11\n\timmutable\x18\x04 \x01(\x08\x12\x12\n\nread_ahead\x18\x05 \x01(\r\"\xa7\x01\n\x05\x45ntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.eddy.cache.v1.Entry.Kind\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\"&\n\x04Kind\x12\x08\n\x04\x46ILE\x10\x00\x12\x07\n\x03\x44IR\x10\x01\x12\x0b\n\x07SYMLINK\x10\x02\"/\n\x0bStatRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"3\n\x0cStatResponse\x12#\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.eddy.cache.v1.Entry\"/\n\x0bListRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"5\n\x0cListResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.eddy.cache.v1.Entry\"w\n\rLocateRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x11\n\tfile_size\x18\x05 \x01(\x04\x12\x11\n\tfollowing\x18\x06 \x01(\r\"K\n\tBlockFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\"\x80\x01\n\x0eLocateResponse\x12(\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x18.eddy.cache.v1.BlockFileH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12+\n\tfollowing\x18\x03 \x03(\x0b\x32\x18.eddy.cache.v1.BlockFileB\x07\n\x05where\"X\n\x14ReportCorruptRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\"\x17\n\x15ReportCorruptResponse\"6\n\rPreloadTarget\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\"^\n\x0ePreloadRequest\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.eddy.cache.v1.PreloadTarget\x12\r\n\x05paths\x18\x02 \x03(\t\x12\x0f\n\x07workers\x18\x03 \x01(\r\"\x86\x02\n\nPreloadJob\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05paths\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07listing\x18\x04 \x01(\x08\x12\x13\n\x0b\x66iles_total\x18\x05 \x01(\x04\x12\x12\n\nfiles_done\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x07 \x01(\x04\x12\x14\n\x0c\x62ytes_cached\x18\x08 \x01(\x04\x12\x15\n\rbytes_fetched\x18\t \x01(\x04\x12\x16\n\x0e\x62locks_skipped\x18\n \x01(\x04\x12\x0f\n\x07started\x18\x0b \x01(\x01\x12\x10\n\x08\x66inished\x18\x0c \x01(\x01\x12\x0f\n\x07message\x18\r \x01(\t\"\x1d\n\rStatusRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x01\"\xa1\x03\n\rDatasetStatus\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07volumes\x18\x03 \x03(\t\x12\x12\n\nsize_known\x18\x04 \x01(\x08\x12\x17\n\x0fufs_total_bytes\x18\x05 \x01(\x04\x12\x11\n\tufs_files\x18\x06 \x01(\x04\x12\x14\n\x0c\x63\x61\x63hed_bytes\x18\x07 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_known\x18\x08 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\t \x01(\x04\x12\r\n\x05phase\x18\n \x01(\t\x12\x0c\n\x04hits\x18\x0b \x01(\x04\x12\x0e\n\x06misses\x18\x0c \x01(\x04\x12?\n\ntier_bytes\x18\r \x03(\x0b\x32+.eddy.cache.v1.DatasetStatus.TierBytesEntry\x12*\n\x07preload\x18\x0e \x01(\x0b\x32\x19.eddy.cache.v1.PreloadJob\x12\x0f\n\x07message\x18\x0f \x01(\t\x1a\x30\n\x0eTierBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa2\x02\n\x0eStatusResponse\x12.\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1c.eddy.cache.v1.DatasetStatus\x12>\n\ttier_used\x18\x02 \x03(\x0b\x32+.eddy.cache.v1.StatusResponse.TierUsedEntry\x12>\n\ttier_size\x18\x03 \x03(\x0b\x32+.eddy.cache.v1.StatusResponse.TierSizeEntry\x1a/\n\rTierUsedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rTierSizeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xb7\x05\n\x0b\x43\x61\x63heEngine\x12V\n\x0bOpenDataset\x12!.eddy.cache.v1.OpenDatasetRequest\x1a\".eddy.cache.v1.OpenDatasetResponse\"\x00\x12\x41\n\x04Stat\x12\x1a.eddy.cache.v1.StatRequest\x1a\x1b.eddy.cache.v1.StatResponse\"\x00\x12\x41\n\x04List\x12\x1a.eddy.cache.v1.ListRequest\x1a\x1b.eddy.cache.v1.ListResponse\"\x00\x12G\n\x06Locate\x12\x1c.eddy.cache.v1.LocateRequest\x1a\x1d.eddy.cache.v1.LocateResponse\"\x00\x12\\\n\rReportCorrupt\x12#.eddy.cache.v1.ReportCorruptRequest\x1a$.eddy.cache.v1.ReportCorruptResponse\"\x00\x12\x45\n\x07Preload\x12\x1d.eddy.cache.v1.PreloadRequest\x1a\x19.eddy.cache.v1.PreloadJob\"\x00\x12G\n\nGetPreload\x12\x1c.eddy.cache.v1.PreloadTarget\x1a\x19.eddy.cache.v1.PreloadJob\"\x00\x12J\n\rCancelPreload\x12\x1c.eddy.cache.v1.PreloadTarget\x1a\x19.eddy.cache.v1.PreloadJob\"\x00\x12G\n\x06Status\x12\x1c.eddy.cache.v1.StatusRequest\x1a\x1d.eddy.cache.v1.StatusResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x65\x64\x64y/pb/cache.proto\x12\reddy.cache.v1\"\x92\x02\n\x12OpenDatasetRequest\x12\x45\n\nparameters\x18\x01 \x03(\x0b\x32\x31.eddy.cache.v1.OpenDatasetRequest.ParametersEntry\x12?\n\x07secrets\x18\x02 \x03(\x0b\x32..eddy.cache.v1.OpenDatasetRequest.SecretsEntry\x12\x11\n\tvolume_id\x18\x03 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x13OpenDatasetResponse\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x12\n\nblock_size\x18\x02 \x01(\x04\x12\x14\n\x0cmetadata_ttl\x18\x03 \x01(\x01\x12\x11\n\timmutable\x18\x04 \x01(\x08\x12\x12\n\nread_ahead\x18\x05 \x01(\r\"\xa7\x01\n\x05\x45ntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.eddy.cache.v1.Entry.Kind\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\"&\n\x04Kind\x12\x08\n\x04\x46ILE\x10\x00\x12\x07\n\x03\x44IR\x10\x01\x12\x0b\n\x07SYMLINK\x10\x02\"/\n\x0bStatRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"3\n\x0cStatResponse\x12#\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.eddy.cache.v1.Entry\"/\n\x0bListRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"5\n\x0cListResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.eddy.cache.v1.Entry\"\x8b\x01\n\rLocateRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x11\n\tfile_size\x18\x05 \x01(\x04\x12\x11\n\tfollowing\x18\x06 \x01(\r\x12\x12\n\nnext_files\x18\x07 \x01(\r\"R\n\tFileBlock\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x04\x66ile\x18\x03 \x01(\x0b\x32\x18.eddy.cache.v1.BlockFile\"K\n\tBlockFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\"\xae\x01\n\x0eLocateResponse\x12(\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x18.eddy.cache.v1.BlockFileH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12+\n\tfollowing\x18\x03 \x03(\x0b\x32\x18.eddy.cache.v1.BlockFile\x12,\n\nnext_files\x18\x04 \x03(\x0b\x32\x18.eddy.cache.v1.FileBlockB\x07\n\x05where\"X\n\x14ReportCorruptRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\"\x17\n\x15ReportCorruptResponse\"6\n\rPreloadTarget\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\"^\n\x0ePreloadRequest\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.eddy.cache.v1.PreloadTarget\x12\r\n\x05paths\x18\x02 \x03(\t\x12\x0f\n\x07workers\x18\x03 \x01(\r\"\x86\x02\n\nPreloadJob\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05paths\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07listing\x18\x04 \x01(\x08\x12\x13\n\x0b\x66iles_total\x18\x05 \x01(\x04\x12\x12\n\nfiles_done\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x07 \x01(\x04\x12\x14\n\x0c\x62ytes_cached\x18\x08 \x01(\x04\x12\x15\n\rbytes_fetched\x18\t \x01(\x04\x12\x16\n\x0e\x62locks_skipped\x18\n \x01(\x04\x12\x0f\n\x07started\x18\x0b \x01(\x01\x12\x10\n\x08\x66inished\x18\x0c \x01(\x01\x12\x0f\n\x07message\x18\r \x01(\t\"\x1d\n\rStatusRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x01\"\xa1\x03\n\rDatasetStatus\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07volumes\x18\x03 \x03(\t\x12\x12\n\nsize_known\x18\x04 \x01(\x08\x12\x17\n\x0fufs_total_bytes\x18\x05 \x01(\x04\x12\x11\n\tufs_files\x18\x06 \x01(\x04\x12\x14\n\x0c\x63\x61\x63hed_bytes\x18\x07 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_known\x18\x08 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\t \x01(\x04\x12\r\n\x05phase\x18\n \x01(\t\x12\x0c\n\x04hits\x18\x0b \x01(\x04\x12\x0e\n\x06misses\x18\x0c \x01(\x04\x12?\n\ntier_bytes\x18\r \x03(\x0b\x32+.eddy.cache.v1.DatasetStatus.TierBytesEntry\x12*\n\x07preload\x18\x0e \x01(\x0b\x32\x19.eddy.cache.v1.PreloadJob\x12\x0f\n\x07message\x18\x0f \x01(\t\x1a\x30\n\x0eTierBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa2\x02\n\x0eStatusResponse\x12.\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1c.eddy.cache.v1.DatasetStatus\x12>\n\ttier_used\x18\x02 \x03(\x0b\x32+.eddy.cache.v1.StatusResponse.TierUsedEntry\x12>\n\ttier_size\x18\x03 \x03(\x0b\x32+.eddy.cache.v1.StatusResponse.TierSizeEntry\x1a/\n\rTierUsedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rTierSizeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xb7\x05\n\x0b\x43\x61\x63heEngine\x12V\n\x0bOpenDataset\x12!.eddy.cache.v1.OpenDatasetRequest\x1a\".eddy.cache.v1.OpenDatasetResponse\"\x00\x12\x41\n\x04Stat\x12\x1a.eddy.cache.v1.StatRequest\x1a\x1b.eddy.cache.v1.StatResponse\"\x00\x12\x41\n\x04List\x12\x1a.eddy.cache.v1.ListRequest\x1a\x1b.eddy.cache.v1.ListResponse\"\x00\x12G\n\x06Locate\x12\x1c.eddy.cache.v1.LocateRequest\x1a\x1d.eddy.cache.v1.LocateResponse\"\x00\x12\\\n\rReportCorrupt\x12#.eddy.cache.v1.ReportCorruptRequest\x1a$.eddy.cache.v1.ReportCorruptResponse\"\x00\x12\x45\n\x07Preload\x12\x1d.eddy.cache.v1.PreloadRequest\x1a\x19.eddy.cache.v1.PreloadJob\"\x00\x12G\n\nGetPreload\x12\x1c.eddy.cache.v1.PreloadTarget\x1a\x19.eddy.cache.v1.PreloadJob\"\x00\x12J\n\rCancelPreload\x12\x1c.eddy.cache.v1.PreloadTarget\x1a\x19.eddy.cache.v1.PreloadJob\"\x00\x12G\n\x06Status\x12\x1c.eddy.cache.v1.StatusRequest\x1a\x1d.eddy.cache.v1.StatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,34 +61,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTREQUEST']._serialized_end=758
   _globals['_LISTRESPONSE']._serialized_start=760
   _globals['_LISTRESPONSE']._serialized_end=813
-  _globals['_LOCATEREQUEST']._serialized_start=815
-  _globals['_LOCATEREQUEST']._serialized_end=934
-  _globals['_BLOCKFILE']._serialized_start=936
-  _globals['_BLOCKFILE']._serialized_end=1011
-  _globals['_LOCATERESPONSE']._serialized_start=1014
-  _globals['_LOCATERESPONSE']._serialized_end=1142
-  _globals['_REPORTCORRUPTREQUEST']._serialized_start=1144
-  _globals['_REPORTCORRUPTREQUEST']._serialized_end=1232
-  _globals['_REPORTCORRUPTRESPONSE']._serialized_start=1234
-  _globals['_REPORTCORRUPTRESPONSE']._serialized_end=1257
-  _globals['_PRELOADTARGET']._serialized_start=1259
-  _globals['_PRELOADTARGET']._serialized_end=1313
-  _globals['_PRELOADREQUEST']._serialized_start=1315
-  _globals['_PRELOADREQUEST']._serialized_end=1409
-  _globals['_PRELOADJOB']._serialized_start=1412
-  _globals['_PRELOADJOB']._serialized_end=1674
-  _globals['_STATUSREQUEST']._serialized_start=1676
-  _globals['_STATUSREQUEST']._serialized_end=1705
-  _globals['_DATASETSTATUS']._serialized_start=1708
-  _globals['_DATASETSTATUS']._serialized_end=2125
-  _globals['_DATASETSTATUS_TIERBYTESENTRY']._serialized_start=2077
-  _globals['_DATASETSTATUS_TIERBYTESENTRY']._serialized_end=2125
-  _globals['_STATUSRESPONSE']._serialized_start=2128
-  _globals['_STATUSRESPONSE']._serialized_end=2418
-  _globals['_STATUSRESPONSE_TIERUSEDENTRY']._serialized_start=2322
-  _globals['_STATUSRESPONSE_TIERUSEDENTRY']._serialized_end=2369
-  _globals['_STATUSRESPONSE_TIERSIZEENTRY']._serialized_start=2371
-  _globals['_STATUSRESPONSE_TIERSIZEENTRY']._serialized_end=2418
-  _globals['_CACHEENGINE']._serialized_start=2421
-  _globals['_CACHEENGINE']._serialized_end=3116
+  _globals['_LOCATEREQUEST']._serialized_start=816
+  _globals['_LOCATEREQUEST']._serialized_end=955
+  _globals['_FILEBLOCK']._serialized_start=957
+  _globals['_FILEBLOCK']._serialized_end=1039
+  _globals['_BLOCKFILE']._serialized_start=1041
+  _globals['_BLOCKFILE']._serialized_end=1116
+  _globals['_LOCATERESPONSE']._serialized_start=1119
+  _globals['_LOCATERESPONSE']._serialized_end=1293
+  _globals['_REPORTCORRUPTREQUEST']._serialized_start=1295
+  _globals['_REPORTCORRUPTREQUEST']._serialized_end=1383
+  _globals['_REPORTCORRUPTRESPONSE']._serialized_start=1385
+  _globals['_REPORTCORRUPTRESPONSE']._serialized_end=1408
+  _globals['_PRELOADTARGET']._serialized_start=1410
+  _globals['_PRELOADTARGET']._serialized_end=1464
+  _globals['_PRELOADREQUEST']._serialized_start=1466
+  _globals['_PRELOADREQUEST']._serialized_end=1560
+  _globals['_PRELOADJOB']._serialized_start=1563
+  _globals['_PRELOADJOB']._serialized_end=1825
+  _globals['_STATUSREQUEST']._serialized_start=1827
+  _globals['_STATUSREQUEST']._serialized_end=1856
+  _globals['_DATASETSTATUS']._serialized_start=1859
+  _globals['_DATASETSTATUS']._serialized_end=2276
+  _globals['_DATASETSTATUS_TIERBYTESENTRY']._serialized_start=2228
+  _globals['_DATASETSTATUS_TIERBYTESENTRY']._serialized_end=2276
+  _globals['_STATUSRESPONSE']._serialized_start=2279
+  _globals['_STATUSRESPONSE']._serialized_end=2569
+  _globals['_STATUSRESPONSE_TIERUSEDENTRY']._serialized_start=2473
+  _globals['_STATUSRESPONSE_TIERUSEDENTRY']._serialized_end=2520
+  _globals['_STATUSRESPONSE_TIERSIZEENTRY']._serialized_start=2522
+  _globals['_STATUSRESPONSE_TIERSIZEENTRY']._serialized_end=2569
+  _globals['_CACHEENGINE']._serialized_start=2572
+  _globals['_CACHEENGINE']._serialized_end=3267
 # @@protoc_insertion_point(module_scope)

@@ -98,20 +98,32 @@ class ListResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
 
 class LocateRequest(_message.Message):
-    __slots__ = ("dataset_id", "path", "version", "index", "file_size", "following")
+    __slots__ = ("dataset_id", "path", "version", "index", "file_size", "following", "next_files")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
     FOLLOWING_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FILES_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     path: str
     version: str
     index: int
     file_size: int
     following: int
-    def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[str] = ..., index: _Optional[int] = ..., file_size: _Optional[int] = ..., following: _Optional[int] = ...) -> None: ...
+    next_files: int
+    def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[str] = ..., index: _Optional[int] = ..., file_size: _Optional[int] = ..., following: _Optional[int] = ..., next_files: _Optional[int] = ...) -> None: ...
+
+class FileBlock(_message.Message):
+    __slots__ = ("path", "version", "file")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    version: str
+    file: BlockFile
+    def __init__(self, path: _Optional[str] = ..., version: _Optional[str] = ..., file: _Optional[_Union[BlockFile, _Mapping]] = ...) -> None: ...
 
 class BlockFile(_message.Message):
     __slots__ = ("path", "offset", "length", "checksum")
@@ -126,14 +138,16 @@ class BlockFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class LocateResponse(_message.Message):
-    __slots__ = ("file", "data", "following")
+    __slots__ = ("file", "data", "following", "next_files")
     FILE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     FOLLOWING_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FILES_FIELD_NUMBER: _ClassVar[int]
     file: BlockFile
     data: bytes
     following: _containers.RepeatedCompositeFieldContainer[BlockFile]
-    def __init__(self, file: _Optional[_Union[BlockFile, _Mapping]] = ..., data: _Optional[bytes] = ..., following: _Optional[_Iterable[_Union[BlockFile, _Mapping]]] = ...) -> None: ...
+    next_files: _containers.RepeatedCompositeFieldContainer[FileBlock]
+    def __init__(self, file: _Optional[_Union[BlockFile, _Mapping]] = ..., data: _Optional[bytes] = ..., following: _Optional[_Iterable[_Union[BlockFile, _Mapping]]] = ..., next_files: _Optional[_Iterable[_Union[FileBlock, _Mapping]]] = ...) -> None: ...
 
 class ReportCorruptRequest(_message.Message):
     __slots__ = ("dataset_id", "path", "version", "index")

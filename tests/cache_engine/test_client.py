@@ -7,23 +7,37 @@ import pytest
 from cache_engine.client import EngineClient
 from cache_engine.reader import DatasetReader
 from cache_engine.service import CacheEngineService
+from cache_engine.ufs.fake import FakeUfs
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
 from csi.server import engine_server, start_private
 from eddy.pb import cache_pb2_grpc
-from tests.support.engine import make_spec
+from tests.support.engine import blob, make_spec
 
 
 @pytest.fixture
-def served(engines, tmp_path):
-    """(engine, client): the engine served on a socket in tmp_path, and a client of it."""
-    engine = engines()
-    server = engine_server(4)
-    cache_pb2_grpc.add_CacheEngineServicer_to_server(CacheEngineService(engine), server)
-    start_private(server, str(tmp_path / "engine.sock"))
-    client = EngineClient(f"unix://{tmp_path / 'engine.sock'}")
-    yield engine, client
-    client.close()
-    server.stop(None).wait()
+def serve(engines, tmp_path):
+    """serve(**engine_options) -> (engine, client): an engine served on a socket in tmp_path,
+    and a client of it."""
+    stops = []
+
+    def start(**options):
+        engine = engines(**options)
+        server = engine_server(4)
+        cache_pb2_grpc.add_CacheEngineServicer_to_server(CacheEngineService(engine), server)
+        start_private(server, str(tmp_path / "engine.sock"))
+        client = EngineClient(f"unix://{tmp_path / 'engine.sock'}")
+        stops.append((client, server))
+        return engine, client
+
+    yield start
+    for client, server in stops:
+        client.close()
+        server.stop(None).wait()
+
+
+@pytest.fixture
+def served(serve):
+    return serve()
 
 
 def test_a_reader_over_the_socket_gets_the_source_bytes(served, source):
@@ -54,6 +68,24 @@ def test_locate_over_the_socket_carries_the_following_blocks(served):
     assert [(f.file, f.length, f.checksum) for f in run.following] == \
         [(f.file, f.length, f.checksum) for f in here.following]
     assert len(run.following) == 2
+
+
+def test_locate_over_the_socket_carries_the_next_files_of_a_scan(serve):
+    src = FakeUfs({f"tok/{i}.json": blob(200 + i, seed=i) for i in range(6)})
+    engine, client = serve(ufs=src)
+    ds = client.open_dataset(make_spec(readAhead="8"), {}).dataset_id
+    files = client.list(ds, "tok")
+    for entry in files[:2]:  # a scan starts: the next files are fetched ahead
+        client.locate(ds, entry.path, entry.version, 0, entry.size)
+    engine.drain()
+    third = files[2]
+    loc = client.locate(ds, third.path, third.version, 0, third.size, 0, 2)
+    assert [(path, version) for path, version, _ in loc.next_files] == \
+        [(e.path, e.version) for e in files[3:5]]
+    for (_path, _version, first), entry in zip(loc.next_files, files[3:5], strict=True):
+        here = engine.locate(ds, entry.path, entry.version, 0, entry.size)
+        assert (first.file, first.length, first.checksum) == \
+            (here.file, here.length, here.checksum)
 
 
 def test_errors_keep_their_meaning_across_the_socket(served, tmp_path):

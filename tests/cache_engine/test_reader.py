@@ -14,7 +14,8 @@ import pytest
 
 from cache_engine import reader as readermod
 from cache_engine.reader import DatasetReader
-from tests.support.engine import BS, make_spec
+from cache_engine.ufs.fake import FakeUfs
+from tests.support.engine import BS, blob, make_spec
 
 
 @pytest.fixture
@@ -130,6 +131,41 @@ def test_concurrent_readers_get_the_source_bytes_while_blocks_are_dropped(
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_a_folder_read_in_listing_order_locates_several_files_per_engine_call(engines):
+    """A tokenizer or `find | xargs cat`: small files, one after the other, all cached."""
+    src = FakeUfs({f"tok/{i:02d}.json": blob(300 + i, seed=i) for i in range(24)})
+    engine = engines(ufs=src)
+
+    def read_folder(reader) -> list[bytes]:
+        return [read_like_a_mount(reader, e.path, e.version, 0, e.size)
+                for e in reader.list("tok")]
+
+    cold = DatasetReader(engine, make_spec(), {})
+    try:
+        assert read_folder(cold) == [src.data(f"tok/{i:02d}.json") for i in range(24)]
+    finally:
+        cold.close()
+    engine.drain()
+
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def locate(self, *args):
+            calls.append(args)
+            return engine.locate(*args)
+
+    warm = DatasetReader(Counting(), make_spec(), {})
+    try:
+        assert read_folder(warm) == [src.data(f"tok/{i:02d}.json") for i in range(24)]
+    finally:
+        warm.close()
+    # files 0 and 1 start the scan; from then on one call answers for the next 8 files
+    assert len(calls) <= 2 + 24 // readermod.LOCATE_RUN + 1, [c[1] for c in calls]
 
 
 def test_a_sequential_reader_locates_several_blocks_per_engine_call(
