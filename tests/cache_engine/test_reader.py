@@ -33,6 +33,22 @@ def readers(engines):
         reader.close()
 
 
+class CountingLocates:
+    """An engine whose `locate` calls are recorded in `calls` (each one a round trip when the
+    engine is across a socket)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def locate(self, *args):
+        self.calls.append(args)
+        return self.engine.locate(*args)
+
+
 def read_like_a_mount(reader, path: str, version: str, offset: int, length: int) -> bytes:
     """What DatasetFs does: the in-memory answer if there is one, else a (blocking) read."""
     data = reader.read_cached(path, offset, length, version)
@@ -133,7 +149,7 @@ def test_concurrent_readers_get_the_source_bytes_while_blocks_are_dropped(
     assert failures == []
 
 
-def test_a_folder_read_in_listing_order_locates_several_files_per_engine_call(engines):
+def test_a_folder_read_in_listing_order_locates_several_files_per_engine_call(engines, readers):
     """A tokenizer or `find | xargs cat`: small files, one after the other, all cached."""
     src = FakeUfs({f"tok/{i:02d}.json": blob(300 + i, seed=i) for i in range(24)})
     engine = engines(ufs=src)
@@ -142,30 +158,14 @@ def test_a_folder_read_in_listing_order_locates_several_files_per_engine_call(en
         return [read_like_a_mount(reader, e.path, e.version, 0, e.size)
                 for e in reader.list("tok")]
 
-    cold = DatasetReader(engine, make_spec(), {})
-    try:
-        assert read_folder(cold) == [src.data(f"tok/{i:02d}.json") for i in range(24)]
-    finally:
-        cold.close()
+    assert read_folder(readers(engine)) == [src.data(f"tok/{i:02d}.json") for i in range(24)]
     engine.drain()
 
-    calls = []
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(engine, name)
-
-        def locate(self, *args):
-            calls.append(args)
-            return engine.locate(*args)
-
-    warm = DatasetReader(Counting(), make_spec(), {})
-    try:
-        assert read_folder(warm) == [src.data(f"tok/{i:02d}.json") for i in range(24)]
-    finally:
-        warm.close()
+    counting = CountingLocates(engine)
+    assert read_folder(readers(counting)) == [src.data(f"tok/{i:02d}.json") for i in range(24)]
     # files 0 and 1 start the scan; from then on one call answers for the next 8 files
-    assert len(calls) <= 2 + 24 // readermod.LOCATE_RUN + 1, [c[1] for c in calls]
+    assert len(counting.calls) <= 2 + 24 // readermod.LOCATE_RUN + 1, \
+        [c[1] for c in counting.calls]
 
 
 def test_a_sequential_reader_locates_several_blocks_per_engine_call(
@@ -177,19 +177,10 @@ def test_a_sequential_reader_locates_several_blocks_per_engine_call(
     want = source.data("data/a.bin")
     assert read_like_a_mount(readers(engine), entry.path, entry.version, 0, entry.size) == want
 
-    calls = []
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(engine, name)
-
-        def locate(self, *args):
-            calls.append(args)
-            return engine.locate(*args)
-
-    reader = readers(Counting())
+    counting = CountingLocates(engine)
+    reader = readers(counting)
     got = b"".join(read_like_a_mount(reader, entry.path, entry.version, off, BS // 2)
                    for off in range(0, entry.size, BS // 2))
     assert got == want
-    assert 1 <= len(calls) <= 3, calls  # block 0 on demand, then runs for the rest
+    assert 1 <= len(counting.calls) <= 3, counting.calls  # block 0 on demand, then runs
 
