@@ -10,6 +10,7 @@ mount daemon then reads the source directly until the engine is back (see reader
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 
 import grpc
 
@@ -20,7 +21,7 @@ from eddy.rpc import ERRNO_KEY, ERROR_KEY
 from .engine import DatasetInfo, Location
 from .spec import DatasetSpec
 from .ufs.base import Entry, UfsUnavailable
-from .wire import DatasetNotOpen, EngineUnreachable, entry_from_pb
+from .wire import DatasetNotOpen, EngineUnreachable, entry_from_pb, location_from_pb
 
 MAX_MESSAGE = 128 << 20  # an uncached block travels inline; blocks are at most 64 MiB
 CONNECT_TIMEOUT = 30.0  # how long opening a dataset waits for a starting engine
@@ -98,12 +99,11 @@ class EngineClient:
             dataset_id=dataset_id, path=path, version=version, index=index,
             file_size=file_size, following=following, next_files=next_files),
             timeout=LOCATE_TIMEOUT)
-        files = tuple((f.path, f.version, _location(f.file)) for f in resp.next_files)
+        files = tuple((f.path, f.version, location_from_pb(f.file)) for f in resp.next_files)
         if resp.WhichOneof("where") == "data":
             return Location(data=resp.data, next_files=files)
-        f = resp.file
-        return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum,
-                        following=tuple(map(_location, resp.following)), next_files=files)
+        return replace(location_from_pb(resp.file), next_files=files,
+                       following=tuple(map(location_from_pb, resp.following)))
 
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         self._call(self._stub.ReportCorrupt, cache_pb2.ReportCorruptRequest(
@@ -111,7 +111,3 @@ class EngineClient:
 
     def close(self) -> None:
         self.channel.close()
-
-
-def _location(f: cache_pb2.BlockFile) -> Location:
-    return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum)

@@ -13,10 +13,10 @@ from eddy.errors import InvalidArgument, NotFound
 from eddy.pb import cache_pb2, cache_pb2_grpc
 from eddy.rpc import Servicer, require
 
-from .engine import CacheEngine, Location
+from .engine import CacheEngine
 from .preload import DEFAULT_WORKERS
 from .spec import parse_parameters, parse_secrets
-from .wire import DatasetNotOpen, entry_to_pb, progress_to_pb, status_to_pb
+from .wire import DatasetNotOpen, entry_to_pb, location_to_pb, progress_to_pb, status_to_pb
 
 MAX_FOLLOWING = 64  # blocks (or files) one Locate may answer for beyond the one asked
 
@@ -66,12 +66,12 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
                          request.version, request.index, request.file_size,
                          min(request.following, MAX_FOLLOWING),
                          min(request.next_files, MAX_FOLLOWING))
-        next_files = [cache_pb2.FileBlock(path=path, version=version, file=_block_file(first))
+        next_files = [cache_pb2.FileBlock(path=path, version=version, file=location_to_pb(first))
                       for path, version, first in loc.next_files]
         if loc.file is None:  # no tier took it: the bytes travel inline
             return cache_pb2.LocateResponse(data=bytes(loc.data), next_files=next_files)
-        return cache_pb2.LocateResponse(file=_block_file(loc), next_files=next_files,
-                                        following=[_block_file(f) for f in loc.following])
+        return cache_pb2.LocateResponse(file=location_to_pb(loc), next_files=next_files,
+                                        following=[location_to_pb(f) for f in loc.following])
 
     def ReportCorrupt(self, request):
         require(request, "dataset_id", "path")
@@ -126,8 +126,3 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
             datasets=[status_to_pb(r) for r in rows],
             tier_used={name: t["used"] for name, t in stats.items()},
             tier_size={name: t["size"] for name, t in stats.items()})
-
-
-def _block_file(loc: Location) -> cache_pb2.BlockFile:
-    return cache_pb2.BlockFile(path=loc.file, offset=loc.offset, length=loc.length,
-                               checksum=loc.checksum)

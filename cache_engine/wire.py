@@ -5,6 +5,7 @@ from __future__ import annotations
 from eddy.errors import FailedPrecondition
 from eddy.pb import cache_pb2
 
+from .engine import Location
 from .preload import PreloadProgress
 from .status import DatasetStatus
 from .ufs.base import Entry, Kind, UfsUnavailable
@@ -52,3 +53,13 @@ def status_to_pb(s: DatasetStatus) -> cache_pb2.DatasetStatus:
     if s.preload is not None:
         msg.preload.CopyFrom(progress_to_pb(s.preload))
     return msg
+
+
+def location_to_pb(loc: Location) -> cache_pb2.BlockFile:
+    return cache_pb2.BlockFile(path=loc.file, offset=loc.offset, length=loc.length,
+                               checksum=loc.checksum)
+
+
+def location_from_pb(f: cache_pb2.BlockFile) -> Location:
+    return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum)
+
