@@ -42,9 +42,13 @@ class Row:
     def measured(self) -> bool:
         return self.mb_s is not None and self.error is None
 
-    def record(self, timing: Timing, want_bytes: int, want_files: int) -> None:
-        self.seconds, self.bytes, self.files = timing.seconds, timing.bytes, timing.files
-        self.mb_s, self.files_s = timing.mb_s, timing.files_s
+    def record(self, timing: Timing, want_bytes: int, want_files: int,
+               keep_faster: bool = False) -> None:
+        """Take `timing`'s figures (with `keep_faster`, only if it beats the row's); a read of
+        other bytes than the source holds marks the row with an error either way."""
+        if not keep_faster or self.seconds is None or timing.seconds < self.seconds:
+            self.seconds, self.bytes, self.files = timing.seconds, timing.bytes, timing.files
+            self.mb_s, self.files_s = timing.mb_s, timing.files_s
         if (timing.bytes, timing.files) != (want_bytes, want_files):
             self.error = (f"read {timing.bytes} bytes in {timing.files} files, the source "
                           f"holds {want_bytes} in {want_files}")
