@@ -69,6 +69,10 @@ class Dataset:
     def block_size(self) -> int:
         return self.spec.block_size
 
+    def block_count(self, file_size: int) -> int:
+        """How many blocks a file of `file_size` bytes has."""
+        return -(-file_size // self.spec.block_size)
+
     @property
     def read_ahead(self) -> int:
         return self.spec.read_ahead
@@ -157,4 +161,3 @@ class _Scan:
         self.entries = entries
         self.positions = {e.path: i for i, e in enumerate(entries)}
         self.last: int | None = None
-

@@ -221,7 +221,7 @@ class CacheEngine:
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, index)
         length = _block_length(ds, key, file_size)
-        last = min(index + following, -(-file_size // ds.block_size) - 1)
+        last = min(index + following, ds.block_count(file_size) - 1)
         ahead = max(ds.read_ahead, next_files)
         siblings = ds.next_files(key.path, ahead) if index == 0 and ahead else []
         promotions: list = []
@@ -279,7 +279,7 @@ class CacheEngine:
 
     def _schedule(self, ds: Dataset, key: BlockKey, file_size: int, first: int, count: int,
                   limit: int | None) -> int:
-        end = min(first + count, -(-file_size // ds.block_size))
+        end = min(first + count, ds.block_count(file_size))
         with self._lock:
             # Windows of consecutive requests overlap: a block already queued is not queued
             # again (a duplicate would take a slot of the dataset's read-ahead limit).

@@ -62,4 +62,3 @@ def location_to_pb(loc: Location) -> cache_pb2.BlockFile:
 
 def location_from_pb(f: cache_pb2.BlockFile) -> Location:
     return Location(file=f.path, offset=f.offset, length=f.length, checksum=f.checksum)
-

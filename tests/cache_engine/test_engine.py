@@ -374,7 +374,7 @@ def test_files_read_in_listing_order_prefetch_the_next_files(engines):
     src = FakeUfs({f"tok/{i:02d}.json": blob(100 + i, seed=i) for i in range(20)})
     engine = engines(ufs=src)
     ds = engine.open_dataset(make_spec(readAhead="4"), {}).dataset_id
-    files = [e for e in engine.list(ds, "tok")]  # the listing a mount daemon asked for
+    files = engine.list(ds, "tok")  # the listing a mount daemon asked for
     for entry in files[:2]:
         read_location(engine, ds, entry.path, entry.version, 0, entry.size)
     engine.drain()

@@ -184,4 +184,3 @@ def test_a_sequential_reader_locates_several_blocks_per_engine_call(
                    for off in range(0, entry.size, BS // 2))
     assert got == want
     assert 1 <= len(counting.calls) <= 3, counting.calls  # block 0 on demand, then runs
-
