@@ -153,6 +153,16 @@ class Dataset:
             return []
         return [e for e in entries[pos + 1:pos + 1 + count] if e.kind is Kind.FILE and e.size]
 
+    def scan_reached(self, path: str) -> None:
+        """The reader was handed `path` with the file it asked for: its folder's scan goes on
+        from there, as if `path` had been asked for."""
+        parent = posixpath.dirname(path)
+        with self._lock:
+            scan = self._scans.get(parent)
+            pos = scan.positions.get(path) if scan is not None else None
+            if pos is not None:
+                scan.last = pos
+
 
 class _Scan:
     """Where a directory's reader is in its listing."""

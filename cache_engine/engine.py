@@ -254,6 +254,8 @@ class CacheEngine:
                            entry.size, 0, 1, limit=ds.read_ahead)
         if len(run) > 1:
             ds.sequential(key.path, index + len(run) - 1)  # the reader goes on from there
+        if files:
+            ds.scan_reached(files[-1][0])  # and from the last file it was handed
         loc = run[0] if run else self._fetch(ds, key, length)
         if len(run) > 1 or files:
             loc = replace(loc, following=tuple(run[1:]), next_files=tuple(files))

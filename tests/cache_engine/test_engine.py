@@ -388,6 +388,25 @@ def test_files_read_in_listing_order_prefetch_the_next_files(engines):
     assert sorted(b.key.path for b in engine.blocks(ds)) == [e.path for e in files[:10]]
 
 
+def test_a_scan_goes_on_after_the_next_files_a_locate_answered_for(engines):
+    """A reader handed the next files' locations reads them without asking the engine; the
+    file after them still continues the scan."""
+    src = FakeUfs({f"tok/{i:02d}.json": blob(100 + i, seed=i) for i in range(12)})
+    engine = engines(ufs=src)
+    ds = engine.open_dataset(make_spec(readAhead="4"), {}).dataset_id
+    files = engine.list(ds, "tok")
+    for entry in files[:2]:  # the scan starts; files 2-5 are fetched ahead
+        read_location(engine, ds, entry.path, entry.version, 0, entry.size)
+    engine.drain()
+    third = files[2]
+    loc = engine.locate(ds, third.path, third.version, 0, third.size, next_files=2)
+    assert [path for path, _, _ in loc.next_files] == [e.path for e in files[3:5]]
+    engine.drain()
+    sixth = files[5]  # files 3 and 4 were read from the answer above; 6 is cached ahead
+    loc = engine.locate(ds, sixth.path, sixth.version, 0, sixth.size, next_files=2)
+    assert [path for path, _, _ in loc.next_files] == [files[6].path]
+
+
 def test_files_read_out_of_order_or_unlisted_prefetch_nothing(engines):
     src = FakeUfs({f"tok/{i:02d}.json": blob(100 + i, seed=i) for i in range(20)})
     engine = engines(ufs=src)
