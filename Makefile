@@ -1,5 +1,7 @@
 # eddy: one CSI driver that caches remote datasets on every node.
-# `make test` and `make demo` do their own setup on a fresh Debian/Ubuntu machine.
+# `make test` and `make demo` do their own setup on a fresh Debian/Ubuntu machine. Setup also
+# builds a pyfuse3 that can do FUSE passthrough (scripts/fuse-passthrough.sh, 1-2 minutes;
+# EDDY_FUSE_PASSTHROUGH=0 skips it, a failed build keeps stock pyfuse3).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,13 +13,21 @@ PROTOS := $(wildcard proto/*.proto)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@command -v fusermount3 >/dev/null && [ -e /usr/include/fuse3/fuse.h ] && command -v pkg-config >/dev/null || { \
-	  echo "installing fuse3, libfuse3-dev, pkg-config"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config; }
+PASSTHROUGH := scripts/fuse-passthrough.sh scripts/pyfuse3-3.5.0-passthrough.patch
+PYTHON_H     = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h
+
+# pyfuse3 is compiled (gcc, Python.h): stock against Debian's libfuse3-dev, then the passthrough
+# one against its own libfuse in .venv/opt/libfuse (`clean` removes it with the venv).
+$(STAMP): pyproject.toml $(PASSTHROUGH)
+	@command -v fusermount3 >/dev/null && [ -e /usr/include/fuse3/fuse.h ] && command -v pkg-config >/dev/null \
+	  && command -v gcc >/dev/null && command -v patch >/dev/null && [ -e $(PYTHON_H) ] || { \
+	  echo "installing fuse3, libfuse3-dev, pkg-config, gcc, patch, python3-dev"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev \
+	    pkg-config gcc patch python3-dev; }
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	scripts/fuse-passthrough.sh $(PY) $(VENV)/opt/libfuse
 	touch $(STAMP)
 
 # Generated code lives in eddy/pb and imports itself as `eddy.pb.*` (the -I mapping does that).
