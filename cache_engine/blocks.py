@@ -5,6 +5,12 @@ A block file is only ever created whole: written under `<tier>/tmp/`, then renam
 without an index row, both removed on the next start (`recovery.reconcile`). Every write gets a
 fresh file name (a hash of the block key plus a random suffix), so a file that one thread is
 about to unlink can never be a newer copy of the same block that another thread just wrote.
+
+An extent is the other kind of tier file: every block of one file version, each at its offset
+in the file (`Block.offset`), so the kernel can read the whole file from it (FUSE
+passthrough). It is created empty under a fresh name and filled block by block
+(`placement.Placement.compact`); a byte of it is written once, before any row points at it,
+and never again.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .tiers import Tier
 
 FILE_MODE = 0o600  # tier files hold dataset bytes: readable by the node plugin only
 DIR_MODE = 0o700
+EXTENT_SUFFIX = ".extent"
 
 
 class BlockKey(NamedTuple):
@@ -52,6 +59,7 @@ class Block:
     seq: int = 0
     atime: float = float("-inf")
     busy: bool = False
+    offset: int = 0  # where the bytes start in `file`: 0 for a block file, else an extent
 
 
 class CopyResult(enum.Enum):
@@ -70,6 +78,15 @@ def new_file_name(key: BlockKey) -> str:
     digest = xxhash.xxh3_128_hexdigest(
         f"{key.path}\0{key.version}\0{key.index}".encode("utf-8", "surrogatepass"))
     return f"{key.dataset_id}/{digest[:2]}/{digest}-{uuid.uuid4().hex[:12]}"
+
+
+def new_extent_name(key: BlockKey) -> str:
+    """A fresh relative name for an extent of `key`'s file version."""
+    return new_file_name(key._replace(index=-1)) + EXTENT_SUFFIX
+
+
+def is_extent(file: str) -> bool:
+    return file.endswith(EXTENT_SUFFIX)
 
 
 def block_path(tier: Tier, file: str) -> str:
@@ -98,24 +115,54 @@ def write_block(tier: Tier, file: str, data: bytes) -> None:
         raise
 
 
-def read_block(tier: Tier, file: str, length: int) -> bytes:
-    fd = os.open(block_path(tier, file), os.O_RDONLY | os.O_CLOEXEC)
+def create_extent(tier: Tier, file: str) -> None:
+    """Create an empty extent file at `file` in `tier`; OSError if the tier refuses."""
+    path = block_path(tier, file)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        return os.pread(fd, length + 1, 0)  # one byte more shows a file that is too long
+        fd = os.open(path, flags, FILE_MODE)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), DIR_MODE, exist_ok=True)
+        fd = os.open(path, flags, FILE_MODE)
+    os.close(fd)
+
+
+def write_into_extent(tier: Tier, file: str, offset: int, data: bytes) -> None:
+    fd = os.open(block_path(tier, file), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
     finally:
         os.close(fd)
 
 
-def copy_block(block: Block, src: Tier, dst: Tier, dst_file: str) -> CopyResult:
-    """Copy a block's file to another tier, verifying length and checksum first."""
+def read_block(tier: Tier, block: Block) -> bytes:
+    """The block's bytes; one byte more when a block file is too long, fewer when short."""
+    fd = os.open(block_path(tier, block.file), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        data = read_block(src, block.file, block.length)
+        if is_extent(block.file):  # the next block's bytes follow
+            return os.pread(fd, block.length, block.offset)
+        return os.pread(fd, block.length + 1, 0)
+    finally:
+        os.close(fd)
+
+
+def copy_block(block: Block, src: Tier, dst: Tier, dst_file: str,
+               extent_offset: int | None = None) -> CopyResult:
+    """Copy a block to another tier file, verifying length and checksum first: to a new block
+    file, or into the extent `dst_file` at `extent_offset`."""
+    try:
+        data = read_block(src, block)
     except FileNotFoundError:
         return CopyResult.GONE
     if len(data) != block.length or checksum(data) != block.checksum:
         return CopyResult.CORRUPT
     try:
-        write_block(dst, dst_file, data)
+        if extent_offset is None:
+            write_block(dst, dst_file, data)
+        else:
+            write_into_extent(dst, dst_file, extent_offset, data)
     except OSError:
         return CopyResult.WRITE_FAILED
     return CopyResult.COPIED

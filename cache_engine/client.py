@@ -109,5 +109,10 @@ class EngineClient:
         self._call(self._stub.ReportCorrupt, cache_pb2.ReportCorruptRequest(
             dataset_id=dataset_id, path=path, version=version, index=index))
 
+    def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
+        resp = self._call(self._stub.Extent, cache_pb2.ExtentRequest(
+            dataset_id=dataset_id, path=path, version=version, file_size=file_size))
+        return resp.path or None
+
     def close(self) -> None:
         self.channel.close()

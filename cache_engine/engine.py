@@ -30,7 +30,7 @@ from eddy import log
 from eddy.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from . import ufs as ufsmod
-from .blocks import DIR_MODE, Block, BlockKey, block_path, checksum
+from .blocks import DIR_MODE, Block, BlockKey, block_path, checksum, read_block
 from .dataset import Dataset, dataset_id
 from .index import BlockIndex
 from .placement import Placement
@@ -86,6 +86,7 @@ class CachedBlock:
     file: str
     length: int
     checksum: int
+    offset: int = 0  # in `file`: an extent holds many blocks
 
 
 class StateDirBusy(FailedPrecondition):
@@ -124,17 +125,22 @@ class CacheEngine:
         self._counters = dict.fromkeys(
             ("hits", "misses", "source_reads", "source_bytes", "uncached_reads",
              "tier_write_failures", "evictions", "demotions", "promotions",
-             "checksum_failures", "prefetches"), 0)
+             "checksum_failures", "prefetches", "extents_built", "extents_served"), 0)
         self.fetch_seconds = Histogram(FETCH_BUCKETS)  # source reads of whole blocks
         self.served_bytes = {t.name: 0 for t in self.tiers}  # block bytes located in each tier
         for block in recovered.blocks:
             if block.tier in self._tier:
                 self._table.add(block)
+        for (tier, file), n in recovered.held.items():
+            self._table.hold_file(tier, file, n)
         self._wake = threading.Event()
         self._places = Placement(self.tiers, self._table, self._index, self._lock,
                                  self._counters, self._datasets, self._wake.set, clock,
                                  pin_seconds)
         self._prefetcher = Prefetcher(prefetch_workers)
+        self._compactor = Prefetcher(1)  # one extent built at a time, in the background
+        self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
+        self._verified: set[tuple[str, str]] = set()  # (tier, file) checked since start
         self._maintain_lock = threading.Lock()
         self._last_flush = clock()
         self._closed = False
@@ -220,7 +226,7 @@ class CacheEngine:
         """
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, index)
-        length = _block_length(ds, key, file_size)
+        _block_length(ds, key, file_size)  # an index beyond the end fails before any count
         last = min(index + following, ds.block_count(file_size) - 1)
         ahead = max(ds.read_ahead, next_files)
         siblings = ds.next_files(key.path, ahead) if index == 0 and ahead else []
@@ -256,7 +262,7 @@ class CacheEngine:
             ds.sequential(key.path, index + len(run) - 1)  # the reader goes on from there
         if files:
             ds.scan_reached(files[-1][0])  # and from the last file it was handed
-        loc = run[0] if run else self._fetch(ds, key, length)
+        loc = run[0] if run else self._fetch(ds, key, file_size)
         if len(run) > 1 or files:
             loc = replace(loc, following=tuple(run[1:]), next_files=tuple(files))
         return loc
@@ -305,13 +311,13 @@ class CacheEngine:
             if key in self._table.blocks:
                 return
             self._counters["prefetches"] += 1
-        self._fetch(ds, key, _block_length(ds, key, file_size))
+        self._fetch(ds, key, file_size)
 
     def _location(self, block: Block) -> Location:
-        return Location(block_path(self._tier[block.tier], block.file), 0, block.length,
-                        block.checksum)
+        return Location(block_path(self._tier[block.tier], block.file), block.offset,
+                        block.length, block.checksum)
 
-    def _fetch(self, ds: Dataset, key: BlockKey, length: int) -> Location:
+    def _fetch(self, ds: Dataset, key: BlockKey, file_size: int) -> Location:
         """Single-flight: the first thread loads the block, the others wait for its answer."""
         with self._lock:
             block = self._table.get(key)
@@ -325,7 +331,7 @@ class CacheEngine:
         if not leader:
             return future.result()
         try:
-            loc = self._load(ds, key, length)
+            loc = self._load(ds, key, file_size)
         except BaseException as e:
             future.set_exception(e)
             raise
@@ -336,7 +342,8 @@ class CacheEngine:
             with self._lock:
                 del self._inflight[key]
 
-    def _load(self, ds: Dataset, key: BlockKey, length: int) -> Location:
+    def _load(self, ds: Dataset, key: BlockKey, file_size: int) -> Location:
+        length = _block_length(ds, key, file_size)
         start = time.monotonic()
         with ds.source() as ufs:
             data = ufs.read(key.path, key.index * ds.block_size, length, key.version or None)
@@ -351,7 +358,97 @@ class CacheEngine:
         block = self._places.store(ds, key, data, checksum(data))
         if block is None:
             return Location(data=data)
+        self._compact_when_whole(ds, key, file_size)
         return replace(self._location(block), data=data)
+
+    # --- extents: whole files for the kernel --------------------------------------------------
+
+    def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
+        """The tier file whose bytes [0, file_size) are this whole file version, for a reader
+        that hands it to the kernel (FUSE passthrough); None unless every block is cached in
+        one extent (or one block file), verified since this engine started.
+
+        Every block counts as a hit. A file cached whole but not yet in one extent is queued
+        for compaction, so a later open may get one. The file is never written again; the
+        engine may unlink it later, which leaves an open descriptor reading the same bytes.
+        """
+        ds = self._dataset(dataset_id)
+        key = BlockKey(dataset_id, clean_path(path), version, 0)
+        count = ds.block_count(file_size)
+        if not version or not count:
+            return None
+        with self._lock:
+            blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
+            if any(b is None for b in blocks):
+                return None
+            first = blocks[0]
+            whole = all(b.tier == first.tier and b.file == first.file
+                        and b.offset == i * ds.block_size for i, b in enumerate(blocks))
+            checked = (first.tier, first.file) in self._verified
+        if not whole:
+            self._compact_when_whole(ds, key, file_size)
+            return None
+        if not checked and not self._verify(blocks):
+            return None
+        promotions: list = []
+        with self._lock:
+            if any(self._table.get(b.key) is not b or b.file != first.file for b in blocks):
+                return None  # moved or dropped meanwhile
+            for block in blocks:
+                self._hit(ds, block, promotions)
+            self._counters["extents_served"] += 1
+        for hit, tier in promotions:
+            if not self._prefetcher.submit(self._places.promote, hit, tier):
+                self._places.cancel_promotion(hit, tier)
+        return block_path(self._tier[first.tier], first.file)
+
+    def _verify(self, blocks: list[Block]) -> bool:
+        """Check every block's bytes in its file; drop the first bad one."""
+        for block in blocks:
+            try:
+                data = read_block(self._tier[block.tier], block)
+            except FileNotFoundError:
+                return False
+            if len(data) != block.length or checksum(data) != block.checksum:
+                _log.warning("extent.corrupt", tier=block.tier, dataset=block.key.dataset_id,
+                             block=block.key.index)
+                self._places.drop_corrupt(block.key)
+                return False
+        with self._lock:
+            self._verified.add((blocks[0].tier, blocks[0].file))
+        return True
+
+    def _compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
+        """Queue the compaction of a file version of 2+ blocks once all of them are cached."""
+        version = key[:3]
+        count = ds.block_count(file_size)
+        with self._lock:
+            if (count < 2 or version in self._compacting
+                    or self._table.file_blocks(*version) < count):
+                return
+            self._compacting.add(version)
+        if not self._compactor.submit(self._compact, ds, key._replace(index=0), count):
+            with self._lock:
+                self._compacting.discard(version)
+
+    def _compact(self, ds: Dataset, key: BlockKey, count: int) -> None:
+        try:
+            with self._lock:
+                blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
+            if any(b is None for b in blocks):
+                return
+            if all(b.file == blocks[0].file and b.tier == blocks[0].tier and
+                   b.offset == i * ds.block_size for i, b in enumerate(blocks)):
+                return  # one extent already
+            extent = self._places.compact(blocks)
+            if extent is not None:
+                with self._lock:
+                    self._verified.add((blocks[0].tier, extent))
+                _log.info("extent.built", dataset=ds.id, path=key.path, blocks=count,
+                          tier=blocks[0].tier)
+        finally:
+            with self._lock:
+                self._compacting.discard(key[:3])
 
     # --- preload -----------------------------------------------------------------------------
 
@@ -395,9 +492,10 @@ class CacheEngine:
         job.wait()
         return job.progress()
 
-    def preload_block(self, dataset_id: str, key: BlockKey, length: int) -> BlockOutcome:
+    def preload_block(self, dataset_id: str, key: BlockKey, file_size: int) -> BlockOutcome:
         """Load one block for a preload job unless it is cached or the dataset has no room."""
         ds = self._dataset(dataset_id)
+        length = _block_length(ds, key, file_size)
         limit = self.capacity(dataset_id)
         with self._lock:
             if key in self._table.blocks:
@@ -407,7 +505,7 @@ class CacheEngine:
                 return BlockOutcome.FULL
             self._preloading[dataset_id] = loading + length
         try:
-            loc = self._fetch(ds, key, length)
+            loc = self._fetch(ds, key, file_size)
         finally:
             with self._lock:
                 self._preloading[dataset_id] -= length
@@ -451,15 +549,20 @@ class CacheEngine:
                 _log.exception("maintenance.failed")
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until no read-ahead, prefetch or promotion is queued or running."""
-        return self._prefetcher.drain(timeout)
+        """Wait until no read-ahead, prefetch, promotion or compaction is queued or running."""
+        # Background loads queue compactions, never the reverse.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._prefetcher.drain(timeout):
+            return False
+        return self._compactor.drain(None if deadline is None
+                                     else max(deadline - time.monotonic(), 0))
 
     def blocks(self, dataset_id: str | None = None) -> list[CachedBlock]:
         with self._lock:
             found = (self._table.blocks.values() if dataset_id is None
                      else self._table.dataset_blocks(dataset_id).values())
             return [CachedBlock(b.key, b.tier, block_path(self._tier[b.tier], b.file),
-                                b.length, b.checksum) for b in found]
+                                b.length, b.checksum, b.offset) for b in found]
 
     def statistics(self) -> dict:
         t = self._table
@@ -537,6 +640,7 @@ class CacheEngine:
         if self._thread is not None:
             self._thread.join()
         self._prefetcher.close()
+        self._compactor.close()
         with self._lock:
             datasets = list(self._datasets.values())
             self._datasets.clear()

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from .blocks import Block, BlockKey
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: blocks.offset (extents)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     length      INTEGER NOT NULL,
     checksum    INTEGER NOT NULL,  -- xxh3_64 stored as a signed 64-bit integer
     last_access INTEGER NOT NULL,  -- the engine's access counter, see blocks.Block.seq
+    "offset"    INTEGER NOT NULL DEFAULT 0,  -- where the bytes start in file (an extent)
     PRIMARY KEY (dataset_id, path, version, block)
 ) WITHOUT ROWID;
 """
@@ -59,24 +60,29 @@ class BlockIndex:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(blocks)")}
+            if "offset" not in columns:  # an index from before extents: every row at 0
+                self._db.execute('ALTER TABLE blocks ADD COLUMN "offset" INTEGER NOT NULL'
+                                 ' DEFAULT 0')
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
                              (str(SCHEMA_VERSION),))
 
     def load(self) -> list[Block]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT dataset_id, path, version, block, tier, file, length, checksum,"
-                " last_access FROM blocks").fetchall()
-        return [Block(BlockKey(d, p, v, i), tier, file, length, _unsigned(ck), seq)
-                for d, p, v, i, tier, file, length, ck, seq in rows]
+                ' last_access, "offset" FROM blocks').fetchall()
+        return [Block(BlockKey(d, p, v, i), tier, file, length, _unsigned(ck), seq,
+                      offset=offset)
+                for d, p, v, i, tier, file, length, ck, seq, offset in rows]
 
     def insert(self, block: Block) -> None:
         k = block.key
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (k.dataset_id, k.path, k.version, k.index, block.tier, block.file,
-                 block.length, _signed(block.checksum), block.seq))
+                 block.length, _signed(block.checksum), block.seq, block.offset))
 
     def delete(self, key: BlockKey) -> None:
         with self._lock:
@@ -93,10 +99,10 @@ class BlockIndex:
                 raise
             self._db.execute("COMMIT")
 
-    def move(self, key: BlockKey, tier: str, file: str) -> None:
+    def move(self, key: BlockKey, tier: str, file: str, offset: int = 0) -> None:
         with self._lock:
-            self._db.execute(f"UPDATE blocks SET tier = ?, file = ? WHERE {_KEY}",
-                             (tier, file, *key))
+            self._db.execute(f'UPDATE blocks SET tier = ?, file = ?, "offset" = ? WHERE {_KEY}',
+                             (tier, file, offset, *key))
 
     def update_access(self, seqs: Iterable[tuple[BlockKey, int]]) -> None:
         """Write a batch of LRU access counters; rows deleted meanwhile are skipped."""

@@ -8,6 +8,11 @@ order: the new file is complete (tmp + rename) before the index row points at it
 is gone (or moved) before the old file is unlinked. A copy verifies the block's checksum and
 drops a corrupt block instead of copying it.
 
+A file version whose blocks are all cached in one tier is compacted into an extent there
+(`compact`): block by block, each row moved as its bytes land. A block that leaves an extent
+(demoted, evicted, dropped) frees nothing until the extent's last row is gone: its bytes are
+held against the tier until then (`BlockTable.unref_file`).
+
 A block handed out in the last `pin_seconds` is pinned: it may move to another tier (its
 reader, finding the old file gone, asks again and is sent to the new one) but is not deleted,
 so a reader can always open what it was given. When a cache is too small for the blocks its
@@ -32,6 +37,8 @@ from .blocks import (
     CopyResult,
     block_path,
     copy_block,
+    create_extent,
+    new_extent_name,
     new_file_name,
     remove_quietly,
     write_block,
@@ -200,30 +207,30 @@ class Placement:
             with self._lock:
                 self._release(block)
 
-    def _relocate(self, block: Block, dst: Tier) -> CopyResult:
-        """Copy a claimed block into `dst` (room reserved), move its row, unlink the old file.
-        A corrupt or vanished block is dropped; on a write failure it stays claimed."""
+    def _relocate(self, block: Block, dst: Tier, extent: str | None = None,
+                  offset: int = 0) -> CopyResult:
+        """Copy a claimed block into `dst` (room reserved), move its row, let go of the old
+        file: to a new block file, or into `extent` at `offset`. A corrupt or vanished block
+        is dropped; on a write failure it stays claimed."""
         src = self._tier[block.tier]
-        new_file = new_file_name(block.key)
-        result = copy_block(block, src, dst, new_file)
+        new_file = extent or new_file_name(block.key)
+        result = copy_block(block, src, dst, new_file, offset if extent else None)
         if result is CopyResult.COPIED:
             try:
-                self._index.move(block.key, dst.name, new_file)
+                self._index.move(block.key, dst.name, new_file, offset)
             except BaseException:
-                remove_quietly(block_path(dst, new_file))
+                if extent is None:
+                    remove_quietly(block_path(dst, new_file))
                 with self._lock:
                     self._table.unreserve_tier(dst.name, block.length)
                     self._release(block)
                 raise
-            old = block_path(src, block.file)
+            old_file = block.file
             with self._lock:
                 self._table.unreserve_tier(dst.name, block.length)
-                self._table.move(block, dst.name, new_file)
-                self._table.hold_tier(src.name, block.length)  # until the old file is gone
+                freed = self._table.move(block, dst.name, new_file, offset)
                 self._release(block)
-            remove_quietly(old)
-            with self._lock:
-                self._table.unreserve_tier(src.name, block.length)
+            self._free(src, old_file, freed)
             return result
         with self._lock:
             self._table.unreserve_tier(dst.name, block.length)
@@ -235,6 +242,49 @@ class Placement:
                          dataset=block.key.dataset_id, block=block.key.index)
             self._discard(block, "checksum_failures" if result is CopyResult.CORRUPT else None)
         return result
+
+    # --- extents ----------------------------------------------------------------------------
+
+    def compact(self, blocks: list[Block]) -> str | None:
+        """Copy every block of one file version (`blocks`, index 0 up, all in one tier) into
+        a new extent in that tier, moving each row as its bytes land, so the tier never holds
+        more than one block twice. Returns the extent's file, or None if a block was busy or
+        went, the tier had no free room for one block, or a write failed: rows already moved
+        stay valid where they are."""
+        tier = self._tier[blocks[0].tier]
+        if any(b.tier != tier.name for b in blocks):
+            return None
+        extent = new_extent_name(blocks[0].key)
+        try:
+            create_extent(tier, extent)
+        except OSError as e:
+            self._count("tier_write_failures")
+            self._warn(tier, e)
+            return None
+        with self._lock:
+            self._table.ref_file(tier.name, extent)  # this writer: the file stays meanwhile
+        offset, done = 0, 0
+        for block in blocks:
+            # One claim at a time: eviction may still take the blocks not copied yet.
+            with self._lock:
+                if block.tier != tier.name or not self._table.claim(block):
+                    break
+                if not self._table.reserve_tier(tier.name, block.length):
+                    self._release(block)  # free room only: it never pushes a block out
+                    break
+            if self._relocate(block, tier, extent, offset) is not CopyResult.COPIED:
+                with self._lock:
+                    self._release(block)  # a write failure leaves it claimed
+                break
+            offset += block.length
+            done += 1
+        with self._lock:
+            freed = self._table.unref_file(tier.name, extent)
+        self._free(tier, extent, freed)
+        if done < len(blocks):
+            return None
+        self._count("extents_built")
+        return extent
 
     # --- dropping blocks --------------------------------------------------------------------
 
@@ -274,14 +324,20 @@ class Placement:
                 self._release(block)
             raise
         with self._lock:
-            self._table.remove(block)
-            self._table.hold_tier(block.tier, block.length)  # until the file is gone
+            freed = self._table.remove(block)
             self._lock.notify_all()
             if counter:
                 self._counters[counter] += 1
-        remove_quietly(block_path(self._tier[block.tier], block.file))
+        self._free(self._tier[block.tier], block.file, freed)
+
+    def _free(self, tier: Tier, file: str, freed: int | None) -> None:
+        """Unlink a tier file that lost its last reference (`freed` is not None), then stop
+        counting its bytes: the disk never holds more than the tier's size."""
+        if freed is None:
+            return
+        remove_quietly(block_path(tier, file))
         with self._lock:
-            self._table.unreserve_tier(block.tier, block.length)
+            self._table.unreserve_tier(tier.name, freed)
 
     def _pin_cutoff(self) -> float:
         """Blocks handed out after this instant are pinned: not deleted, only moved."""

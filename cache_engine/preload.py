@@ -196,7 +196,7 @@ class PreloadJob:
                 return
             length = min(self._block_size, entry.size - index * self._block_size)
             key = BlockKey(self.dataset_id, entry.path, entry.version, index)
-            outcome = self._engine.preload_block(self.dataset_id, key, length)
+            outcome = self._engine.preload_block(self.dataset_id, key, entry.size)
             if outcome is BlockOutcome.FULL:
                 self._end(JobState.CAPACITY_REACHED, "the dataset's cache capacity is full")
                 return

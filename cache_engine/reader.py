@@ -4,7 +4,8 @@ This is the cache engine's client API for mount daemons: `DatasetFs` reads a `Da
 exactly as it would read a source. A read asks the engine where each block lives, preads the
 whole block from its tier file once, checks its length and checksum (a mismatch is reported and
 refetched, never served), and keeps a few recent blocks so the kernel's 1 MiB requests inside
-one block cost one engine round trip, not four.
+one block cost one engine round trip, not four. `extent` answers the mount's open with a
+tier file holding the whole file, when the engine has one, for the kernel to read itself.
 
 If the engine cannot be reached (the node plugin is restarting) and a `direct` source was
 given, reads go straight to the source until the engine answers again: pods see slower reads,
@@ -146,6 +147,17 @@ class DatasetReader(UfsBackend):
         blocks = [self._block(path, version, index, size)
                   for index in range(first, (end - 1) // bs + 1)]
         return self._cut(blocks, first, offset, end)
+
+    def extent(self, path: str, version: str, size: int) -> str | None:
+        """A tier file holding this whole file version, for the mount to hand to the kernel
+        at open (FUSE passthrough); None: read it block by block. A file of one block is
+        not asked for (one locate answers it anyway), nor is any while the engine is away."""
+        if not version or size <= self.info.block_size:
+            return None
+        try:
+            return self._call(self._engine.extent, path, version, size)
+        except EngineUnreachable:
+            return None
 
     def read_cached(self, path: str, offset: int, length: int,
                     version: str | None) -> bytes | memoryview | None:
@@ -304,11 +316,11 @@ class DatasetReader(UfsBackend):
             except FileNotFoundError:
                 continue  # evicted between locate and open: ask again
             buf = self._buffers.get(loc.length)
+            data = memoryview(buf)[:loc.length]  # in an extent, the next block follows
             try:
-                got = os.preadv(fd, [buf], loc.offset) if loc.length else 0
+                got = os.preadv(fd, [data], loc.offset) if loc.length else 0
             finally:
                 os.close(fd)
-            data = memoryview(buf)[:loc.length]
             if got == loc.length and xxhash.xxh3_64_intdigest(data) == loc.checksum:
                 return data
             data.release()

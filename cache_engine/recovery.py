@@ -2,9 +2,11 @@
 
 Whatever instant a previous engine died at, the order of its steps (file complete before its
 row, row gone before its file) leaves only three kinds of debris, removed here before the
-engine serves anything: files in `tmp/` (torn writes), block files without a row (a write or
-move that did not reach its commit, or an unlink that did not happen), and rows whose file is
-missing or has the wrong size (a tier wiped, e.g. tmpfs after a reboot). The node's HMAC key
+engine serves anything: files in `tmp/` (torn writes), block files and extents without a row
+(a write or move that did not reach its commit, or an unlink that did not happen), and rows
+whose file is missing or too short (a tier wiped, e.g. tmpfs after a reboot). An extent stays
+while any row points into it; its bytes that no row covers are returned as held, so the engine
+keeps counting them against the tier until the extent goes. The node's HMAC key
 for dataset identities also lives in the state directory and is created here once.
 """
 
@@ -13,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eddy import log
 
-from .blocks import DIR_MODE, Block, remove_quietly
+from .blocks import DIR_MODE, Block, is_extent, remove_quietly
 from .index import BlockIndex
 from .tiers import Tier
 
@@ -28,6 +30,7 @@ _log = log.get("cache_engine.recovery")
 @dataclass
 class Reconciled:
     blocks: list[Block]
+    held: dict[tuple[str, str], int] = field(default_factory=dict)  # (tier, extent) -> bytes
     tmp_removed: int = 0
     orphans_removed: int = 0
     rows_dropped: int = 0
@@ -95,20 +98,25 @@ def reconcile(index: BlockIndex, tiers: list[Tier]) -> Reconciled:
         result.tmp_removed += _clear_dir(tier.tmp_dir)
         on_disk[tier.name] = _scan(tier)
     dropped = []
-    orphans: list[tuple[Tier, str]] = []
-    by_name = {t.name: t for t in tiers}
+    covered: dict[tuple[str, str], int] = {}  # (tier, file) -> bytes its sound rows cover
     for block in index.load():
-        files = on_disk.get(block.tier)
-        size = files.pop(block.file, None) if files is not None else None
-        if size == block.length:
-            result.blocks.append(block)
+        size = on_disk.get(block.tier, {}).get(block.file)
+        sound = size == block.length if not is_extent(block.file) else \
+            size is not None and size >= block.offset + block.length
+        if not sound:
+            dropped.append(block.key)
             continue
-        dropped.append(block.key)
-        if size is not None:
-            orphans.append((by_name[block.tier], block.file))
-    index.delete_many(dropped)  # rows first: a crash here leaves files, never rows
+        result.blocks.append(block)
+        where = (block.tier, block.file)
+        covered[where] = covered.get(where, 0) + block.length
+    orphans: list[tuple[Tier, str]] = []
     for tier in tiers:
-        orphans.extend((tier, rel) for rel in on_disk[tier.name])
+        for rel, size in on_disk[tier.name].items():
+            if (tier.name, rel) not in covered:
+                orphans.append((tier, rel))
+            elif size > covered[(tier.name, rel)]:
+                result.held[(tier.name, rel)] = size - covered[(tier.name, rel)]
+    index.delete_many(dropped)  # rows first: a crash here leaves files, never rows
     for tier, rel in orphans:
         remove_quietly(os.path.join(tier.blocks_dir, rel))
     for tier in tiers:

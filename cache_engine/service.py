@@ -79,6 +79,12 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
                    request.version, request.index)
         return cache_pb2.ReportCorruptResponse()
 
+    def Extent(self, request):
+        require(request, "dataset_id", "path")
+        path = self._call(self.engine.extent, request.dataset_id, request.path,
+                          request.version, request.file_size)
+        return cache_pb2.ExtentResponse(path=path or "")
+
     # --- preload and status (the CLI) ------------------------------------------------------
 
     def _dataset_of(self, target: cache_pb2.PreloadTarget) -> str:

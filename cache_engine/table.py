@@ -6,6 +6,11 @@ writes, so a tier's size and a dataset's capacity hold as hard limits under conc
 writers. LRU order is exact: per tier and per dataset, a heap of (access counter, key) with
 lazy deletion of stale entries, so a block moved between tiers keeps its place in the order.
 
+Rows may share a file (an extent holds every block of one file version): the table counts
+the references to each tier file, rows and writers, and the bytes of rows that left a file
+that is still referenced. Those bytes stay counted against the tier (held) until the file's
+last reference goes and it is unlinked.
+
 Not thread-safe: the engine's lock guards every call, and no call does I/O.
 """
 
@@ -34,6 +39,9 @@ class BlockTable:
         self.dataset_used: dict[str, int] = {}
         self.dataset_reserved: dict[str, int] = {}
         self.capacity: dict[str, int | None] = {}
+        self._refs: dict[tuple[str, str], int] = {}  # (tier, file) -> rows + writers
+        self._held: dict[tuple[str, str], int] = {}  # (tier, file) -> bytes of rows gone
+        self._file_blocks: dict[tuple[str, str, str], int] = {}  # file version -> blocks
 
     # --- the mirror -------------------------------------------------------------------------
 
@@ -53,9 +61,13 @@ class BlockTable:
         self._by_dataset.setdefault(ds, {})[block.key] = block
         self.tier_used[block.tier] += block.length
         self.dataset_used[ds] = self.dataset_used.get(ds, 0) + block.length
+        self.ref_file(block.tier, block.file)
+        version = block.key[:3]
+        self._file_blocks[version] = self._file_blocks.get(version, 0) + 1
         self._push(block)
 
-    def remove(self, block: Block) -> None:
+    def remove(self, block: Block) -> int | None:
+        """Take the block's row out; what its file may free now (see `unref_file`)."""
         ds = block.key.dataset_id
         del self.blocks[block.key]
         del self._by_tier[block.tier][block.key]
@@ -63,13 +75,26 @@ class BlockTable:
         self.tier_used[block.tier] -= block.length
         self.dataset_used[ds] -= block.length
         self.dirty.pop(block.key, None)
+        version = block.key[:3]
+        self._file_blocks[version] -= 1
+        if not self._file_blocks[version]:
+            del self._file_blocks[version]
+        return self.unref_file(block.tier, block.file, block.length)
 
-    def move(self, block: Block, tier: str, file: str) -> None:
+    def move(self, block: Block, tier: str, file: str, offset: int = 0) -> int | None:
+        """Point the row at another file; what its old file may free now (`unref_file`)."""
         del self._by_tier[block.tier][block.key]
         self.tier_used[block.tier] -= block.length
-        block.tier, block.file = tier, file
+        old_tier, old_file = block.tier, block.file
+        block.tier, block.file, block.offset = tier, file, offset
         self._by_tier[tier][block.key] = block
         self.tier_used[tier] += block.length
+        self.ref_file(tier, file)
+        return self.unref_file(old_tier, old_file, block.length)
+
+    def file_blocks(self, dataset_id: str, path: str, version: str) -> int:
+        """How many blocks of this file version are cached."""
+        return self._file_blocks.get((dataset_id, path, version), 0)
 
     def touch(self, block: Block, now: float) -> None:
         block.seq = self.next_seq()
@@ -148,6 +173,29 @@ class BlockTable:
     def hold_tier(self, tier: str, n: int) -> None:
         """Keep `n` bytes of a file that is about to be unlinked counted against the tier."""
         self.tier_reserved[tier] += n
+
+    def ref_file(self, tier: str, file: str) -> None:
+        """One more row or writer uses this tier file: it is not unlinked meanwhile."""
+        self._refs[(tier, file)] = self._refs.get((tier, file), 0) + 1
+
+    def unref_file(self, tier: str, file: str, n: int = 0) -> int | None:
+        """A row of `n` bytes (or a writer: 0) left the file; its bytes are held against the
+        tier. None while the file is still in use; else the file must be unlinked, and the
+        bytes to unreserve once it is."""
+        key = (tier, file)
+        self.tier_reserved[tier] += n
+        left = self._refs[key] - 1
+        if left:
+            self._refs[key] = left
+            self._held[key] = self._held.get(key, 0) + n
+            return None
+        del self._refs[key]
+        return self._held.pop(key, 0) + n
+
+    def hold_file(self, tier: str, file: str, n: int) -> None:
+        """Count `n` bytes of a referenced file that no row covers (after a restart)."""
+        self.tier_reserved[tier] += n
+        self._held[(tier, file)] = self._held.get((tier, file), 0) + n
 
     def unreserve_tier(self, tier: str, n: int) -> None:
         self.tier_reserved[tier] -= n

@@ -165,6 +165,24 @@ class ReportCorruptResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ExtentRequest(_message.Message):
+    __slots__ = ("dataset_id", "path", "version", "file_size")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    path: str
+    version: str
+    file_size: int
+    def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[str] = ..., file_size: _Optional[int] = ...) -> None: ...
+
+class ExtentResponse(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
 class PreloadTarget(_message.Message):
     __slots__ = ("volume_id", "dataset_id")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]

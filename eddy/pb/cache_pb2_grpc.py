@@ -59,6 +59,11 @@ class CacheEngineStub:
                 request_serializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
                 response_deserializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
                 _registered_method=True)
+        self.Extent = channel.unary_unary(
+                '/eddy.cache.v1.CacheEngine/Extent',
+                request_serializer=eddy_dot_pb_dot_cache__pb2.ExtentRequest.SerializeToString,
+                response_deserializer=eddy_dot_pb_dot_cache__pb2.ExtentResponse.FromString,
+                _registered_method=True)
         self.Preload = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/Preload',
                 request_serializer=eddy_dot_pb_dot_cache__pb2.PreloadRequest.SerializeToString,
@@ -112,6 +117,15 @@ class CacheEngineServicer:
 
     def ReportCorrupt(self, request, context):
         """The caller found a block whose length or checksum is wrong: drop it, count it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Extent(self, request, context):
+        """A tier file holding the whole file version at its own offsets, verified, never written
+        again: the mount hands it to the kernel (FUSE passthrough) at open. Every block counts as
+        a hit. Empty when the file is not cached whole in one such file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,6 +186,11 @@ def add_CacheEngineServicer_to_server(servicer, server):
                     servicer.ReportCorrupt,
                     request_deserializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.FromString,
                     response_serializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.SerializeToString,
+            ),
+            'Extent': grpc.unary_unary_rpc_method_handler(
+                    servicer.Extent,
+                    request_deserializer=eddy_dot_pb_dot_cache__pb2.ExtentRequest.FromString,
+                    response_serializer=eddy_dot_pb_dot_cache__pb2.ExtentResponse.SerializeToString,
             ),
             'Preload': grpc.unary_unary_rpc_method_handler(
                     servicer.Preload,
@@ -329,6 +348,33 @@ class CacheEngine:
             '/eddy.cache.v1.CacheEngine/ReportCorrupt',
             eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
             eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Extent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eddy.cache.v1.CacheEngine/Extent',
+            eddy_dot_pb_dot_cache__pb2.ExtentRequest.SerializeToString,
+            eddy_dot_pb_dot_cache__pb2.ExtentResponse.FromString,
             options,
             channel_credentials,
             insecure,

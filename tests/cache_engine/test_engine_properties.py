@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from cache_engine.blocks import is_extent
 from cache_engine.engine import CacheEngine
 from cache_engine.ufs.fake import FakeUfs
 from tests.support.engine import BS, make_spec, make_tiers, read_location
@@ -110,9 +111,22 @@ class EngineMachine(RuleBasedStateMachine):
                         key=lambda b: (self.ids.index(b.key.dataset_id), *b.key[1:]))
         block = data.draw(st.sampled_from(blocks))
         with open(block.file, "r+b") as f:
+            f.seek(block.offset)
             head = f.read(4)
-            f.seek(0)
+            f.seek(block.offset)
             f.write(bytes(b ^ 0xFF for b in head))  # same length, other bytes
+
+    @rule(d=st.integers(0, len(DATASETS) - 1), data=st.data())
+    def open_whole_file(self, d, data):
+        """What a mount hands the kernel: a whole-file extent, whose bytes are the file's."""
+        uri = DATASETS[d][0]
+        name = data.draw(st.sampled_from(sorted(SOURCES[uri])))
+        entry = self.ufs[uri].stat(name)
+        path = self.engine.extent(self.ids[d], name, entry.version, entry.size)
+        if path is not None:
+            with open(path, "rb") as f:
+                assert f.read(entry.size) == self.ufs[uri].data(name)
+        self.engine.drain()
 
     @rule()
     def restart(self):
@@ -124,20 +138,26 @@ class EngineMachine(RuleBasedStateMachine):
         stats = self.engine.statistics()
         rows = self._rows()
         for tier in self.tiers:
-            in_rows = sum(length for t, _f, length in rows if t == tier.name)
+            mine = [(f, offset, length) for t, f, offset, length in rows if t == tier.name]
             files = self._files(tier)
-            assert in_rows == stats["tiers"][tier.name]["used"] <= tier.size
+            assert sum(length for _f, _o, length in mine) == stats["tiers"][tier.name]["used"]
+            assert stats["tiers"][tier.name]["used"] <= tier.size
             assert sum(files.values()) <= tier.size
-            assert files == {f: length for t, f, length in rows if t == tier.name}
+            assert set(files) == {f for f, _o, _l in mine}  # no orphan, no row without a file
+            for f, offset, length in mine:
+                if is_extent(f):
+                    assert files[f] >= offset + length
+                else:
+                    assert (offset, files[f]) == (0, length)
             assert os.listdir(tier.tmp_dir) == []
         for (_uri, _tiers, cap, _secrets), ds in zip(DATASETS, self.ids, strict=True):
             used = stats["datasets"].get(ds, {"used": 0})["used"]
             assert cap is None or used <= cap * BS
 
-    def _rows(self) -> list[tuple[str, str, int]]:
+    def _rows(self) -> list[tuple[str, str, int, int]]:
         db = sqlite3.connect(os.path.join(self.root, "state", "index.db"))
         try:
-            return db.execute("SELECT tier, file, length FROM blocks").fetchall()
+            return db.execute('SELECT tier, file, "offset", length FROM blocks').fetchall()
         finally:
             db.close()
 

@@ -19,6 +19,7 @@ import types
 
 import pytest
 
+from cache_engine.blocks import is_extent
 from eddy.pb import csi_pb2
 from tests.csi.test_lifecycle import create, sha, stage_and_publish, wait_for
 from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mounts_under
@@ -85,15 +86,18 @@ def tier_bytes(tier_path) -> int:
     return total
 
 
-def cached_hashes(*tier_paths) -> set[str]:
-    """The hash of every block file in these tiers."""
+def cached_hashes(*tier_paths, block_size: int) -> set[str]:
+    """The hash of every block in these tiers: a block file, or each block of an extent (a
+    whole file, its blocks one after the other)."""
     out = set()
     for tier in tier_paths:
         for path in tier_files(tier):
             try:
-                out.add(sha(read_file(path)))
+                data = read_file(path)
             except FileNotFoundError:
-                pass  # moved to another tier or evicted meanwhile
+                continue  # moved to another tier or evicted meanwhile
+            step = block_size if is_extent(path) else len(data)
+            out.update(sha(data[i:i + step]) for i in range(0, len(data), step or 1))
     return out
 
 
@@ -164,7 +168,7 @@ def test_dataset_larger_than_the_mem_tier_spills_to_ssd(tmp_path):
             assert_files(target, files)
             # Demotion runs in the background: keep watching until every block has settled.
             want = block_hashes(files, MiB)
-            wait_for(lambda: want <= cached_hashes(mem, ssd)
+            wait_for(lambda: want <= cached_hashes(mem, ssd, block_size=MiB)
                      and tier_bytes(mem) + tier_bytes(ssd) == total,
                      what="every block cached exactly once in MEM or SSD")
         assert mem_use.samples > 10
@@ -174,8 +178,8 @@ def test_dataset_larger_than_the_mem_tier_spills_to_ssd(tmp_path):
         assert ssd_bytes >= total - mem_size, "blocks beyond the MEM tier went to SSD"
         demoted = mem_use.seen & block_ids(ssd)
         assert demoted, "no block seen in MEM was later found on SSD"
-        assert cached_hashes(ssd) <= want  # demoted files hold whole, real blocks
-        assert cached_hashes(mem, ssd) == want
+        assert cached_hashes(ssd, block_size=MiB) <= want  # whole, real blocks
+        assert cached_hashes(mem, ssd, block_size=MiB) == want
         assert_files(target, files)  # and read back right from where they are now
         unpublish_and_unstage(drv, volume, staging, [target])
     finally:
@@ -408,7 +412,8 @@ def test_reads_survive_the_engine_being_killed_and_restarted(tmp_path):
         back = None
         for rel, data in later.items():
             assert sha(read_file(os.path.join(target, rel))) == sha(data), rel
-            if block_hashes({rel: data}, 256 * 1024) <= cached_hashes(ssd):
+            if block_hashes({rel: data}, 256 * 1024) <= cached_hashes(ssd,
+                                                                      block_size=256 * 1024):
                 back = rel
                 break
             time.sleep(0.5)
@@ -459,7 +464,8 @@ def test_eddy_mount_reuses_its_state_dir_and_refuses_a_second_user(tmp_path):
         pids.append(json.loads(done.stdout)["pid"])
         assert_files(mnt, files)
         want = block_hashes(files, MiB)
-        assert cached_hashes(mem) == want, "the mount read through its engine's MEM tier"
+        assert cached_hashes(mem, block_size=MiB) == want, \
+            "the mount read through its engine's MEM tier"
         first_files = sorted(tier_files(mem))
 
         done = eddy("umount", str(mnt))

@@ -1,0 +1,159 @@
+"""Extents: a file version cached whole is compacted into one tier file the kernel can read."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from cache_engine.index import BlockIndex
+from tests.cache_engine.test_engine import read_all
+from tests.support.engine import BS, make_spec, make_tiers
+
+
+def cached_whole(engine, source, path="data/b.bin", **spec):
+    """Read `path` through the engine, wait for its compaction; (dataset id, entry)."""
+    ds = engine.open_dataset(make_spec(**spec), {}).dataset_id
+    assert read_all(engine, ds, source, path) == source.data(path)
+    engine.drain()
+    return ds, engine.stat(ds, path)
+
+
+def tier_files(tier) -> dict[str, int]:
+    out = {}
+    for dirpath, _dirs, names in os.walk(tier.blocks_dir):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            out[full] = os.path.getsize(full)
+    return out
+
+
+def test_a_file_cached_whole_becomes_one_extent_holding_its_bytes(engines, source):
+    engine = engines()
+    ds, entry = cached_whole(engine, source)
+    hits = engine.statistics()["hits"]
+    path = engine.extent(ds, entry.path, entry.version, entry.size)
+    with open(path, "rb") as f:
+        assert f.read() == source.data("data/b.bin")
+    assert tier_files(engine.tiers[0]) == {path: entry.size}  # the block files are gone
+    blocks = sorted(engine.blocks(ds), key=lambda b: b.key.index)
+    assert [(b.file, b.offset) for b in blocks] == [(path, i * BS) for i in range(3)]
+    stats = engine.statistics()
+    assert (stats["extents_built"], stats["extents_served"]) == (1, 1)
+    assert stats["hits"] == hits + 3  # the open counts every block it hands over
+    assert stats["tiers"]["MEM"]["used"] == entry.size and stats["tiers"]["MEM"]["reserved"] == 0
+    # Blocks located inside the extent still read right, block by block.
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+
+
+def test_no_extent_for_a_file_partly_cached_spread_over_tiers_or_of_one_block(engines, source,
+                                                                            tmp_path):
+    engine = engines(tiers=make_tiers(str(tmp_path), 2, 8))  # MEM holds 2 of b's 3 blocks
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    entry = engine.stat(ds, "data/b.bin")
+    engine.locate(ds, entry.path, entry.version, 0, entry.size)
+    assert engine.extent(ds, entry.path, entry.version, entry.size) is None  # 1 of 3 blocks
+    read_all(engine, ds, source, "data/b.bin")
+    engine.drain()
+    assert {b.tier for b in engine.blocks(ds)} == {"MEM", "SSD"}
+    assert engine.extent(ds, entry.path, entry.version, entry.size) is None
+    assert engine.statistics()["extents_built"] == 0
+    small = engine.stat(ds, "small.txt")  # one block: its block file is the whole file
+    read_all(engine, ds, source, "small.txt")
+    with open(engine.extent(ds, small.path, small.version, small.size), "rb") as f:
+        assert f.read() == b"hello"
+    assert engine.extent(ds, small.path, "", small.size) is None  # no version, no promise
+
+
+def test_compaction_uses_free_room_only(engines, source, tmp_path):
+    engine = engines(tiers=make_tiers(str(tmp_path), 3, 8, high=1.0))  # b fills MEM exactly
+    ds, entry = cached_whole(engine, source)
+    assert engine.extent(ds, entry.path, entry.version, entry.size) is None
+    stats = engine.statistics()
+    assert stats["extents_built"] == 0 and stats["evictions"] == stats["demotions"] == 0
+    assert len(tier_files(engine.tiers[0])) == 3
+
+
+def test_an_extent_survives_a_restart_and_is_verified_again(engines, source, tmp_path):
+    engine = engines()
+    ds, entry = cached_whole(engine, source)
+    path = engine.extent(ds, entry.path, entry.version, entry.size)
+    engine.close()
+    engine = engines()
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    assert engine.extent(ds, entry.path, entry.version, entry.size) == path
+    engine.close()
+    with open(path, "r+b") as f:  # flip a byte of block 1, same length
+        f.seek(BS + 10)
+        byte = f.read(1)
+        f.seek(BS + 10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    engine = engines()
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    assert engine.extent(ds, entry.path, entry.version, entry.size) is None
+    assert engine.statistics()["checksum_failures"] == 1
+    reads = len(source.reads)
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+    assert len(source.reads) == reads + 1  # only the bad block came from the source again
+
+
+def test_an_extent_frees_its_space_when_its_last_block_leaves(engines, source):
+    engine = engines()
+    ds, entry = cached_whole(engine, source)
+    path = engine.extent(ds, entry.path, entry.version, entry.size)
+    fd = os.open(path, os.O_RDONLY)  # as the kernel holds it after a passthrough open
+    try:
+        engine.open_dataset(make_spec(capacity=BS), {})  # evicts 2 of the 3 blocks
+        stats = engine.statistics()["tiers"]["MEM"]
+        assert os.path.exists(path)
+        assert stats["used"] == BS and stats["reserved"] == 2 * BS  # held until it goes
+        assert engine.extent(ds, entry.path, entry.version, entry.size) is None
+        engine.open_dataset(make_spec(capacity=0), {})
+        stats = engine.statistics()["tiers"]["MEM"]
+        assert not os.path.exists(path) and stats["used"] == stats["reserved"] == 0
+        assert os.pread(fd, entry.size, 0) == source.data("data/b.bin")  # still the bytes
+    finally:
+        os.close(fd)
+
+
+def test_a_restart_keeps_counting_the_bytes_an_extent_holds_for_rows_gone(engines, source):
+    engine = engines()
+    ds, entry = cached_whole(engine, source)
+    engine.open_dataset(make_spec(capacity=BS), {})  # 2 of the 3 blocks leave the extent
+    engine.close()
+    engine = engines()
+    stats = engine.statistics()["tiers"]["MEM"]
+    assert (stats["used"], stats["reserved"]) == (BS, 2 * BS)
+    assert sum(tier_files(engine.tiers[0]).values()) == 3 * BS
+
+
+def test_a_block_moved_out_of_an_extent_reads_right_from_its_new_tier(engines, source,
+                                                                      tmp_path):
+    engine = engines(tiers=make_tiers(str(tmp_path), 4, 8))
+    ds, entry = cached_whole(engine, source)
+    read_all(engine, ds, source, "data/a.bin")  # 6 blocks: b's extent is pushed down to SSD
+    engine.drain()
+    assert {b.tier for b in engine.blocks(ds) if b.key.path == "data/b.bin"} == {"SSD"}
+    reads = len(source.reads)
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+    assert len(source.reads) == reads
+
+
+def test_an_index_from_before_extents_is_read_with_every_block_at_offset_zero(tmp_path):
+    path = str(tmp_path / "index.db")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE blocks (dataset_id TEXT NOT NULL, path TEXT NOT NULL,
+            version TEXT NOT NULL, block INTEGER NOT NULL, tier TEXT NOT NULL,
+            file TEXT NOT NULL, length INTEGER NOT NULL, checksum INTEGER NOT NULL,
+            last_access INTEGER NOT NULL,
+            PRIMARY KEY (dataset_id, path, version, block)) WITHOUT ROWID;
+        INSERT INTO blocks VALUES ('d', 'p', 'v', 0, 'MEM', 'd/ab/f', 5, -1, 7);
+    """)
+    db.close()
+    index = BlockIndex(path)
+    try:
+        [block] = index.load()
+        assert (block.file, block.offset, block.length, block.seq) == ("d/ab/f", 0, 5, 7)
+        assert block.checksum == (1 << 64) - 1
+    finally:
+        index.close()
