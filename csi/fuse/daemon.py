@@ -252,7 +252,8 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
             except RuntimeError as e:
                 raise Unavailable(
                     f"cannot mount at {mountpoint}: {e} (is /dev/fuse usable?)") from None
-            logger.info("mounted", mountpoint=mountpoint, metadata_ttl=spec.metadata_ttl)
+            logger.info("mounted", mountpoint=mountpoint, metadata_ttl=spec.metadata_ttl,
+                        passthrough=fs.enable_passthrough)
             session = _Session(mountpoint, dev_before, ready_callback, logger)
             try:
                 trio.run(session.serve)

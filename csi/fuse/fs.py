@@ -1,9 +1,11 @@
 """The read-only FUSE filesystem of one volume: kernel requests answered from a dataset reader.
 
 `DatasetFs` only calls `stat`, `list` and `read` of a `UfsBackend`-shaped reader, so the same
-filesystem serves straight from a source today and from the cache engine's client later. Every
-reader call runs in a worker thread under a `trio.CapacityLimiter`: one slow ranged read never
-stalls the event loop that answers every other request of the mount.
+filesystem serves straight from a source or from the cache engine's client. Every reader call
+runs in a worker thread under a `trio.CapacityLimiter`: one slow ranged read never stalls the
+event loop that answers every other request of the mount. A reader that also has `extent`
+(the cache engine's) lets opens of wholly cached files pass through to the kernel
+(passthrough.py), which then reads them without asking this process.
 
 Directories and symlinks get one inode number per path, kept while mounted. A regular file
 gets one inode per (path, version): its attributes and bytes never change, so the kernel may
@@ -34,6 +36,7 @@ from eddy import log
 from eddy.errors import EddyError
 
 from .metadata import MetadataCache
+from .passthrough import BackingFiles, Passthrough, pyfuse3_has_passthrough
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 BLOCK_SIZE = 1 << 20  # st_blksize: tells readers (cp, dd, Python's io) to ask in 1 MiB
@@ -86,6 +89,7 @@ class FsStatistics:
     """A snapshot of what the filesystem has done since it was created."""
 
     reads: int  # read requests answered with data
+    passthrough_opens: int  # opens answered with a backing file: the kernel reads those itself
     bytes_read: int
     errors: int  # requests answered with an error other than "no such file"
     open_files: int
@@ -120,6 +124,7 @@ class DatasetFs(pyfuse3.Operations):
     supports_dot_lookup = False  # no NFS export: the kernel never looks up "." / ".."
     enable_writeback_cache = False
     enable_acl = False
+    enable_passthrough = False  # True on an instance that may pass through: init asks for it
 
     def __init__(
         self,
@@ -129,6 +134,7 @@ class DatasetFs(pyfuse3.Operations):
         clock: Callable[[], float] = time.monotonic,
         read_threads: int = READ_THREADS,
         metadata_threads: int = METADATA_THREADS,
+        passthrough: bool = True,
     ):
         super().__init__()
         self._reader = reader
@@ -138,6 +144,12 @@ class DatasetFs(pyfuse3.Operations):
         self._read_limiter = trio.CapacityLimiter(read_threads)
         self._meta_limiter = trio.CapacityLimiter(metadata_threads)
         self._log = log.get("csi.fuse", source=getattr(reader, "description", ""))
+        extent = getattr(reader, "extent", None)
+        self._passthrough = None
+        if passthrough and extent is not None and pyfuse3_has_passthrough():
+            self._passthrough = Passthrough(extent, BackingFiles(), self._meta_limiter,
+                                            self._log)
+            self.enable_passthrough = True
         # (path, version) -> inode; the version is None for directories and symlinks
         self._inodes: dict[tuple[str, str | None], int] = {("", None): ROOT_INODE}
         self._paths: dict[int, str] = {ROOT_INODE: ""}
@@ -149,12 +161,14 @@ class DatasetFs(pyfuse3.Operations):
         self._dirs: dict[int, _OpenDir] = {}
         self._next_fh = 1
         self._reads = 0
+        self._passthrough_opens = 0
         self._bytes_read = 0
         self._errors = 0
 
     def statistics(self) -> FsStatistics:
         return FsStatistics(
-            reads=self._reads, bytes_read=self._bytes_read, errors=self._errors,
+            reads=self._reads, passthrough_opens=self._passthrough_opens,
+            bytes_read=self._bytes_read, errors=self._errors,
             open_files=len(self._files), open_dirs=len(self._dirs),
             known_inodes=len(self._lookups),
         )
@@ -350,8 +364,15 @@ class DatasetFs(pyfuse3.Operations):
         if entry is None:
             entry, _ = await self._stat(path)
             raise pyfuse3.FUSEError(errno.EISDIR if entry.kind is Kind.DIR else errno.ELOOP)
+        backing_id = 0
+        if self._passthrough is not None:
+            backing_id = await self._passthrough.open(inode, path, entry.version, entry.size)
         fh = self._handle()
         self._files[fh] = _OpenFile(inode, path, entry.version)
+        if backing_id:
+            self._passthrough_opens += 1
+            # The kernel reads the extent itself, and fails the open beside keep_cache.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)
         # This inode only ever shows this version: the kernel's pages of it stay right. A
         # version-less source (no etag, size or mtime) gets no such promise.
         return pyfuse3.FileInfo(fh=fh, keep_cache=bool(entry.version))
@@ -377,4 +398,6 @@ class DatasetFs(pyfuse3.Operations):
 
     @_request
     async def release(self, fh):
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None and self._passthrough is not None:
+            self._passthrough.release(handle.inode)

@@ -14,7 +14,6 @@ import json
 import os
 import queue
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.csi.fuse.mounts import fuse_problem, mounted
+
 REPO = Path(__file__).resolve().parents[3]
 READY_TIMEOUT = 30.0
 BIG = 8 << 20
@@ -31,28 +32,10 @@ MANY = 2000
 STARTUP_EXIT = 2
 
 
-def _fuse_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (allow_other FUSE mounts)"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as e:
-        return f"/dev/fuse is not usable: {e.strerror}"
-    return None
-
-
 pytestmark = [
     pytest.mark.fuse,
-    pytest.mark.skipif(_fuse_problem() is not None, reason=str(_fuse_problem())),
+    pytest.mark.skipif(fuse_problem() is not None, reason=str(fuse_problem())),
 ]
-
-
-def mounted(path) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 class Daemon:
