@@ -40,7 +40,7 @@ from .recovery import node_key, reconcile
 from .spec import DatasetSpec
 from .status import DatasetStatus, Histogram, SizeScan, phase_of
 from .table import BlockTable
-from .tiers import Tier, check_tiers
+from .tiers import Tier, check_tiers, in_memory
 from .ufs.base import Entry, UfsBackend, VersionChanged, clean_path
 
 ACCESS_FLUSH_INTERVAL = 5.0  # seconds between batched writes of LRU access counters
@@ -141,6 +141,9 @@ class CacheEngine:
         self._compactor = Prefetcher(1)  # one extent built at a time, in the background
         self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
         self._verified: set[tuple[str, str]] = set()  # (tier, file) checked since start
+        # Extents in RAM are checked when built, not again after a restart: nothing there
+        # rots on a medium, and a power loss empties the tier rather than tearing a file.
+        self._in_memory = {t.name for t in self.tiers if in_memory(t.path)}
         self._maintain_lock = threading.Lock()
         self._last_flush = clock()
         self._closed = False
@@ -366,7 +369,8 @@ class CacheEngine:
     def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
         """The tier file whose bytes [0, file_size) are this whole file version, for a reader
         that hands it to the kernel (FUSE passthrough); None unless every block is cached in
-        one extent (or one block file), verified since this engine started.
+        one extent (or one block file), verified since this engine started (or when it was
+        built, in a tier held in RAM).
 
         Every block counts as a hit. A file cached whole but not yet in one extent is queued
         for compaction, so a later open may get one. The file is never written again; the
@@ -384,7 +388,7 @@ class CacheEngine:
             first = blocks[0]
             whole = all(b.tier == first.tier and b.file == first.file
                         and b.offset == i * ds.block_size for i, b in enumerate(blocks))
-            checked = (first.tier, first.file) in self._verified
+            checked = first.tier in self._in_memory or (first.tier, first.file) in self._verified
         if not whole:
             self._compact_when_whole(ds, key, file_size)
             return None

@@ -19,6 +19,7 @@ from eddy.errors import InvalidArgument
 from .spec import parse_quantity
 
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 DEFAULT_HIGH = 0.95
 DEFAULT_LOW = 0.85
 
@@ -97,3 +98,23 @@ def check_tiers(tiers: list[Tier]) -> None:
 
 def _nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def in_memory(path: str, mounts: str = "/proc/self/mounts") -> bool:
+    """Whether `path` is on a filesystem held in RAM (tmpfs, ramfs): its files cannot rot on
+    a medium, and a power loss takes them all rather than tearing some. False if unknown."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open(mounts) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):  # the deepest, and the last, mount wins
+                    best, kind = point, fields[2]
+    except OSError:
+        return False
+    return kind in MEMORY_FILESYSTEMS

@@ -102,6 +102,7 @@ class _OpenFile:
     inode: int
     path: str
     version: str
+    passthrough: bool = False  # its open went through `Passthrough`, its release must too
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,8 @@ class DatasetFs(pyfuse3.Operations):
             self._passthrough = Passthrough(extent, BackingFiles(), self._meta_limiter,
                                             self._log)
             self.enable_passthrough = True
+        # Smaller files never have an extent: their opens skip the worker thread that asks.
+        self._extent_min_size = getattr(reader, "extent_min_size", 0)
         # (path, version) -> inode; the version is None for directories and symlinks
         self._inodes: dict[tuple[str, str | None], int] = {("", None): ROOT_INODE}
         self._paths: dict[int, str] = {ROOT_INODE: ""}
@@ -365,10 +368,11 @@ class DatasetFs(pyfuse3.Operations):
             entry, _ = await self._stat(path)
             raise pyfuse3.FUSEError(errno.EISDIR if entry.kind is Kind.DIR else errno.ELOOP)
         backing_id = 0
-        if self._passthrough is not None:
+        tracked = self._passthrough is not None and entry.size >= self._extent_min_size
+        if tracked:
             backing_id = await self._passthrough.open(inode, path, entry.version, entry.size)
         fh = self._handle()
-        self._files[fh] = _OpenFile(inode, path, entry.version)
+        self._files[fh] = _OpenFile(inode, path, entry.version, tracked)
         if backing_id:
             self._passthrough_opens += 1
             # The kernel reads the extent itself, and fails the open beside keep_cache.
@@ -399,5 +403,5 @@ class DatasetFs(pyfuse3.Operations):
     @_request
     async def release(self, fh):
         handle = self._files.pop(fh, None)
-        if handle is not None and self._passthrough is not None:
+        if handle is not None and handle.passthrough:
             self._passthrough.release(handle.inode)

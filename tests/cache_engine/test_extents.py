@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from cache_engine import engine as engine_module
 from cache_engine.index import BlockIndex
+from cache_engine.tiers import in_memory
 from tests.cache_engine.test_engine import read_all
 from tests.support.engine import BS, make_spec, make_tiers
 
@@ -73,7 +75,17 @@ def test_compaction_uses_free_room_only(engines, source, tmp_path):
     assert len(tier_files(engine.tiers[0])) == 3
 
 
-def test_an_extent_survives_a_restart_and_is_verified_again(engines, source, tmp_path):
+def flip_a_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:  # same length, another byte
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_an_extent_on_disk_survives_a_restart_and_is_verified_again(engines, source,
+                                                                  monkeypatch):
+    monkeypatch.setattr(engine_module, "in_memory", lambda path: False)
     engine = engines()
     ds, entry = cached_whole(engine, source)
     path = engine.extent(ds, entry.path, entry.version, entry.size)
@@ -82,11 +94,7 @@ def test_an_extent_survives_a_restart_and_is_verified_again(engines, source, tmp
     ds = engine.open_dataset(make_spec(), {}).dataset_id
     assert engine.extent(ds, entry.path, entry.version, entry.size) == path
     engine.close()
-    with open(path, "r+b") as f:  # flip a byte of block 1, same length
-        f.seek(BS + 10)
-        byte = f.read(1)
-        f.seek(BS + 10)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_a_byte(path, BS + 10)  # in block 1
     engine = engines()
     ds = engine.open_dataset(make_spec(), {}).dataset_id
     assert engine.extent(ds, entry.path, entry.version, entry.size) is None
@@ -94,6 +102,38 @@ def test_an_extent_survives_a_restart_and_is_verified_again(engines, source, tmp
     reads = len(source.reads)
     assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
     assert len(source.reads) == reads + 1  # only the bad block came from the source again
+
+
+def test_an_extent_in_ram_is_trusted_after_a_restart_as_when_it_was_built(engines, source,
+                                                                         monkeypatch):
+    """tmpfs cannot rot, and a power loss empties it: the restart does not read it again."""
+    monkeypatch.setattr(engine_module, "in_memory", lambda path: True)
+    engine = engines()
+    ds, entry = cached_whole(engine, source)
+    path = engine.extent(ds, entry.path, entry.version, entry.size)
+    engine.close()
+    flip_a_byte(path, BS + 10)  # what only a deliberate write could do to a file in RAM
+    engine = engines()
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    assert engine.extent(ds, entry.path, entry.version, entry.size) == path
+    assert engine.statistics()["checksum_failures"] == 0
+    # A block read through the mount's ordinary path is still checked.
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+    assert engine.statistics()["checksum_failures"] == 1
+
+
+def test_in_memory_tells_the_filesystem_of_the_deepest_mount(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\n"
+                      "tmpfs /dev/shm tmpfs rw 0 0\n"
+                      "/dev/vdb /dev/shm/disk\\040a ext4 rw 0 0\n"
+                      "none /run/ram ramfs rw 0 0\n")
+    assert in_memory("/dev/shm/eddy/mem", str(mounts))
+    assert in_memory("/run/ram", str(mounts))
+    assert not in_memory("/dev/shm/disk a/mem", str(mounts))  # \040 is a space
+    assert not in_memory("/dev/shmx/mem", str(mounts))
+    assert not in_memory("/var/lib/eddy", str(mounts))
+    assert not in_memory("/dev/shm/eddy", str(tmp_path / "missing"))
 
 
 def test_an_extent_frees_its_space_when_its_last_block_leaves(engines, source):
