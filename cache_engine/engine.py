@@ -272,6 +272,10 @@ class CacheEngine:
 
     def _hit(self, ds: Dataset, block: Block, promotions: list) -> Location:
         """Count a located block as a hit (under the lock); its location."""
+        self._count_hit(ds, block, promotions)
+        return self._location(block)
+
+    def _count_hit(self, ds: Dataset, block: Block, promotions: list) -> None:
         self._table.touch(block, self._clock())
         self._counters["hits"] += 1
         self.served_bytes[block.tier] += block.length
@@ -279,7 +283,6 @@ class CacheEngine:
         tier = self._places.promotion_target(ds, block)
         if tier is not None:
             promotions.append((block, tier))
-        return self._location(block)
 
     def prefetch(self, dataset_id: str, path: str, version: str, file_size: int,
                  first: int, count: int) -> int:
@@ -399,7 +402,7 @@ class CacheEngine:
             if any(self._table.get(b.key) is not b or b.file != first.file for b in blocks):
                 return None  # moved or dropped meanwhile
             for block in blocks:
-                self._hit(ds, block, promotions)
+                self._count_hit(ds, block, promotions)
             self._counters["extents_served"] += 1
         for hit, tier in promotions:
             if not self._prefetcher.submit(self._places.promote, hit, tier):

@@ -32,6 +32,9 @@ COUNTERS = {
     "promotions": ("eddy_cache_promotions", "Blocks moved up to a faster tier."),
     "checksum_failures": ("eddy_checksum_failures", "Cached blocks that failed their checksum."),
     "prefetches": ("eddy_prefetches", "Blocks loaded ahead of sequential readers."),
+    "extents_built": ("eddy_extents_built", "Files compacted into one tier file (an extent)."),
+    "extents_served": ("eddy_extents_served",
+                       "Opens handed an extent for the kernel to read (FUSE passthrough)."),
 }
 
 

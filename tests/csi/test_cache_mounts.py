@@ -20,6 +20,7 @@ import types
 import pytest
 
 from cache_engine.blocks import is_extent
+from csi.fuse.passthrough import pyfuse3_has_passthrough
 from eddy.pb import csi_pb2
 from tests.csi.test_lifecycle import create, sha, stage_and_publish, wait_for
 from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mounts_under
@@ -182,6 +183,51 @@ def test_dataset_larger_than_the_mem_tier_spills_to_ssd(tmp_path):
         assert cached_hashes(mem, ssd, block_size=MiB) == want
         assert_files(target, files)  # and read back right from where they are now
         unpublish_and_unstage(drv, volume, staging, [target])
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+# --- 1b. a file cached whole is read by the kernel (FUSE passthrough) ------------------------
+
+
+def unmounted_statistics(log_path: str) -> list[dict]:
+    """The statistics every mount daemon logged when it unmounted."""
+    out = []
+    with open(log_path, errors="replace") as log:
+        for line in log:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == "unmounted":
+                out.append(record)
+    return out
+
+
+@pytest.mark.skipif(not pyfuse3_has_passthrough(),
+                    reason="stock pyfuse3 cannot ask for passthrough: `make setup` builds one")
+def test_a_file_cached_whole_is_read_by_the_kernel_from_its_extent(tmp_path):
+    src, mem = tmp_path / "dataset", tmp_path / "mem"
+    files = {"model.bin": os.urandom(8 * MiB + 3), "config.json": b'{"layers": 32}\n'}
+    write_tree(src, files)
+    drv = DriverProcess(str(tmp_path / "driver"),
+                        extra_args=tier_args(f"MEM:{mem}:64Mi")).start()
+    try:
+        volume = create(drv, "pvc-passthrough", {"source": f"local://{src}", "blockSize": "1Mi",
+                                                 "metadataTTL": "immutable"})
+        staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a", "pod-b"))
+        assert_files(targets[0], files)  # cold: block by block through the daemon
+        wait_for(lambda: any(is_extent(p) for p in tier_files(mem)),
+                 what="the model compacted into one extent")
+        assert cached_hashes(mem, block_size=MiB) == block_hashes(files, MiB)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        assert_files(targets[1], files)  # warm, in another pod: the kernel reads the extent
+        unpublish_and_unstage(drv, volume, staging, targets)
+        [stats] = unmounted_statistics(drv.log_path)
+        assert stats["passthrough_opens"] == 1  # the model's second open; config.json is small
+        assert stats["errors"] == 0
     finally:
         drv.stop()
         cleanup_mounts(str(tmp_path))

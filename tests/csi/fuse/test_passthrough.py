@@ -178,7 +178,10 @@ class ExtentReader(LocalUfs):
     fail           while it exists, `extent` raises as when the engine is unreachable
     delay          seconds each `extent` call takes, so two opens can race
     calls          one line per `extent` call
+    Files under `extent_min_size` bytes are never asked for, as with the engine's reader.
     """
+
+    extent_min_size = 4096
 
     def __init__(self, root: str, control: str):
         super().__init__(root)
@@ -333,6 +336,16 @@ def test_the_kernel_reads_a_passthrough_open_itself(server, data):
     stats = s.closed()
     assert stats["passthrough_opens"] == 2 and s.extent_calls() == 1
     assert stats["reads"] == 0 and stats["errors"] == 0
+
+
+@pytest.mark.fuse
+def test_a_file_below_the_readers_extent_size_is_never_asked_for(server):
+    small = os.urandom(4095)
+    s = server({"small.bin": small})
+    s.cache("small.bin", small)
+    assert (s.mountpoint / "small.bin").read_bytes() == small
+    stats = s.closed()
+    assert s.extent_calls() == 0 and stats["passthrough_opens"] == 0 and stats["reads"] >= 1
 
 
 @pytest.mark.fuse
