@@ -252,8 +252,10 @@ class Placement:
         went, the tier had no free room for one block, or a write failed: rows already moved
         stay valid where they are."""
         tier = self._tier[blocks[0].tier]
-        if any(b.tier != tier.name for b in blocks):
-            return None
+        with self._lock:
+            if (any(b.tier != tier.name for b in blocks)
+                    or self._table.tier_room(tier.name) < blocks[0].length):
+                return None
         extent = new_extent_name(blocks[0].key)
         try:
             create_extent(tier, extent)

@@ -114,6 +114,14 @@ def tier_args(*tiers: str) -> tuple[str, ...]:
     return tuple(arg for tier in tiers for arg in ("--tier", tier))
 
 
+def wait_compacted(tier_path, files: dict[str, bytes]) -> None:
+    """Wait until the tier holds every file in one tier file: each file of 2+ blocks compacted
+    into its extent (in the background, after its last block came in), the others as is."""
+    want = sorted(map(len, files.values()))
+    wait_for(lambda: sorted(map(os.path.getsize, tier_files(tier_path))) == want,
+             what="every file in one tier file")
+
+
 def block_ids(tier_path) -> set[str]:
     """Which blocks a tier holds: a block file is named `<hash of its key>-<random>`, and a
     block keeps the hash when it moves to another tier."""
@@ -218,8 +226,7 @@ def test_a_file_cached_whole_is_read_by_the_kernel_from_its_extent(tmp_path):
                                                  "metadataTTL": "immutable"})
         staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a", "pod-b"))
         assert_files(targets[0], files)  # cold: block by block through the daemon
-        wait_for(lambda: any(is_extent(p) for p in tier_files(mem)),
-                 what="the model compacted into one extent")
+        wait_compacted(mem, files)
         assert cached_hashes(mem, block_size=MiB) == block_hashes(files, MiB)
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
@@ -512,6 +519,7 @@ def test_eddy_mount_reuses_its_state_dir_and_refuses_a_second_user(tmp_path):
         want = block_hashes(files, MiB)
         assert cached_hashes(mem, block_size=MiB) == want, \
             "the mount read through its engine's MEM tier"
+        wait_compacted(mem, files)  # before the unmount could cancel it
         first_files = sorted(tier_files(mem))
 
         done = eddy("umount", str(mnt))
