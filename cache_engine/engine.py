@@ -30,7 +30,7 @@ from eddy import log
 from eddy.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from . import ufs as ufsmod
-from .blocks import DIR_MODE, Block, BlockKey, block_path, checksum, read_block
+from .blocks import DIR_MODE, Block, BlockKey, block_path, checksum
 from .dataset import Dataset, dataset_id
 from .index import BlockIndex
 from .placement import Placement
@@ -140,9 +140,9 @@ class CacheEngine:
         self._prefetcher = Prefetcher(prefetch_workers)
         self._compactor = Prefetcher(1)  # one extent built at a time, in the background
         self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
-        self._verified: set[tuple[str, str]] = set()  # (tier, file) checked since start
-        # Extents in RAM are checked when built, not again after a restart: nothing there
-        # rots on a medium, and a power loss empties the tier rather than tearing a file.
+        # Only tiers held in RAM get extents: the kernel reads an extent unchecked, and in RAM
+        # nothing rots on a medium, and a power loss empties the tier rather than tearing a
+        # file. A disk tier keeps every read checked, block by block.
         self._in_memory = {t.name for t in self.tiers if in_memory(t.path)}
         self._maintain_lock = threading.Lock()
         self._last_flush = clock()
@@ -371,9 +371,8 @@ class CacheEngine:
 
     def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
         """The tier file whose bytes [0, file_size) are this whole file version, for a reader
-        that hands it to the kernel (FUSE passthrough); None unless every block is cached in
-        one extent (or one block file), verified since this engine started (or when it was
-        built, in a tier held in RAM).
+        that hands it to the kernel (FUSE passthrough); None unless the file has 2+ blocks,
+        all in one extent in a tier held in RAM (checked block by block as it was built).
 
         Every block counts as a hit. A file cached whole but not yet in one extent is queued
         for compaction, so a later open may get one. The file is never written again; the
@@ -382,7 +381,7 @@ class CacheEngine:
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, 0)
         count = ds.block_count(file_size)
-        if not version or not count:
+        if not version or count < 2:
             return None
         with self._lock:
             blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
@@ -391,11 +390,10 @@ class CacheEngine:
             first = blocks[0]
             whole = all(b.tier == first.tier and b.file == first.file
                         and b.offset == i * ds.block_size for i, b in enumerate(blocks))
-            checked = first.tier in self._in_memory or (first.tier, first.file) in self._verified
         if not whole:
             self._compact_when_whole(ds, key, file_size)
             return None
-        if not checked and not self._verify(blocks):
+        if first.tier not in self._in_memory:
             return None
         promotions: list = []
         with self._lock:
@@ -409,24 +407,9 @@ class CacheEngine:
                 self._places.cancel_promotion(hit, tier)
         return block_path(self._tier[first.tier], first.file)
 
-    def _verify(self, blocks: list[Block]) -> bool:
-        """Check every block's bytes in its file; drop the first bad one."""
-        for block in blocks:
-            try:
-                data = read_block(self._tier[block.tier], block)
-            except FileNotFoundError:
-                return False
-            if len(data) != block.length or checksum(data) != block.checksum:
-                _log.warning("extent.corrupt", tier=block.tier, dataset=block.key.dataset_id,
-                             block=block.key.index)
-                self._places.drop_corrupt(block.key)
-                return False
-        with self._lock:
-            self._verified.add((blocks[0].tier, blocks[0].file))
-        return True
-
     def _compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
-        """Queue the compaction of a file version of 2+ blocks once all of them are cached."""
+        """Queue the compaction of a file version of 2+ blocks once all of them are cached
+        (it happens if they all sit in one tier held in RAM)."""
         version = key[:3]
         count = ds.block_count(file_size)
         with self._lock:
@@ -442,15 +425,12 @@ class CacheEngine:
         try:
             with self._lock:
                 blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
-            if any(b is None for b in blocks):
+            if any(b is None for b in blocks) or blocks[0].tier not in self._in_memory:
                 return
             if all(b.file == blocks[0].file and b.tier == blocks[0].tier and
                    b.offset == i * ds.block_size for i, b in enumerate(blocks)):
                 return  # one extent already
-            extent = self._places.compact(blocks)
-            if extent is not None:
-                with self._lock:
-                    self._verified.add((blocks[0].tier, extent))
+            if self._places.compact(blocks) is not None:
                 _log.info("extent.built", dataset=ds.id, path=key.path, blocks=count,
                           tier=blocks[0].tier)
         finally:

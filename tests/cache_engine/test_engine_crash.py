@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from unittest import mock
 
 import xxhash
 
@@ -150,6 +151,7 @@ def test_kill_minus_nine_at_random_moments_leaves_a_consistent_cache(tmp_path):
 
 COMPACTING_CHILD = r"""
 import json, random, sys
+import cache_engine.engine
 from cache_engine.engine import CacheEngine
 from cache_engine.spec import parse_parameters
 from cache_engine.tiers import Tier
@@ -158,6 +160,7 @@ from tests.support.engine import read_location
 
 log.configure("error")
 args = json.loads(sys.argv[1])
+cache_engine.engine.in_memory = lambda path: True  # the tier stands for one held in RAM
 engine = CacheEngine([Tier(*t) for t in args["tiers"]], args["state"], maintenance=True,
                      maintenance_interval=0.01, pin_seconds=0.02)
 ds = engine.open_dataset(parse_parameters(args["params"]), {}).dataset_id
@@ -197,7 +200,8 @@ def test_kill_minus_nine_while_extents_are_built_leaves_a_consistent_cache(tmp_p
         finally:
             db.close()
 
-        engine = CacheEngine(tiers, state, maintenance=False)
+        with mock.patch("cache_engine.engine.in_memory", return_value=True):
+            engine = CacheEngine(tiers, state, maintenance=False)
         try:
             check_state(state, tiers)
             ds = engine.open_dataset(parse_parameters(params), {}).dataset_id
