@@ -170,10 +170,6 @@ class BlockTable:
         self.tier_reserved[tier] += n
         return True
 
-    def hold_tier(self, tier: str, n: int) -> None:
-        """Keep `n` bytes of a file that is about to be unlinked counted against the tier."""
-        self.tier_reserved[tier] += n
-
     def ref_file(self, tier: str, file: str) -> None:
         """One more row or writer uses this tier file: it is not unlinked meanwhile."""
         self._refs[(tier, file)] = self._refs.get((tier, file), 0) + 1

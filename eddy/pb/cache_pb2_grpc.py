@@ -123,9 +123,9 @@ class CacheEngineServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Extent(self, request, context):
-        """A tier file holding the whole file version at its own offsets, verified, never written
-        again: the mount hands it to the kernel (FUSE passthrough) at open. Every block counts as
-        a hit. Empty when the file is not cached whole in one such file.
+        """A tier file holding the whole file version at its own offsets, in a tier held in RAM,
+        checked as it was built and never written again: the mount hands it to the kernel (FUSE
+        passthrough) at open. Every block counts as a hit. Empty when there is none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
