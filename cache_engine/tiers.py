@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from eddy.errors import InvalidArgument
+from eddy.mounttable import mount_table
 
 from .spec import parse_quantity
 
@@ -100,21 +101,18 @@ def _nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
-def in_memory(path: str, mounts: str = "/proc/self/mounts") -> bool:
+def in_memory(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
     """Whether `path` is on a filesystem held in RAM (tmpfs, ramfs): its files cannot rot on
     a medium, and a power loss takes them all rather than tearing some. False if unknown."""
     real = os.path.realpath(path)
-    best, kind = "", ""
     try:
-        with open(mounts) as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 3:
-                    continue
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
-                inside = real == point or real.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= len(best):  # the deepest, and the last, mount wins
-                    best, kind = point, fields[2]
+        mounts = mount_table(mountinfo)
     except OSError:
         return False
+    best, kind = "", ""
+    for m in mounts:  # the deepest mount holding `path`; of several there, the last
+        point = m.mount_point
+        if (real == point or real.startswith(point.rstrip("/") + "/")) \
+                and len(point) >= len(best):
+            best, kind = point, m.fstype
     return kind in MEMORY_FILESYSTEMS

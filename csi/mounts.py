@@ -1,62 +1,21 @@
-"""Kernel mount table reads and the bind/unmount calls the node service needs.
+"""Which paths are mounts, and the bind/unmount calls the node service needs.
 
-The mount table is read from /proc/self/mountinfo rather than by stat(), because a FUSE mount
-whose daemon died answers stat() with ENOTCONN ("transport endpoint is not connected") and must
-still be recognised - and removed - as a mount.
+The mount table is read from /proc/self/mountinfo (`eddy.mounttable`) rather than by stat(),
+because a FUSE mount whose daemon died answers stat() with ENOTCONN ("transport endpoint is not
+connected") and must still be recognised - and removed - as a mount.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-from dataclasses import dataclass
 
 from eddy.errors import EddyError
-
-_OCTAL = re.compile(r"\\([0-7]{3})")
+from eddy.mounttable import MountInfo, mount_table
 
 
 class MountError(EddyError):
     """A mount or unmount command failed; the message carries the command's own words."""
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    mount_point: str
-    root: str
-    fstype: str
-    source: str
-    options: frozenset[str]
-    device: str  # "major:minor"
-
-    @property
-    def read_only(self) -> bool:
-        return "ro" in self.options
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_table(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
-    entries = []
-    with open(path) as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            rfields = right.split()
-            entries.append(MountInfo(
-                mount_point=_unescape(fields[4]),
-                root=_unescape(fields[3]),
-                fstype=rfields[0],
-                source=_unescape(rfields[1]) if len(rfields) > 1 else "",
-                options=frozenset(fields[5].split(",")) | frozenset(
-                    rfields[2].split(",") if len(rfields) > 2 else ()),
-                device=fields[2],
-            ))
-    return entries
 
 
 def find_mount(path: str) -> MountInfo | None:

@@ -123,11 +123,11 @@ def test_an_extent_in_ram_is_trusted_after_a_restart_as_when_it_was_built(engine
 
 
 def test_in_memory_tells_the_filesystem_of_the_deepest_mount(tmp_path):
-    mounts = tmp_path / "mounts"
-    mounts.write_text("/dev/vda / ext4 rw 0 0\n"
-                      "tmpfs /dev/shm tmpfs rw 0 0\n"
-                      "/dev/vdb /dev/shm/disk\\040a ext4 rw 0 0\n"
-                      "none /run/ram ramfs rw 0 0\n")
+    mounts = tmp_path / "mountinfo"
+    mounts.write_text("22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+                      "25 22 0:21 / /dev/shm rw,relatime - tmpfs tmpfs rw\n"
+                      "31 25 254:16 / /dev/shm/disk\\040a rw - ext4 /dev/vdb rw\n"
+                      "40 22 0:33 / /run/ram rw - ramfs none rw\n")
     assert in_memory("/dev/shm/eddy/mem", str(mounts))
     assert in_memory("/run/ram", str(mounts))
     assert not in_memory("/dev/shm/disk a/mem", str(mounts))  # \040 is a space

@@ -1,4 +1,4 @@
-"""What the tests that mount a real FUSE filesystem share: when they can run, what is mounted."""
+"""What the tests that mount a real FUSE filesystem share: whether they can run here."""
 
 from __future__ import annotations
 
@@ -17,9 +17,3 @@ def fuse_problem() -> str | None:
     except OSError as e:
         return f"/dev/fuse is not usable: {e.strerror}"
     return None
-
-
-def mounted(path) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.csi.fuse.mounts import fuse_problem, mounted
+from csi.mounts import is_mount_point
+from tests.csi.fuse.mounts import fuse_problem
 
 REPO = Path(__file__).resolve().parents[3]
 READY_TIMEOUT = 30.0
@@ -76,7 +77,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if mounted(self.mountpoint):
+        if is_mount_point(self.mountpoint):
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
         self.proc.stdout.close()
         self._log.close()
@@ -237,7 +238,7 @@ def test_bad_input_answers_error_and_mounts_nothing(tree, start, params, words):
     assert d.answer.startswith("ERROR ") and d.answer.endswith("\n")
     assert words in d.answer
     assert d.wait() == 2
-    assert not mounted(d.mountpoint)
+    assert not is_mount_point(d.mountpoint)
     assert d.proc.stdout.read() == b""  # exactly one line
     assert "AKIDNOTLOGGED" not in d.answer + d.log()
 
@@ -256,10 +257,10 @@ def test_sigterm_unmounts_and_exits_0(tree, start):
     root, _ = tree
     d = start(root)
     assert d.answer == "READY\n", d.log()
-    assert mounted(d.mountpoint)
+    assert is_mount_point(d.mountpoint)
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait() == 0
-    assert not mounted(d.mountpoint)
+    assert not is_mount_point(d.mountpoint)
 
 
 def test_sigint_while_a_file_is_open(tree, start):
@@ -271,7 +272,7 @@ def test_sigint_while_a_file_is_open(tree, start):
         assert os.pread(fd, 10, 0) == files["big.bin"][:10]
         d.proc.send_signal(signal.SIGINT)
         assert d.wait() == 0
-        assert not mounted(d.mountpoint)  # detached: the open file does not keep it
+        assert not is_mount_point(d.mountpoint)  # detached: the open file does not keep it
         with pytest.raises(OSError) as info:
             os.pread(fd, 10, BIG - 10)
         assert info.value.errno == errno.ENOTCONN
@@ -288,7 +289,7 @@ def test_external_unmount_ends_the_daemon(tree, start):
     assert d.answer == "READY\n", d.log()
     subprocess.run(["fusermount3", "-u", str(d.mountpoint)], check=True)
     assert d.wait() == 0
-    assert not mounted(d.mountpoint)
+    assert not is_mount_point(d.mountpoint)
 
 
 def test_a_changed_file_shows_whole_after_the_ttl(tmp_path, start):
@@ -353,11 +354,11 @@ def test_sigterm_at_any_moment_of_startup_leaves_no_mount(tree, tmp_path, delay)
         assert proc.wait(timeout=15) in (0, STARTUP_EXIT, -signal.SIGTERM)
         answer = proc.stdout.read().decode()
         assert answer in ("", "READY\n") or answer.startswith("ERROR ")
-        assert not mounted(mnt)
+        assert not is_mount_point(mnt)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
-        if mounted(mnt):
+        if is_mount_point(mnt):
             subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)

@@ -31,9 +31,10 @@ import trio
 from cache_engine.ufs.local import LocalUfs
 from csi.fuse.fs import DatasetFs
 from csi.fuse.passthrough import Passthrough, pyfuse3_has_passthrough
+from csi.mounts import is_mount_point
 from eddy import log
 from eddy.errors import Unavailable
-from tests.csi.fuse.mounts import fuse_problem, mounted
+from tests.csi.fuse.mounts import fuse_problem
 
 REPO = Path(__file__).resolve().parents[3]
 BIG = 8 << 20
@@ -288,7 +289,7 @@ class Server:
         return stats
 
     def stop(self) -> None:
-        if mounted(self.mountpoint):
+        if is_mount_point(self.mountpoint):
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
         try:
             self.proc.wait(timeout=TIMEOUT)
