@@ -98,13 +98,8 @@ def write_block(tier: Tier, file: str, data: bytes) -> None:
     tmp = os.path.join(tier.tmp_dir, uuid.uuid4().hex)
     final = block_path(tier, file)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        _write_at(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE),
+                  0, data)
         try:
             os.rename(tmp, final)
         except FileNotFoundError:
@@ -128,7 +123,11 @@ def create_extent(tier: Tier, file: str) -> None:
 
 
 def write_into_extent(tier: Tier, file: str, offset: int, data: bytes) -> None:
-    fd = os.open(block_path(tier, file), os.O_WRONLY | os.O_CLOEXEC)
+    _write_at(os.open(block_path(tier, file), os.O_WRONLY | os.O_CLOEXEC), offset, data)
+
+
+def _write_at(fd: int, offset: int, data: bytes) -> None:
+    """Write all of `data` at `offset`, then close `fd`."""
     try:
         view = memoryview(data)
         while view:
