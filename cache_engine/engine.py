@@ -383,29 +383,31 @@ class CacheEngine:
         count = ds.block_count(file_size)
         if not version or count < 2:
             return None
-        with self._lock:
-            blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
-            if any(b is None for b in blocks):
-                return None
-            first = blocks[0]
-            whole = all(b.tier == first.tier and b.file == first.file
-                        and b.offset == i * ds.block_size for i, b in enumerate(blocks))
-        if not whole:
-            self._compact_when_whole(ds, key, file_size)
-            return None
-        if first.tier not in self._in_memory:
-            return None
         promotions: list = []
         with self._lock:
-            if any(self._table.get(b.key) is not b or b.file != first.file for b in blocks):
-                return None  # moved or dropped meanwhile
-            for block in blocks:
-                self._count_hit(ds, block, promotions)
-            self._counters["extents_served"] += 1
+            blocks = self._blocks_of(key, count)
+            if blocks is None:
+                return None
+            whole = _in_one_extent(ds, blocks)
+            if not whole or blocks[0].tier not in self._in_memory:
+                extent = None
+            else:
+                for block in blocks:
+                    self._count_hit(ds, block, promotions)
+                self._counters["extents_served"] += 1
+                extent = block_path(self._tier[blocks[0].tier], blocks[0].file)
+        if not whole:
+            self._compact_when_whole(ds, key, file_size)
         for hit, tier in promotions:
             if not self._prefetcher.submit(self._places.promote, hit, tier):
                 self._places.cancel_promotion(hit, tier)
-        return block_path(self._tier[first.tier], first.file)
+        return extent
+
+    def _blocks_of(self, key: BlockKey, count: int) -> list[Block] | None:
+        """Under the lock: blocks 0..count-1 of `key`'s file version, or None if one is not
+        cached."""
+        blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
+        return None if None in blocks else blocks
 
     def _compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
         """Queue the compaction of a file version of 2+ blocks once all of them are cached
@@ -424,12 +426,10 @@ class CacheEngine:
     def _compact(self, ds: Dataset, key: BlockKey, count: int) -> None:
         try:
             with self._lock:
-                blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
-            if any(b is None for b in blocks) or blocks[0].tier not in self._in_memory:
+                blocks = self._blocks_of(key, count)
+            if (blocks is None or blocks[0].tier not in self._in_memory
+                    or _in_one_extent(ds, blocks)):
                 return
-            if all(b.file == blocks[0].file and b.tier == blocks[0].tier and
-                   b.offset == i * ds.block_size for i, b in enumerate(blocks)):
-                return  # one extent already
             if self._places.compact(blocks) is not None:
                 _log.info("extent.built", dataset=ds.id, path=key.path, blocks=count,
                           tier=blocks[0].tier)
@@ -642,6 +642,13 @@ class CacheEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _in_one_extent(ds: Dataset, blocks: list[Block]) -> bool:
+    """Whether a file's blocks (index 0 up) sit in one tier file, each at its own offset."""
+    first = blocks[0]
+    return all(b.tier == first.tier and b.file == first.file and b.offset == i * ds.block_size
+               for i, b in enumerate(blocks))
 
 
 def _block_length(ds: Dataset, key: BlockKey, file_size: int) -> int:

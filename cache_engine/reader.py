@@ -150,15 +150,14 @@ class DatasetReader(UfsBackend):
 
     @property
     def extent_min_size(self) -> int:
-        """The smallest file `extent` may answer for: two blocks (one locate reads one)."""
+        """The smallest file the engine has an extent for: two blocks (one locate reads one).
+        The mount asks `extent` for no smaller file."""
         return self.info.block_size + 1
 
     def extent(self, path: str, version: str, size: int) -> str | None:
         """A tier file holding this whole file version, for the mount to hand to the kernel
-        at open (FUSE passthrough); None: read it block by block. A file of one block is
-        not asked for (one locate answers it anyway), nor is any while the engine is away."""
-        if not version or size < self.extent_min_size:
-            return None
+        at open (FUSE passthrough); None: read it block by block, as while the engine is
+        away."""
         try:
             return self._call(self._engine.extent, path, version, size)
         except EngineUnreachable:
