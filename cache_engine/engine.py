@@ -412,11 +412,12 @@ class CacheEngine:
     def _compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
         """Queue the compaction of a file version of 2+ blocks once all of them are cached
         (it happens if they all sit in one tier held in RAM)."""
-        version = key[:3]
         count = ds.block_count(file_size)
+        if count < 2:
+            return  # every miss of a small file comes here: no lock for it
+        version = key[:3]
         with self._lock:
-            if (count < 2 or version in self._compacting
-                    or self._table.file_blocks(*version) < count):
+            if version in self._compacting or self._table.file_blocks(*version) < count:
                 return
             self._compacting.add(version)
         if not self._compactor.submit(self._compact, ds, key._replace(index=0), count):

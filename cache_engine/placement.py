@@ -8,10 +8,11 @@ order: the new file is complete (tmp + rename) before the index row points at it
 is gone (or moved) before the old file is unlinked. A copy verifies the block's checksum and
 drops a corrupt block instead of copying it.
 
-A file version whose blocks are all cached in one tier is compacted into an extent there
-(`compact`): block by block, each row moved as its bytes land. A block that leaves an extent
-(demoted, evicted, dropped) frees nothing until the extent's last row is gone: its bytes are
-held against the tier until then (`BlockTable.unref_file`).
+A file version whose blocks are all cached in one tier held in RAM is compacted into an
+extent there (`compact`, when the engine asks): block by block, each row moved as its bytes
+land. A block that leaves an extent (demoted, evicted, dropped) frees nothing until the
+extent's last row is gone: its bytes are held against the tier until then
+(`BlockTable.unref_file`).
 
 A block handed out in the last `pin_seconds` is pinned: it may move to another tier (its
 reader, finding the old file gone, asks again and is sent to the new one) but is not deleted,
