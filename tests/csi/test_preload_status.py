@@ -6,7 +6,6 @@ Every byte of file data the source serves is a recorded GET, so "no source reque
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import urllib.request
 import pytest
 
 from eddy.pb import cache_pb2, cache_pb2_grpc, csi_pb2
+from tests.csi.test_cache_mounts import tier_bytes
 from tests.csi.test_lifecycle import create, stage_and_publish, teardown_volume, wait_for
 from tests.support.driver import DriverProcess, cleanup_mounts, mount_capability, mounts_under
 from tests.support.http_source import HttpSource
@@ -50,16 +50,6 @@ def eddy(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         raise AssertionError(f"eddy {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def tier_bytes(path) -> int:
-    """Bytes really stored in a tier directory's files (blocks and extents)."""
-    total = 0
-    for dirpath, _, names in os.walk(os.path.join(path, "blocks")):
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):  # moved or compacted meanwhile
-                total += os.path.getsize(os.path.join(dirpath, name))
-    return total
 
 
 def scrape(port: int) -> dict[str, float]:
