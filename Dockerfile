@@ -4,7 +4,7 @@
 # (`make image PUSH=1 IMAGE=REGISTRY/eddy:0.1.0` does this.)
 #
 # Contents: python:3.11-slim, fuse3 (fusermount3), libfuse 3.17.2 in /opt/libfuse for the
-# pyfuse3 that can do FUSE passthrough (scripts/fuse-passthrough.sh; stock pyfuse3 and Debian's
+# pyfuse3 that can do FUSE passthrough (scripts/build-pyfuse3.sh; stock pyfuse3 and Debian's
 # libfuse3 when that build fails), nfs-common (mount.nfs, only for pvc:// sources on NFS
 # PersistentVolumes) and the eddy package with its Python dependencies; no compiler, no source
 # tree, no shell tools beyond the base image's.
@@ -30,7 +30,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 # stage copies it to the same path); /opt/libfuse stays empty when the build falls back. The
 # script and its patch are mounted for this step only, not copied.
 RUN --mount=type=bind,source=scripts,target=/src/scripts \
-    scripts/fuse-passthrough.sh python /opt/libfuse /wheels && mkdir -p /opt/libfuse
+    scripts/build-pyfuse3.sh python /opt/libfuse /wheels && mkdir -p /opt/libfuse
 
 FROM python:3.11-slim
 RUN apt-get update \

@@ -1,7 +1,8 @@
 # eddy: one CSI driver that caches remote datasets on every node.
 # `make test` and `make demo` do their own setup on a fresh Debian/Ubuntu machine. Setup also
-# builds a pyfuse3 that can do FUSE passthrough (scripts/fuse-passthrough.sh, 1-2 minutes;
-# EDDY_FUSE_PASSTHROUGH=0 skips it, a failed build keeps stock pyfuse3).
+# builds a pyfuse3 that can do FUSE passthrough and resume a mount whose daemon died
+# (scripts/build-pyfuse3.sh, 1-2 minutes; EDDY_FUSE_PASSTHROUGH=0 skips it, a failed build
+# keeps stock pyfuse3).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +14,7 @@ PROTOS := $(wildcard proto/*.proto)
 
 setup: $(STAMP)
 
-PASSTHROUGH := scripts/fuse-passthrough.sh scripts/pyfuse3-3.5.0-passthrough.patch
+PASSTHROUGH := scripts/build-pyfuse3.sh scripts/pyfuse3-3.5.0-eddy.patch
 PYTHON_H     = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h
 
 # pyfuse3 is compiled (gcc, Python.h): stock against Debian's libfuse3-dev, then the passthrough
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml $(PASSTHROUGH)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	scripts/fuse-passthrough.sh $(PY) $(VENV)/opt/libfuse
+	scripts/build-pyfuse3.sh $(PY) $(VENV)/opt/libfuse
 	touch $(STAMP)
 
 # Generated code lives in eddy/pb and imports itself as `eddy.pb.*` (the -I mapping does that).

@@ -306,7 +306,7 @@ def server(tmp_path):
         pytest.skip(fuse_problem())
     if not pyfuse3_has_passthrough():
         pytest.skip("this pyfuse3 cannot ask for passthrough (no get_session_fd): `make setup` "
-                    "builds one that can (scripts/fuse-passthrough.sh)")
+                    "builds one that can (scripts/build-pyfuse3.sh)")
     servers: list[Server] = []
 
     def start(files: dict[str, bytes], mode: str = "on") -> Server:

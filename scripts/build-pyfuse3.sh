@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Build a pyfuse3 that can do FUSE passthrough (docs/passthrough.md), or keep the stock one.
+# Build the pyfuse3 eddy wants (FUSE passthrough, docs/passthrough.md; resuming a connection
+# after its mount daemon died, docs/ARCHITECTURE.md), or keep the stock one.
 #
-#   scripts/fuse-passthrough.sh PYTHON PREFIX [WHEEL_DIR]
-#     make setup:  scripts/fuse-passthrough.sh .venv/bin/python .venv/opt/libfuse
-#     Dockerfile:  scripts/fuse-passthrough.sh python /opt/libfuse /wheels
+#   scripts/build-pyfuse3.sh PYTHON PREFIX [WHEEL_DIR]
+#     make setup:  scripts/build-pyfuse3.sh .venv/bin/python .venv/opt/libfuse
+#     Dockerfile:  scripts/build-pyfuse3.sh python /opt/libfuse /wheels
 #
-# Passthrough needs libfuse >= 3.17.1 (Debian 12 ships 3.14) and a pyfuse3 with
-# FileInfo(backing_id=...) and get_session_fd() (no release has them). So this builds
-# libfuse 3.17.2 into PREFIX and pyfuse3 3.5.0 with pyfuse3-3.5.0-passthrough.patch for PYTHON,
+# Both need libfuse >= 3.17.1 (Debian 12 ships 3.14: no passthrough, no custom session I/O)
+# and a pyfuse3 with FileInfo(backing_id=...), get_session_fd(), init(resume_init=...) and
+# get_init_exchange() (no release has them). So this builds libfuse 3.17.2 into PREFIX and
+# pyfuse3 3.5.0 with pyfuse3-3.5.0-eddy.patch for PYTHON,
 # linked with an rpath to PREFIX/lib, and installs that pyfuse3 into PYTHON's environment
 # (with WHEEL_DIR: puts its wheel there in place of the stock pyfuse3 wheel).
 #
-# Passthrough only speeds up warm reads, so this never fails a setup: if a step fails (no
-# network, no compiler), it prints one line, leaves pyfuse3 and PREFIX as they were (stock
+# eddy runs on the stock pyfuse3 too (slower warm reads; a mount daemon that dies is replaced
+# by a new mount, which running pods do not see), so this never fails a setup: if a step fails
+# (no network, no compiler), it prints one line, leaves pyfuse3 and PREFIX as they were (stock
 # pyfuse3 on a fresh setup), and exits 0. EDDY_FUSE_PASSTHROUGH=0 skips it.
 #
 # Sources are sha256-pinned; build tools come from PyPI into a temporary venv; gcc, patch and
@@ -24,10 +27,10 @@ python="$(realpath -s "$(command -v "$1")")"
 prefix="$(realpath -ms "$2")"
 wheels="${3:+$(realpath -ms "$3")}"
 here="$(cd "$(dirname "$0")" && pwd)"
-stock="keeping the pyfuse3 installed (stock on a fresh setup): warm reads use the ordinary path"
+stock="keeping the pyfuse3 installed (stock on a fresh setup): no passthrough, no resumed mounts"
 
 if [ "${EDDY_FUSE_PASSTHROUGH:-1}" = 0 ]; then
-  echo "eddy: FUSE passthrough build skipped (EDDY_FUSE_PASSTHROUGH=0): $stock"
+  echo "eddy: pyfuse3 build skipped (EDDY_FUSE_PASSTHROUGH=0): $stock"
   exit 0
 fi
 
@@ -35,7 +38,7 @@ fi
 log="$prefix.log"
 step="creating $log"
 exec 3>&1
-trap 'echo "eddy: FUSE passthrough build failed ($step, see $log): $stock" >&3; exit 0' ERR
+trap 'echo "eddy: pyfuse3 build failed ($step, see $log): $stock" >&3; exit 0' ERR
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$(dirname "$prefix")"
@@ -68,7 +71,7 @@ meson install -C "$tmp/fuse-build" --destdir "$stage"
 
 step="building the patched pyfuse3 3.5.0"
 tar -xzf "$tmp/pyfuse3.tar.gz" -C "$tmp"
-patch -p1 -d "$tmp/pyfuse3-3.5.0" <"$here/pyfuse3-3.5.0-passthrough.patch"
+patch -p1 -d "$tmp/pyfuse3-3.5.0" <"$here/pyfuse3-3.5.0-eddy.patch"
 # The sysroot points pkg-config's -I and -L at the staged libfuse; the rpath at PREFIX.
 PKG_CONFIG_PATH="$stage$prefix/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$stage" \
   LDFLAGS="-Wl,-rpath,$prefix/lib" \
@@ -83,5 +86,5 @@ if [ -n "$wheels" ]; then
 else
   "$python" -m pip install --no-deps --force-reinstall "$tmp"/wheel/pyfuse3-*.whl
 fi
-echo "eddy: FUSE passthrough: pyfuse3 3.5.0 with backing_id and get_session_fd," \
+echo "eddy: pyfuse3 3.5.0 with passthrough and resumable sessions," \
   "linked to libfuse 3.17.2 in $prefix" >&3
