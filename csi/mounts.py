@@ -7,11 +7,9 @@ connected") and must still be recognised - and removed - as a mount.
 
 from __future__ import annotations
 
-import os
-import subprocess
-
+from eddy import mounttable
 from eddy.errors import EddyError
-from eddy.mounttable import MountInfo, mount_table
+from eddy.mounttable import MountInfo, mount_at
 
 
 class MountError(EddyError):
@@ -19,48 +17,43 @@ class MountError(EddyError):
 
 
 def find_mount(path: str) -> MountInfo | None:
-    """The topmost mount at exactly `path`, or None."""
-    path = os.path.realpath(path) if os.path.lexists(path) else os.path.normpath(path)
-    found = None
-    for entry in mount_table():
-        if entry.mount_point == path:
-            found = entry  # later lines are mounted on top of earlier ones
-    return found
+    """The topmost mount at exactly `path`, or None (without asking the mount itself)."""
+    return mount_at(path)
 
 
 def is_mount_point(path: str) -> bool:
     return find_mount(path) is not None
 
 
-def _run(*cmd: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise MountError(f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-
-
 def bind_mount(source: str, target: str, read_only: bool) -> None:
-    """Bind `source` onto `target`; read-only binds are remounted ro (a bind ignores -o ro)."""
-    _run("mount", "--bind", source, target)
+    """Bind `source` onto `target`; read-only binds are remounted ro (a bind ignores MS_RDONLY)."""
+    try:
+        mounttable.mount(source, target, None, mounttable.MS_BIND)
+    except OSError as e:
+        raise MountError(f"bind mount of {source} on {target} failed: {e.strerror}") from None
     if read_only:
+        entry = find_mount(target)
+        flags = mounttable.remount_flags(entry) if entry is not None else 0
         try:
-            _run("mount", "-o", "remount,bind,ro", target)
-        except MountError:
+            mounttable.mount("none", target, None, mounttable.MS_REMOUNT | mounttable.MS_BIND
+                             | mounttable.MS_RDONLY | flags)
+        except OSError as e:
             unmount(target)
-            raise
+            raise MountError(f"read-only remount of {target} failed: {e.strerror}") from None
 
 
 def unmount(path: str, lazy: bool = False) -> None:
     """Unmount `path`; lazy detaches a busy or dead mount so no caller ever hangs on it."""
-    args = ["umount"]
-    if lazy:
-        args.append("-l")
-    _run(*args, path)
+    try:
+        mounttable.umount(path, mounttable.MNT_DETACH if lazy else 0)
+    except OSError as e:
+        raise MountError(f"unmount of {path} failed: {e.strerror}") from None
 
 
 def unmount_all(path: str) -> None:
     """Remove every mount stacked at `path`, lazily when a plain unmount fails."""
-    while is_mount_point(path):
+    while (entry := find_mount(path)) is not None:
         try:
-            unmount(path)
+            unmount(entry.mount_point)
         except MountError:
-            unmount(path, lazy=True)
+            unmount(entry.mount_point, lazy=True)

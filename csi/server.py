@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import stat
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -17,11 +15,14 @@ from cache_engine.tiers import parse_tiers
 from eddy import log
 from eddy.errors import InvalidArgument
 from eddy.pb import cache_pb2_grpc, csi_pb2_grpc
+from eddy.sockets import claim_socket_path, socket_path
 
 from . import metrics
 from .controller import ControllerService
 from .ephemeral import EphemeralPolicy
 from .identity import IdentityService
+from .mounter.mounter import Mounter
+from .mounter.service import MounterClient
 from .node import NodeService
 from .state import SqliteVolumeStore
 from .volume_cache import VolumeCache
@@ -37,36 +38,9 @@ def default_tiers(state_dir: str) -> list[str]:
     return [f"SSD:{os.path.join(state_dir, 'cache')}:{DEFAULT_TIER_SIZE}"]
 
 
-def socket_path(endpoint: str) -> str:
-    """The filesystem path of a `unix:///path` (or `unix:/path`, or bare path) endpoint."""
-    if endpoint.startswith("unix://"):
-        path = endpoint[len("unix://"):]
-    elif endpoint.startswith("unix:"):
-        path = endpoint[len("unix:"):]
-    elif "://" in endpoint:
-        raise InvalidArgument(f"endpoint {endpoint!r}: only unix:///path sockets are supported")
-    else:
-        path = endpoint
-    if not path.startswith("/"):
-        raise InvalidArgument(f"endpoint {endpoint!r}: the socket path must be absolute")
-    return path
-
-
 def bind_unix(server: grpc.Server, path: str) -> None:
     """Bind `server` to a unix socket at `path`, replacing a stale socket from a crash."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise InvalidArgument(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # nobody listens: left over from a crash
-        else:
-            raise InvalidArgument(f"another process already serves {path}")
-        finally:
-            probe.close()
+    claim_socket_path(path)
     server.add_insecure_port(f"unix://{path}")
 
 
@@ -87,6 +61,13 @@ def _controller(config: DriverConfig) -> ControllerService:
     else:
         store = SqliteVolumeStore(os.path.join(config.state_dir, "controller.db"))
     return ControllerService(store, resolve=PvcResolver(api))
+
+
+def _mounter(config: DriverConfig) -> Mounter | MounterClient:
+    """The node's mounter: `eddy mounter` over its socket, or one in this process."""
+    if config.mounter:
+        return MounterClient(config.mounter)
+    return Mounter(os.path.join(config.state_dir, "mounter"), others_hold=False)
 
 
 def engine_server(threads: int) -> grpc.Server:
@@ -122,6 +103,7 @@ class DriverConfig:
     ephemeral_allow: list[str] = field(default_factory=list)  # inline volume source prefixes
     ephemeral_endpoints: list[str] = field(default_factory=list)  # S3 endpoints they may use
     ephemeral_tiers: list[str] = field(default_factory=list)  # node tiers they may use
+    mounter: str = ""  # unix:///PATH of `eddy mounter`; "" runs the mounter in this process
 
 
 class Driver:
@@ -147,7 +129,8 @@ class Driver:
         if with_node:
             self._start_engine()
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
-                                    config.log_level, engine_endpoint=self.engine_endpoint,
+                                    config.log_level, mounter=_mounter(config),
+                                    engine_endpoint=self.engine_endpoint,
                                     tier_names=tuple(t.name for t in self.engine.tiers),
                                     cache=VolumeCache(self.engine),
                                     ephemeral=EphemeralPolicy.from_flags(
@@ -181,7 +164,7 @@ class Driver:
         bind_unix(self.server, self.path)
         self.server.start()
         if self.engine is not None and self.config.metrics_port:
-            self.metrics_server = metrics.serve(self.engine, self.node.supervisor,
+            self.metrics_server = metrics.serve(self.engine, self.node.mount_states,
                                                 self.config.metrics_port,
                                                 self.config.metrics_address)
         log.get("csi.server").info("serving", mode=self.config.mode, endpoint=self.config.endpoint,

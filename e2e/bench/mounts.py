@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 
 from csi import mounts as hostmounts
+from eddy.mounttable import mount_table
 
 from .measure import peak_rss_mib
 from .source import BUCKET, Source
@@ -226,7 +227,7 @@ def _kill(pid: int) -> None:
 
 def sweep(workdir: str) -> list[str]:
     """Lazily unmount anything still mounted under `workdir`; the paths it found."""
-    found = sorted({m.mount_point for m in hostmounts.mount_table()
+    found = sorted({m.mount_point for m in mount_table()
                     if m.mount_point.startswith(workdir.rstrip("/") + "/")}, reverse=True)
     for path in found:
         with contextlib.suppress(hostmounts.MountError):

@@ -1,0 +1,43 @@
+"""Unix socket endpoints: `unix:///path` names, and claiming a path a crashed server left."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+from eddy.errors import InvalidArgument
+
+
+def socket_path(endpoint: str) -> str:
+    """The filesystem path of a `unix:///path` (or `unix:/path`, or bare path) endpoint."""
+    if endpoint.startswith("unix://"):
+        path = endpoint[len("unix://"):]
+    elif endpoint.startswith("unix:"):
+        path = endpoint[len("unix:"):]
+    elif "://" in endpoint:
+        raise InvalidArgument(f"endpoint {endpoint!r}: only unix:///path sockets are supported")
+    else:
+        path = endpoint
+    if not path.startswith("/"):
+        raise InvalidArgument(f"endpoint {endpoint!r}: the socket path must be absolute")
+    return path
+
+
+def claim_socket_path(path: str) -> None:
+    """Make `path` free to bind: remove a socket nobody listens on (left by a crash); refuse
+    anything else that is there."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise InvalidArgument(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left over from a crash
+    else:
+        raise InvalidArgument(f"another process already serves {path}")
+    finally:
+        probe.close()
