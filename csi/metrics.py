@@ -1,10 +1,12 @@
-"""Prometheus metrics of a node plugin, read from the cache engine and the supervisor on scrape.
+"""Prometheus metrics of a node plugin, read from the cache engine and the mounts on scrape.
 
 Labels are bounded: tier names come from node configuration and dataset ids are hashes of
 volume definitions; no label ever holds a path, a source URI with a key, or a secret.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import start_http_server
 from prometheus_client.core import (
@@ -17,7 +19,7 @@ from prometheus_client.core import (
 from cache_engine.engine import CacheEngine
 from cache_engine.preload import JobState
 
-from .daemons import Supervisor
+from .mounter.mounter import MountState, Phase
 
 # engine counter -> (metric name without _total, help)
 COUNTERS = {
@@ -39,9 +41,10 @@ COUNTERS = {
 
 
 class NodeCollector:
-    def __init__(self, engine: CacheEngine, supervisor: Supervisor | None = None):
+    def __init__(self, engine: CacheEngine,
+                 mount_states: Callable[[], list[MountState]] | None = None):
         self.engine = engine
-        self.supervisor = supervisor
+        self.mount_states = mount_states
 
     def collect(self):
         stats = self.engine.statistics()
@@ -69,10 +72,16 @@ class NodeCollector:
         yield HistogramMetricFamily("eddy_block_fetch_seconds",
                                     "Time to read one block from its source.",
                                     buckets=buckets, sum_value=h.sum)
-        if self.supervisor is not None:
+        if self.mount_states is not None:
+            states = self.mount_states()
             yield CounterMetricFamily("eddy_mount_daemon_restarts",
-                                      "Mount daemons restarted after dying.",
-                                      value=self.supervisor.restarts)
+                                      "Mount daemons started again after one died (resumed "
+                                      "or mounted anew).", value=sum(s.restarts for s in states))
+            phases = GaugeMetricFamily("eddy_mounts", "Staged volumes by the state of their "
+                                       "mount (serving, restarting, waiting).", labels=["phase"])
+            for phase in Phase:
+                phases.add_metric([phase.value], sum(s.phase is phase for s in states))
+            yield phases
 
     def _preload(self, datasets):
         done = GaugeMetricFamily("eddy_preload_cached_bytes",
@@ -96,10 +105,10 @@ class NodeCollector:
         yield from (done, total, running)
 
 
-def serve(engine: CacheEngine, supervisor: Supervisor | None, port: int,
+def serve(engine: CacheEngine, mount_states: Callable[[], list[MountState]] | None, port: int,
           address: str = "0.0.0.0"):
     """Serve /metrics on `address:port` in a thread; returns the HTTP server (shutdown())."""
     registry = CollectorRegistry()
-    registry.register(NodeCollector(engine, supervisor))
+    registry.register(NodeCollector(engine, mount_states))
     server, _thread = start_http_server(port, address, registry=registry)
     return server

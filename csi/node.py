@@ -1,9 +1,12 @@
-"""CSI Node service: stage a volume as one mount daemon, publish it by bind mounts.
+"""CSI Node service: stage a volume as one FUSE mount, publish it by bind mounts.
 
-NodeStageVolume starts the volume's FUSE daemon at the staging path and returns once the mount
-answers; NodePublishVolume bind-mounts the staging path onto each pod's target (read-only when
-asked). Every call is idempotent as the spec says, and a second call on a volume that is in
-flight gets ABORTED. Dead daemons are restarted and their targets re-bound by the supervisor.
+NodeStageVolume asks the mounter (csi/mounter/) to mount the volume's FUSE connection at the
+staging path and start its daemon, and returns once the mount answers; NodePublishVolume
+bind-mounts the staging path onto each pod's target (read-only when asked). Every call is
+idempotent as the spec says, and a second call on a volume that is in flight gets ABORTED.
+The mounter keeps each connection alive across deaths of its daemon; twice a second this
+service asks it how its mounts are, binds the targets again where it had to mount a volume
+anew, and stages again a volume the mounter does not know (its records were lost).
 An inline ephemeral volume (kubelet publishes it without staging) is staged by its first
 NodePublishVolume, if the node's allowlist admits its source, and unstaged by its last
 NodeUnpublishVolume (csi/ephemeral.py).
@@ -18,6 +21,7 @@ import threading
 from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
 from eddy import log
 from eddy.errors import (
+    Aborted,
     AlreadyExists,
     EddyError,
     FailedPrecondition,
@@ -31,6 +35,8 @@ from eddy.rpc import Servicer, require
 from . import daemons, mounts
 from .ephemeral import EphemeralPolicy, is_ephemeral
 from .inflight import InFlight
+from .mounter.mounter import Mounter, MountState
+from .mounter.service import MounterClient
 from .nfs import NfsMounts
 from .staging import StagedVolume, StagingRecords
 from .volume_cache import VolumeCache, condition
@@ -38,6 +44,7 @@ from .volume_cache import VolumeCache, condition
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 READER_ONLY = {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
 NodeCap = csi_pb2.NodeServiceCapability.RPC
+WATCH_INTERVAL = 0.5  # seconds between looks at the mounter's mounts
 
 
 def _check_capability(cap: csi_pb2.VolumeCapability) -> None:
@@ -51,17 +58,18 @@ def _check_capability(cap: csi_pb2.VolumeCapability) -> None:
 
 class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     def __init__(self, node_id: str, state_dir: str, max_volumes: int = 0,
-                 log_level: str = "info", start_daemon=daemons.start,
+                 log_level: str = "info", mounter: Mounter | MounterClient | None = None,
                  engine_endpoint: str | None = None, tier_names: tuple[str, ...] = (),
                  cache: VolumeCache | None = None, ephemeral: EphemeralPolicy | None = None,
-                 nfs: NfsMounts | None = None):
+                 nfs: NfsMounts | None = None, watch_interval: float = WATCH_INTERVAL):
         self.node_id = node_id
+        # Without a mounter process of its own, the node runs one here (`eddy serve` alone).
+        self.mounter = mounter or Mounter(os.path.join(state_dir, "mounter"), others_hold=False)
         self.engine_endpoint = engine_endpoint  # the node's cache engine, for mount daemons
         self.tier_names = tuple(tier_names)
         self.cache = cache  # the same engine, in this process: preload, usage
         self.max_volumes = max_volumes
         self._log_level = log_level
-        self._start_daemon = start_daemon
         self._records = StagingRecords(state_dir)
         self.ephemeral = ephemeral or EphemeralPolicy()  # default: no inline volumes at all
         self._ephemeral_dir = os.path.join(os.path.abspath(state_dir), "ephemeral")
@@ -69,26 +77,40 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         self._inflight = InFlight()
         self._lock = threading.Lock()
         self._volumes: dict[str, StagedVolume] = {}
-        self.supervisor = daemons.Supervisor(self._restart)
+        self._mounts: dict[str, MountState] = {}  # the mounter's last word on each volume
+        self._problems: dict[str, str] = {}  # volume id -> what went wrong keeping it mounted
+        self._mounter_error = ""  # why the mounter did not answer, while it does not
+        self._watch_interval = watch_interval
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="node-watch", daemon=True)
         self._log = log.get("csi.node")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Re-adopt daemons of volumes staged before a restart, then watch them all."""
-        for vol in self._records.load_all():
+        """Take up the volumes staged before a restart, then watch their mounts.
+
+        Nothing here may keep the plugin from serving: a record that cannot be read is moved
+        aside, an export that cannot be mounted is a problem of its volume alone, and both
+        show in NodeGetVolumeStats."""
+        volumes, problems = self._records.load_all()
+        for problem in problems:
+            self._log.error("staging_record.unreadable", problem=problem)
+        for vol in volumes:
             self._volumes[vol.volume_id] = vol
-            daemon = daemons.MountDaemon(self._config(vol), vol.pid)
-            if daemon.alive() and mounts.is_mount_point(vol.staging_path):
-                self._log.info("mount_daemon.adopted", volume_id=vol.volume_id, pid=vol.pid)
-                self.supervisor.watch(daemon)
-            else:
-                self._restart(vol.volume_id)
-        self.supervisor.start()
+            try:
+                self._nfs.ensure(vol.parameters)
+            except (EddyError, OSError) as e:
+                self._problem(vol.volume_id, f"cannot mount its NFS export: {e}")
+        self.mounter.start()
+        self._watcher.start()
 
     def close(self) -> None:
-        """Stop watching; daemons keep serving their pods across a plugin restart."""
-        self.supervisor.close()
+        """Stop watching; the mounts and their daemons keep serving across a plugin restart."""
+        self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join()
+        self.mounter.close()
 
     def _config(self, vol: StagedVolume, secrets: dict | None = None) -> daemons.DaemonConfig:
         return daemons.DaemonConfig(vol.volume_id, vol.staging_path, vol.parameters,
@@ -97,25 +119,67 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                                     engine={"endpoint": self.engine_endpoint}
                                     if self.engine_endpoint else {})
 
-    def _restart(self, volume_id: str) -> None:
-        """Replace a dead daemon: clear its dead mount, start a new one, re-bind every target."""
-        with self._inflight.hold(volume_id):
-            vol = self._volumes.get(volume_id)
-            if vol is None:
-                return
-            old = self.supervisor.unwatch(volume_id)
-            if old is not None:
-                old.stop(timeout=2)
-            mounts.unmount_all(vol.staging_path)
+    def _problem(self, volume_id: str, message: str | None) -> None:
+        if message is None:
+            self._problems.pop(volume_id, None)
+        elif self._problems.get(volume_id) != message:
+            self._problems[volume_id] = message
+            self._log.warning("volume.problem", volume_id=volume_id, problem=message)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                self._log.exception("watch failed")
+            self._stop.wait(self._watch_interval)
+
+    def _refresh(self) -> bool:
+        """Ask the mounter how its mounts are; False when it does not answer."""
+        try:
+            self._mounts = {s.volume_id: s for s in self.mounter.states()}
+        except EddyError as e:
+            if not self._mounter_error:
+                self._log.warning("mounter.unavailable", error=str(e))
+            self._mounter_error = str(e)
+            return False
+        self._mounter_error = ""
+        return True
+
+    def _sync(self) -> None:
+        """Bring every staged volume in line with what the mounter says of its mount."""
+        if not self._refresh():
+            return
+        with self._lock:
+            volumes = list(self._volumes.values())
+        for vol in volumes:
+            try:
+                with self._inflight.hold(vol.volume_id):
+                    if self._volumes.get(vol.volume_id) is vol:
+                        self._reconcile(vol)
+            except Aborted:
+                continue  # a CSI call on it is running: next round
+            except (EddyError, OSError) as e:
+                self._problem(vol.volume_id, str(e))
+
+    def _reconcile(self, vol: StagedVolume) -> None:
+        """Stage again what the mounter lost; bind the targets again over a new mount."""
+        state = self._mounts.get(vol.volume_id)
+        if state is None:
+            self._log.warning("volume.restaging", volume_id=vol.volume_id,
+                              reason="the mounter does not know it")
             self._nfs.ensure(vol.parameters)
-            daemon = self._start_daemon(self._config(vol))
-            vol.pid = daemon.pid
+            state = self._mounts[vol.volume_id] = self.mounter.stage(self._config(vol))
+        if state.device and state.device != vol.device:
             for target, read_only in vol.targets.items():
                 mounts.unmount_all(target)
                 mounts.bind_mount(vol.staging_path, target, read_only)
+            if vol.device and vol.targets:
+                self._log.warning("targets.rebound", volume_id=vol.volume_id,
+                                  targets=sorted(vol.targets), device=state.device)
+            vol.device, vol.pid = state.device, state.pid
             self._records.save(vol)
-            self.supervisor.watch(daemon)
-            self._log.info("mount_daemon.restarted", volume_id=volume_id, pid=daemon.pid)
+        self._problem(vol.volume_id, None)
 
     # -- staging -------------------------------------------------------------------------------
 
@@ -148,7 +212,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def _stage(self, volume_id: str, path: str, spec: DatasetSpec, secrets: dict[str, str],
                inline: bool = False) -> StagedVolume:
-        """Start the volume's mount daemon at `path` (idempotent); the caller holds its id."""
+        """Mount the volume at `path` with its daemon (idempotent); the caller holds its id."""
         vol = self._volumes.get(volume_id)
         if vol is not None:
             if vol.staging_path != path or vol.parameters != spec.to_parameters():
@@ -158,32 +222,29 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         if self.max_volumes and len(self._volumes) >= self.max_volumes:
             raise ResourceExhausted(f"node {self.node_id} already holds "
                                     f"{self.max_volumes} volumes")
-        os.makedirs(path, exist_ok=True)
-        mounts.unmount_all(path)  # a stale mount left by a crash
         vol = StagedVolume(volume_id, path, spec.to_parameters(), ephemeral=inline)
         self._nfs.ensure(vol.parameters)
         try:
-            daemon = self._start_daemon(self._config(vol, secrets))
+            state = self.mounter.stage(self._config(vol, secrets))
         except BaseException:
             self._nfs.release(vol.parameters, self._others(vol))
             raise
-        vol.pid = daemon.pid
+        vol.pid, vol.device = state.pid, state.device
+        self._mounts[volume_id] = state
         self._records.save(vol, secrets)
         with self._lock:
             self._volumes[vol.volume_id] = vol
-        self.supervisor.watch(daemon)
         if self.cache is not None:
             self.cache.start_preload(vol, secrets)
         return vol
 
     def _unstage(self, vol: StagedVolume) -> None:
-        """Stop the volume's daemon and forget it; the caller holds its id."""
-        daemon = self.supervisor.unwatch(vol.volume_id)
-        if daemon is None:
-            daemon = daemons.MountDaemon(self._config(vol, {}), vol.pid)
-        daemon.stop()
+        """Unmount the volume, stop its daemon and forget it; the caller holds its id."""
+        self.mounter.unstage(vol.volume_id)
         mounts.unmount_all(vol.staging_path)
         self._records.remove(vol.volume_id)
+        self._mounts.pop(vol.volume_id, None)
+        self._problem(vol.volume_id, None)
         if self.cache is not None:
             self.cache.forget(vol.volume_id)
         with self._lock:
@@ -212,7 +273,9 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         path = os.path.normpath(request.staging_target_path)
         with self._inflight.hold(request.volume_id):
             vol = self._volumes.get(request.volume_id)
-            if vol is None:
+            if vol is None:  # gone already; or its record was lost: the mounter may have it
+                self.mounter.unstage(request.volume_id)
+                mounts.unmount_all(path)
                 return csi_pb2.NodeUnstageVolumeResponse()
             vol.targets = {t: ro for t, ro in vol.targets.items() if mounts.is_mount_point(t)}
             if vol.targets:
@@ -303,11 +366,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         path = os.path.normpath(request.volume_path)
         if vol is None or (path != vol.staging_path and path not in vol.targets):
             raise NotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
-        daemon = self.supervisor.get(vol.volume_id)
-        if daemon is None or not daemon.alive():
-            abnormal, message = True, "mount daemon is not running; it is being restarted"
-        else:
-            abnormal, message = self._mount_condition(path)
+        self._refresh()
+        abnormal, message = self.mount_condition(vol.volume_id)
         usage = []
         if self.cache is not None:
             try:
@@ -316,7 +376,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                 return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=csi_pb2.VolumeCondition(
                     abnormal=True, message=f"cache engine cannot open the dataset: {e}"))
             if not abnormal:
-                abnormal, message = condition(row)
+                abnormal, message = condition(row, message)
             total = row.capacity or 0
             usage.append(csi_pb2.VolumeUsage(  # the volume's share of the node's cache
                 unit=csi_pb2.VolumeUsage.BYTES, total=total, used=row.cached_bytes,
@@ -325,13 +385,25 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
             usage=usage,
             volume_condition=csi_pb2.VolumeCondition(abnormal=abnormal, message=message))
 
-    @staticmethod
-    def _mount_condition(path: str) -> tuple[bool, str]:
-        try:
-            os.statvfs(path)
-        except OSError as e:
-            return True, f"mount does not answer: {e.strerror}"
-        return False, "mount daemon running"
+    def mount_states(self) -> list[MountState]:
+        """The mounter's last word on each mount (for metrics)."""
+        return list(self._mounts.values())
+
+    def mount_condition(self, volume_id: str) -> tuple[bool, str]:
+        """(abnormal, message) of a staged volume's mount, from what the mounter last said
+        (never from the mount itself: a stat of a mount nobody serves would wait)."""
+        problem = self._problems.get(volume_id)
+        if problem is not None:
+            return True, problem
+        if self._mounter_error:
+            return True, f"the mounter does not answer: {self._mounter_error}"
+        state = self._mounts.get(volume_id)
+        if state is None:
+            return True, "the mounter does not know this volume; it is being staged again"
+        if state.abnormal:
+            return True, f"mount {state.phase.value}: {state.message}"
+        restarted = f" (daemon restarted {state.restarts} times)" if state.restarts else ""
+        return False, f"mount daemon running{restarted}"
 
     def NodeGetCapabilities(self, request):
         caps = [NodeCap.STAGE_UNSTAGE_VOLUME, NodeCap.GET_VOLUME_STATS, NodeCap.VOLUME_CONDITION]

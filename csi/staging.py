@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -20,8 +20,25 @@ class StagedVolume:
     staging_path: str
     parameters: dict[str, str]
     targets: dict[str, bool] = field(default_factory=dict)  # target path -> read-only
-    pid: int = 0
+    pid: int = 0  # its mount daemon's, as the mounter last said (for people reading this)
     ephemeral: bool = False  # an inline volume: staged by NodePublish, unstaged by NodeUnpublish
+    device: str = ""  # "major:minor" of the FUSE connection the targets are bound to
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write `data` as JSON to `path` (0600) so that a crash leaves the old file or the new."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class StagingRecords:
@@ -35,24 +52,10 @@ class StagingRecords:
         safe = volume_id.replace("/", "_").replace("\0", "_")
         return os.path.join(self.dir, f"{safe}{suffix}")
 
-    def _write(self, path: str, data: dict) -> None:
-        tmp = f"{path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
     def save(self, volume: StagedVolume, secrets: dict[str, str] | None = None) -> None:
         if secrets:
-            self._write(self._path(volume.volume_id, ".secrets"), secrets)
-        self._write(self._path(volume.volume_id, ".json"), asdict(volume))
+            write_json(self._path(volume.volume_id, ".secrets"), secrets)
+        write_json(self._path(volume.volume_id, ".json"), asdict(volume))
 
     def secrets(self, volume_id: str) -> dict[str, str]:
         try:
@@ -68,12 +71,20 @@ class StagingRecords:
             except FileNotFoundError:
                 pass
 
-    def load_all(self) -> list[StagedVolume]:
-        out = []
+    def load_all(self) -> tuple[list[StagedVolume], list[str]]:
+        """Every readable record, and one line for each that is not (moved aside)."""
+        known = {f.name for f in fields(StagedVolume)}
+        out, problems = [], []
         for name in sorted(os.listdir(self.dir)):
+            path = os.path.join(self.dir, name)
             if name.endswith(".tmp"):
-                os.unlink(os.path.join(self.dir, name))  # torn write from a crash
+                os.unlink(path)  # torn write from a crash
             elif name.endswith(".json"):
-                with open(os.path.join(self.dir, name)) as f:
-                    out.append(StagedVolume(**json.load(f)))
-        return out
+                try:
+                    with open(path) as f:
+                        data = json.load(f)
+                    out.append(StagedVolume(**{k: v for k, v in data.items() if k in known}))
+                except (OSError, ValueError, TypeError) as e:
+                    os.replace(path, path + ".broken")
+                    problems.append(f"staging record {path} cannot be read ({e}); moved aside")
+        return out, problems

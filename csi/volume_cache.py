@@ -63,8 +63,9 @@ class VolumeCache:
         return self.engine.dataset_status(self.dataset_of(vol, secrets))
 
 
-def condition(row: DatasetStatus) -> tuple[bool, str]:
-    """(abnormal, message) of a volume whose mount daemon runs, from its dataset's status."""
+def condition(row: DatasetStatus, mount: str) -> tuple[bool, str]:
+    """(abnormal, message) of a volume whose mount is well (`mount` says how), from its
+    dataset's status."""
     if row.phase is Phase.SOURCE_UNAVAILABLE:
         return True, f"source {row.source} is unavailable: {row.message}"
-    return False, f"mount daemon running; {row.phase.value}"
+    return False, f"{mount}; {row.phase.value}"

@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="S3 endpoints inline ephemeral volumes may name; repeatable")
     s.add_argument("--ephemeral-tiers", action="append", default=[], metavar="NAME[,NAME]",
                    help="node tiers inline ephemeral volumes may use (default: all)")
+    s.add_argument("--mounter", default="", metavar="unix:///PATH",
+                   help="the socket of `eddy mounter`, which mounts the volumes and keeps their "
+                        "daemons (default: run the mounter in this process)")
+
+    mt = sub.add_parser("mounter", help="mount the node's volumes and keep their daemons "
+                        "serving (for `eddy serve --mounter`)")
+    mt.add_argument("--endpoint", default="unix:///var/lib/eddy/mounter/mounter.sock",
+                    help="the socket to serve, unix:///path (default: %(default)s)")
+    mt.add_argument("--state-dir", default="/var/lib/eddy/mounter",
+                    help="where the mounts' records and sessions live (default: %(default)s)")
 
     m = sub.add_parser("mount", help="mount a dataset at a directory, without Kubernetes")
     m.add_argument("source", help="s3://bucket/prefix, local:///abs/dir, ...")
@@ -115,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.configure(args.log_level)
     try:
-        return {"serve": _serve, "mount": _mount, "umount": _umount, "preload": _preload,
-                "status": _status}[args.command](args)
+        return {"serve": _serve, "mounter": _mounter, "mount": _mount, "umount": _umount,
+                "preload": _preload, "status": _status}[args.command](args)
     except EddyError as e:
         print(f"eddy {args.command}: {e}", file=sys.stderr)
         return 1
@@ -131,7 +141,32 @@ def _serve(args) -> int:
         tiers=args.tier, engine_endpoint=args.engine_endpoint, metrics_port=args.metrics_port,
         metrics_address=args.metrics_address, state_store=args.state_store,
         state_namespace=args.state_namespace, ephemeral_allow=args.ephemeral_allow,
-        ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers))
+        ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers,
+        mounter=args.mounter))
+    stopping = _stop_signals()
+    driver.start()
+    stopping.wait()
+    driver.stop()
+    return 0
+
+
+def _mounter(args) -> int:
+    from csi.mounter.mounter import Mounter
+    from csi.mounter.service import MounterServer
+
+    mounter = Mounter(args.state_dir)
+    server = MounterServer(mounter, args.endpoint)
+    stopping = _stop_signals()
+    mounter.start()
+    server.start()
+    stopping.wait()
+    server.stop()
+    mounter.close()  # the daemons keep serving; a new mounter takes them over
+    return 0
+
+
+def _stop_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
     stopping = threading.Event()
 
     def on_signal(signum, frame):
@@ -139,10 +174,7 @@ def _serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    driver.start()
-    stopping.wait()
-    driver.stop()
-    return 0
+    return stopping
 
 
 def _secrets(path: str | None) -> dict[str, str]:

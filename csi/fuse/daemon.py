@@ -9,15 +9,25 @@ JSON object on stdin, never on argv, which any user can read in /proc:
 `engine` says where blocks come from: `{"endpoint": "unix:///..."}` is the node plugin's cache
 engine (reads fall back to the source while it is unreachable); `{"tiers": [...],
 "state_dir": DIR}` runs an engine inside this process (`eddy mount`); absent, the daemon reads
-the source directly. The daemon answers exactly one line on stdout, which the plugin waits
-for (csi/daemons.py):
+the source directly.
+
+`session`, when present (`{"fd": N, "dir": DIR}`), says the mounter already mounted the
+connection and passed its /dev/fuse descriptor as fd N; DIR is the connection's session
+directory (session.py). A daemon that finds the connection's INIT request there resumes the
+connection its dead predecessor served: the same node ids and handles, no new mount, and the
+requests the predecessor had read but not answered are sent again by the kernel. Without
+`session`, the daemon mounts by itself and the mount ends with it.
+
+The daemon answers exactly one line on stdout, which its starter waits for (csi/daemons.py):
 
     READY              the mount is up and answered a request from this process
     ERROR <message>    startup failed (bad parameters, source unavailable, mount refused);
                        the process exits with status 2 and leaves nothing mounted
 
-Afterwards it serves until SIGTERM/SIGINT (it unmounts and exits 0) or until the mount is
-removed from outside (`fusermount3 -u`, `umount`; it exits 0). Logs are JSON lines on stderr.
+Afterwards it serves until the mount is removed from outside (`umount`; it exits 0) or until
+SIGTERM/SIGINT: then a daemon that mounted by itself unmounts and exits 0, and one given a
+session exits 0 leaving the connection to the descriptor's other holders, for a successor.
+Logs are JSON lines on stderr.
 """
 
 from __future__ import annotations
@@ -27,10 +37,10 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyfuse3
 import structlog
@@ -41,7 +51,9 @@ from cache_engine.ufs import Kind, UfsBackend, open_ufs
 from eddy import log
 from eddy.errors import EddyError, InvalidArgument, NotFound, Unavailable
 
+from . import device
 from .fs import DatasetFs
+from .session import Journal, SessionTable
 
 STARTUP_EXIT = 2
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -50,11 +62,27 @@ READ_AHEAD_KB = 1024  # with 1 MiB requests, the kernel reads ahead one whole re
 
 
 def mount_options(volume_id: str) -> set[str]:
-    """Options for pyfuse3.init; the volume id is reduced to characters mount options allow."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", volume_id)[:64]
+    """Options for pyfuse3.init; device.mount passes the same ones to mount(2)."""
     # No max_read: pyfuse3 leaves the connection's max_read unset, and libfuse refuses a
     # mismatch. Requests are still up to 1 MiB (libfuse 3 negotiates max_pages = 256).
-    return {f"fsname=eddy:{name}", "subtype=eddy", "ro", "allow_other", "default_permissions"}
+    return {f"fsname={device.fsname(volume_id)}", "subtype=eddy", "ro", "allow_other",
+            "default_permissions"}
+
+
+def pyfuse3_can_resume() -> bool:
+    """Whether this pyfuse3 keeps the INIT exchange and can replay it (scripts/build-pyfuse3.sh)."""
+    return hasattr(pyfuse3, "get_init_exchange")
+
+
+@dataclass(frozen=True)
+class Session:
+    """A connection the mounter mounted: its /dev/fuse descriptor here, its session dir."""
+
+    fd: int
+    directory: str
+
+    def journal(self) -> Journal:
+        return Journal(self.directory)
 
 
 def raise_read_ahead(dev: int, kb: int = READ_AHEAD_KB) -> bool:
@@ -72,13 +100,14 @@ def raise_read_ahead(dev: int, kb: int = READ_AHEAD_KB) -> bool:
 class _Session:
     """The trio side of one mount: the FUSE loop, the readiness probe, the signal handler."""
 
-    def __init__(self, mountpoint: str, dev_before: int, ready_callback: Callable[[], None],
-                 logger):
+    def __init__(self, mountpoint: str, dev_before: int | None,
+                 ready_callback: Callable[[], None], logger):
         self.mountpoint = mountpoint
         self.dev_before = dev_before
         self.ready_callback = ready_callback
         self.log = logger
         self.ready = False
+        self.signalled = False  # stopped by SIGTERM/SIGINT, not by the mount going away
         self.failure: EddyError | None = None
 
     async def serve(self) -> None:
@@ -100,7 +129,7 @@ class _Session:
                 self.log.info("stopping", signal=signal.Signals(signum).name,
                               again=stopping)
                 if not stopping:
-                    stopping = True
+                    stopping = self.signalled = True
                     if not self.ready:
                         self.failure = Unavailable(
                             "stopped by a signal before the mount was ready")
@@ -112,7 +141,7 @@ class _Session:
             with trio.fail_after(READY_TIMEOUT):
                 st = await trio.to_thread.run_sync(
                     os.stat, self.mountpoint, abandon_on_cancel=True)
-            if st.st_dev == self.dev_before:
+            if self.dev_before is not None and st.st_dev == self.dev_before:
                 raise OSError(f"{self.mountpoint} shows no new filesystem after mounting")
         except (OSError, trio.TooSlowError) as e:
             reason = "timed out" if isinstance(e, trio.TooSlowError) else str(e)
@@ -222,24 +251,39 @@ def _serve_engine(engine, endpoint: str, volume_id: str, spec: DatasetSpec,
 def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         secrets: dict[str, str] | None = None,
         ready_callback: Callable[[], None] = lambda: None,
-        engine: dict | None = None) -> None:
-    """Mount the volume at `mountpoint` and serve it until unmounted or signalled.
+        engine: dict | None = None, session: Session | None = None) -> None:
+    """Serve the volume at `mountpoint` until unmounted or signalled.
 
-    Startup problems raise an EddyError naming the problem (never a secret) before
-    `ready_callback` runs, with nothing left mounted. Returns normally on SIGTERM/SIGINT
-    (after unmounting) and when the mount is removed from outside.
+    Without `session`, mount it first. With one, serve the connection the mounter mounted,
+    resuming it when its session directory shows a predecessor served it. Startup problems
+    raise an EddyError naming the problem (never a secret) before `ready_callback` runs;
+    a daemon that mounted by itself then leaves nothing mounted. Returns normally on
+    SIGTERM/SIGINT and when the mount is removed from outside.
     """
     spec = parse_parameters(parameters)
     secrets = parse_secrets(secrets or {})
     mountpoint = os.path.abspath(mountpoint)
-    if not os.path.isdir(mountpoint):
+    # A session's mountpoint is mounted already: a stat would wait for this very daemon.
+    if session is None and not os.path.isdir(mountpoint):
         raise InvalidArgument(f"mountpoint {mountpoint} is not a directory")
     logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.uri)
+    journal = session.journal() if session is not None else Journal(None)
+    resume_init = journal.init_request()
+    if resume_init is not None and not pyfuse3_can_resume():
+        raise Unavailable("this pyfuse3 cannot resume a mount whose daemon died "
+                          "(scripts/build-pyfuse3.sh builds one that can)")
+    table = SessionTable.resume(journal) if resume_init else SessionTable(journal)
     opened = _Reader(spec, secrets, engine, volume_id)
     try:
-        _check_source(opened.backend, spec.source.uri)
-        fs = DatasetFs(opened.backend, spec.metadata_ttl)
-        dev_before = os.stat(mountpoint).st_dev
+        if resume_init is None:  # a resumed mount serves what it can, whatever the source
+            _check_source(opened.backend, spec.source.uri)
+        on_init = None
+        if session is not None and pyfuse3_can_resume():
+            def on_init() -> None:  # before the INIT is answered: a successor needs it
+                journal.save_init(pyfuse3.get_init_exchange()[0])
+        fs = DatasetFs(opened.backend, spec.metadata_ttl, table=table, on_init=on_init)
+        target = mountpoint if session is None else f"/dev/fd/{session.fd}"
+        dev_before = os.stat(mountpoint).st_dev if session is None else None
         # From mounting until the signal receiver runs, a SIGTERM would kill the process and
         # leave a dead mount ("transport endpoint is not connected"): hold signals back.
         # Signals trio hands back unconsumed on shutdown land in a no-op handler, not the
@@ -248,30 +292,38 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         old_handlers = {sig: signal.signal(sig, _already_stopping) for sig in STOP_SIGNALS}
         try:
             try:
-                pyfuse3.init(fs, mountpoint, mount_options(volume_id))
+                pyfuse3.init(fs, target, mount_options(volume_id),
+                             **({"resume_init": resume_init} if resume_init else {}))
             except RuntimeError as e:
                 raise Unavailable(
                     f"cannot mount at {mountpoint}: {e} (is /dev/fuse usable?)") from None
-            logger.info("mounted", mountpoint=mountpoint, metadata_ttl=spec.metadata_ttl,
-                        passthrough=fs.enable_passthrough)
-            session = _Session(mountpoint, dev_before, ready_callback, logger)
+            resent = session is not None and device.notify_resend(session.fd)
+            logger.info("resumed" if resume_init else "mounted", mountpoint=mountpoint,
+                        metadata_ttl=spec.metadata_ttl, passthrough=fs.enable_passthrough,
+                        known_inodes=len(table.lookups), open_files=len(table.files),
+                        resent=resent)
+            served = _Session(mountpoint, dev_before, ready_callback, logger)
             try:
-                trio.run(session.serve)
+                trio.run(served.serve)
             finally:
-                pyfuse3.close(unmount=True)
+                pyfuse3.close(unmount=session is None)
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        if session.failure is not None:
-            raise session.failure
-        logger.info("unmounted", mountpoint=mountpoint, **vars(fs.statistics()))
+        if served.failure is not None:
+            raise served.failure
+        # A session's daemon that was signalled leaves its connection to a successor.
+        logger.info("stopped" if session is not None and served.signalled else "unmounted",
+                    mountpoint=mountpoint, **vars(fs.statistics()))
     finally:
+        table.close()
         opened.close()
 
 
-def _read_request(stream) -> tuple[dict, dict, dict]:
-    """The one JSON object on stdin: {"parameters": {...}, "secrets": {...}, "engine": {}}."""
+def _read_request(stream) -> tuple[dict, dict, dict, Session | None]:
+    """The one JSON object on stdin: {"parameters": {...}, "secrets": {...}, "engine": {},
+    "session": {"fd": N, "dir": DIR}}."""
     text = ""
     request = None
     for line in stream:
@@ -293,7 +345,15 @@ def _read_request(stream) -> tuple[dict, dict, dict]:
     engine = request.get("engine") or {}
     if not isinstance(engine, dict):
         raise InvalidArgument("stdin: 'engine' must be an object")
-    return parameters, secrets, engine
+    session = request.get("session")
+    if session is not None:
+        if not (isinstance(session, dict) and isinstance(session.get("fd"), int)
+                and isinstance(session.get("dir"), str)):
+            raise InvalidArgument("stdin: 'session' must be {\"fd\": N, \"dir\": PATH}")
+        if not device.is_fuse_device(session["fd"]):
+            raise InvalidArgument(f"stdin: session fd {session['fd']} is not open on /dev/fuse")
+        session = Session(session["fd"], session["dir"])
+    return parameters, secrets, engine, session
 
 
 def _say(line: str) -> None:
@@ -334,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         _say("READY")
 
     try:
-        parameters, secrets, engine = _read_request(sys.stdin)
-        run(args.mountpoint, args.volume_id, parameters, secrets, announce, engine)
+        parameters, secrets, engine, session = _read_request(sys.stdin)
+        run(args.mountpoint, args.volume_id, parameters, secrets, announce, engine, session)
     except Exception as e:  # noqa: BLE001 - every failure must become one answer line
         message = str(e) if isinstance(e, EddyError) else f"{type(e).__name__}: {e}"
         message = " ".join(message.split()) or type(e).__name__

@@ -13,7 +13,8 @@ keep its page cache across every open of it. When the source file changes, the n
 after the metadata TTL answers a new inode; readers that opened the old version keep reading
 the old inode (its own pages, its own size) and never see a mix of old and new bytes. Numbers
 are never reused: a file version keeps its number across forgets and lookups, and a new version
-gets a new one.
+gets a new one. Node ids and handles live in a `SessionTable` (session.py), journaled before
+each answer, so a daemon that resumes this mount after its predecessor died knows them all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import os
 import posixpath
 import stat
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,8 +37,8 @@ from eddy.errors import EddyError
 
 from .metadata import MetadataCache
 from .passthrough import BackingFiles, Passthrough, pyfuse3_has_passthrough
+from .session import SessionTable
 
-ROOT_INODE = pyfuse3.ROOT_INODE
 BLOCK_SIZE = 1 << 20  # st_blksize: tells readers (cp, dd, Python's io) to ask in 1 MiB
 READ_THREADS = 16
 METADATA_THREADS = 8
@@ -80,6 +80,8 @@ def _request(method):
             raise
         except Exception as exc:  # noqa: BLE001 - the kernel must always get an answer
             raise self._failed(method.__name__, exc) from None
+        finally:
+            self._table.flush()  # what the answer tells the kernel is journaled before it
 
     return handler
 
@@ -95,21 +97,6 @@ class FsStatistics:
     open_files: int
     open_dirs: int
     known_inodes: int  # inodes the kernel currently holds a reference to
-
-
-@dataclass(frozen=True, slots=True)
-class _OpenFile:
-    inode: int
-    path: str
-    version: str
-    passthrough: bool = False  # its open went through `Passthrough`, its release must too
-
-
-@dataclass(frozen=True, slots=True)
-class _OpenDir:
-    path: str
-    entries: list[Entry]
-    expiry: float
 
 
 class DatasetFs(pyfuse3.Operations):
@@ -136,9 +123,12 @@ class DatasetFs(pyfuse3.Operations):
         read_threads: int = READ_THREADS,
         metadata_threads: int = METADATA_THREADS,
         passthrough: bool = True,
+        table: SessionTable | None = None,
+        on_init: Callable[[], None] | None = None,
     ):
         super().__init__()
         self._reader = reader
+        self._on_init = on_init
         # Readers that keep checked blocks in memory answer those requests without a thread.
         self._read_cached = getattr(reader, "read_cached", None)
         self._meta = MetadataCache(metadata_ttl, clock)
@@ -153,16 +143,11 @@ class DatasetFs(pyfuse3.Operations):
             self.enable_passthrough = True
         # Smaller files never have an extent: their opens skip the worker thread that asks.
         self._extent_min_size = getattr(reader, "extent_min_size", 0)
-        # (path, version) -> inode; the version is None for directories and symlinks
-        self._inodes: dict[tuple[str, str | None], int] = {("", None): ROOT_INODE}
-        self._paths: dict[int, str] = {ROOT_INODE: ""}
-        self._versions: dict[int, Entry] = {}  # file inode -> the one version it shows
-        self._forgotten: set[int] = set()  # file inodes the kernel let go of (entry dropped)
-        self._next_inode = ROOT_INODE + 1
-        self._lookups: Counter[int] = Counter({ROOT_INODE: 1})
-        self._files: dict[int, _OpenFile] = {}
-        self._dirs: dict[int, _OpenDir] = {}
-        self._next_fh = 1
+        self._table = table or SessionTable()
+        if self._passthrough is not None:  # files a predecessor opened with a backing file
+            for handle in self._table.files.values():
+                if handle.passthrough:
+                    self._passthrough.resume(handle.inode, handle.backing_id)
         self._reads = 0
         self._passthrough_opens = 0
         self._bytes_read = 0
@@ -172,9 +157,14 @@ class DatasetFs(pyfuse3.Operations):
         return FsStatistics(
             reads=self._reads, passthrough_opens=self._passthrough_opens,
             bytes_read=self._bytes_read, errors=self._errors,
-            open_files=len(self._files), open_dirs=len(self._dirs),
-            known_inodes=len(self._lookups),
+            open_files=len(self._table.files), open_dirs=len(self._table.dirs),
+            known_inodes=len(self._table.lookups),
         )
+
+    def init(self) -> None:
+        """The kernel's FUSE_INIT is being answered (once per connection, not on a resume)."""
+        if self._on_init is not None:
+            self._on_init()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -188,33 +178,6 @@ class DatasetFs(pyfuse3.Operations):
         else:
             self._log.exception("request failed unexpectedly", op=op)
         return pyfuse3.FUSEError(code)
-
-    def _inode_of(self, path: str, entry: Entry) -> int:
-        is_file = entry.kind is Kind.FILE
-        key = (path, entry.version if is_file else None)
-        inode = self._inodes.get(key)
-        if inode is None:
-            inode = self._next_inode
-            self._next_inode += 1
-            self._inodes[key] = inode
-            self._paths[inode] = path
-        if is_file and inode not in self._versions:
-            self._versions[inode] = entry
-            self._forgotten.discard(inode)
-        return inode
-
-    def _path_of(self, inode: int) -> str:
-        if inode in self._forgotten:
-            raise pyfuse3.FUSEError(errno.ESTALE)
-        try:
-            return self._paths[inode]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-
-    def _handle(self) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        return fh
 
     async def _stat(self, path: str) -> tuple[Entry, float]:
         """The entry at `path` and when it expires; FileNotFoundError if it does not exist."""
@@ -248,7 +211,7 @@ class DatasetFs(pyfuse3.Operations):
 
     @_request
     async def lookup(self, parent_inode, name, ctx=None):
-        parent = self._path_of(parent_inode)
+        parent = self._table.path_of(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
             path = parent
@@ -266,14 +229,14 @@ class DatasetFs(pyfuse3.Operations):
             negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the absence
             negative.entry_timeout = timeout
             return negative
-        inode = self._inode_of(path, entry)
-        self._lookups[inode] += 1
-        return self._attributes(inode, self._versions.get(inode, entry), expiry)
+        inode = self._table.inode_of(path, entry)
+        self._table.looked_up(inode)
+        return self._attributes(inode, self._table.version_of(inode) or entry, expiry)
 
     @_request
     async def getattr(self, inode, ctx=None):
-        path = self._path_of(inode)
-        version = self._versions.get(inode)
+        path = self._table.path_of(inode)
+        version = self._table.version_of(inode)
         if version is not None:  # a file version's attributes never change
             cached = self._meta.entry(path)
             return self._attributes(inode, version, cached.expiry if cached else 0.0)
@@ -282,7 +245,7 @@ class DatasetFs(pyfuse3.Operations):
 
     @_request
     async def readlink(self, inode, ctx=None):
-        entry, _ = await self._stat(self._path_of(inode))
+        entry, _ = await self._stat(self._table.path_of(inode))
         if entry.kind is not Kind.SYMLINK or entry.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(entry.target)
@@ -290,18 +253,10 @@ class DatasetFs(pyfuse3.Operations):
     async def forget(self, inode_list):
         """Drop what is kept for inodes the kernel let go of; their numbers stay reserved."""
         for inode, nlookup in inode_list:
-            if inode == ROOT_INODE:
-                continue
-            left = self._lookups.get(inode, 0) - nlookup
-            if left > 0:
-                self._lookups[inode] = left
-                continue
-            self._lookups.pop(inode, None)
-            path = self._paths.get(inode)
-            if self._versions.pop(inode, None) is not None:  # a lookup brings it back
-                self._forgotten.add(inode)
+            path = self._table.forget(inode, nlookup)
             if path is not None:
                 self._meta.forget(path)
+        self._table.flush()
 
     async def getxattr(self, inode, name, ctx=None):
         """Datasets carry no extended attributes.
@@ -320,7 +275,7 @@ class DatasetFs(pyfuse3.Operations):
         st = pyfuse3.StatvfsData()
         st.f_bsize = st.f_frsize = BLOCK_SIZE
         st.f_blocks = st.f_bfree = st.f_bavail = 0
-        st.f_files = len(self._paths)
+        st.f_files = self._table.known_paths
         st.f_ffree = st.f_favail = 0
         st.f_namemax = 255
         return st
@@ -330,31 +285,35 @@ class DatasetFs(pyfuse3.Operations):
     @_request
     async def opendir(self, inode, ctx=None):
         """Snapshot the listing: readdir offsets index into it, so none repeats or is lost."""
-        path = self._path_of(inode)
+        path = self._table.path_of(inode)
         listing = self._meta.listing(path)
         if listing is None:
             entries = await trio.to_thread.run_sync(
                 self._reader.list, path, limiter=self._meta_limiter)
             listing = self._meta.put_listing(path, entries)
-        fh = self._handle()
-        self._dirs[fh] = _OpenDir(path, listing.entries, listing.expiry)
-        return fh
+        return self._table.open_dir(inode, path, listing.entries, listing.expiry)
 
     @_request
     async def readdir(self, fh, start_id, token):
         """Answer readdirplus: every entry carries its attributes, so `ls -l` needs no lookups."""
-        handle = self._dirs[fh]
+        handle = self._table.dirs[fh]
+        if handle.entries is None:  # opened by a predecessor of this daemon: list it again
+            entries = await trio.to_thread.run_sync(
+                self._reader.list, handle.path, limiter=self._meta_limiter)
+            listing = self._meta.put_listing(handle.path, entries)
+            handle.entries, handle.expiry = listing.entries, listing.expiry
         for index in range(start_id, len(handle.entries)):
             entry = handle.entries[index]
-            inode = self._inode_of(join(handle.path, entry.name), entry)
-            attr = self._attributes(inode, self._versions.get(inode, entry), handle.expiry)
+            inode = self._table.inode_of(join(handle.path, entry.name), entry)
+            attr = self._attributes(inode, self._table.version_of(inode) or entry,
+                                    handle.expiry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attr, index + 1):
                 break
-            self._lookups[inode] += 1
+            self._table.looked_up(inode)
 
     @_request
     async def releasedir(self, fh):
-        self._dirs.pop(fh, None)
+        self._table.close_dir(fh)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -362,8 +321,8 @@ class DatasetFs(pyfuse3.Operations):
     async def open(self, inode, flags, ctx=None):
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
-        path = self._path_of(inode)
-        entry = self._versions.get(inode)
+        path = self._table.path_of(inode)
+        entry = self._table.version_of(inode)
         if entry is None:
             entry, _ = await self._stat(path)
             raise pyfuse3.FUSEError(errno.EISDIR if entry.kind is Kind.DIR else errno.ELOOP)
@@ -371,8 +330,7 @@ class DatasetFs(pyfuse3.Operations):
         tracked = self._passthrough is not None and entry.size >= self._extent_min_size
         if tracked:
             backing_id = await self._passthrough.open(inode, path, entry.version, entry.size)
-        fh = self._handle()
-        self._files[fh] = _OpenFile(inode, path, entry.version, tracked)
+        fh = self._table.open_file(inode, path, entry.version, tracked, backing_id)
         if backing_id:
             self._passthrough_opens += 1
             # The kernel reads the extent itself, and fails the open beside keep_cache.
@@ -384,7 +342,7 @@ class DatasetFs(pyfuse3.Operations):
     @_request
     async def read(self, fh, off, size):
         try:
-            handle = self._files[fh]
+            handle = self._table.files[fh]
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
         version = handle.version or None
@@ -402,6 +360,6 @@ class DatasetFs(pyfuse3.Operations):
 
     @_request
     async def release(self, fh):
-        handle = self._files.pop(fh, None)
-        if handle is not None and handle.passthrough:
+        handle = self._table.close_file(fh)
+        if handle is not None and handle.passthrough and self._passthrough is not None:
             self._passthrough.release(handle.inode)

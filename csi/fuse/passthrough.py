@@ -105,6 +105,16 @@ class Passthrough:
             raise
         return state.backing_id
 
+    def resume(self, inode: int, backing_id: int) -> None:
+        """Count an open file of `inode` that a predecessor daemon opened with `backing_id`.
+
+        Backing ids belong to the connection, not the process: they stay valid across a
+        resume, and the last release, whoever answers it, closes them."""
+        state = self._inodes.setdefault(inode, _Inode())
+        state.opens += 1
+        state.backing_id = backing_id
+        state.decided.set()
+
     def release(self, inode: int) -> None:
         """One open file of `inode` is gone; after the last, its backing id is closed."""
         state = self._inodes[inode]

@@ -25,10 +25,20 @@ import pytest
 from cache_engine.blocks import is_extent
 from cache_engine.tiers import in_memory
 from csi.fuse.passthrough import pyfuse3_has_passthrough
-from eddy.pb import csi_pb2
-from tests.csi.test_lifecycle import create, sha, stage_and_publish, wait_for
-from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mounts_under
+from tests.csi.test_lifecycle import sha
+from tests.support.driver import (
+    DriverProcess,
+    cleanup_mounts,
+    create,
+    daemon_pids,
+    mounts_under,
+    stage_and_publish,
+    tier_args,
+    unpublish_and_unstage,
+)
 from tests.support.http_source import HttpSource
+from tests.support.tiers import tier_files, wait_compacted
+from tests.support.wait import wait_for
 
 pytestmark = [
     pytest.mark.fuse,
@@ -67,14 +77,6 @@ def block_hashes(files: dict[str, bytes], block_size: int) -> set[str]:
             for i in range(0, len(data), block_size)}
 
 
-def tier_files(tier_path) -> list[str]:
-    """Block files under a tier's blocks/ directory (tmp/ is not counted)."""
-    out = []
-    for top, _dirs, names in os.walk(os.path.join(tier_path, "blocks")):
-        out.extend(os.path.join(top, n) for n in names)
-    return out
-
-
 def tier_bytes(tier_path) -> int:
     """Bytes of block files that were all on disk at one instant (never more than were).
 
@@ -104,29 +106,6 @@ def cached_hashes(*tier_paths, block_size: int) -> set[str]:
             step = block_size if is_extent(path) else len(data)
             out.update(sha(data[i:i + step]) for i in range(0, len(data), step or 1))
     return out
-
-
-def unpublish_and_unstage(driver, volume, staging, targets) -> None:
-    for target in targets:
-        driver.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
-            volume_id=volume.volume_id, target_path=target))
-    driver.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
-        volume_id=volume.volume_id, staging_target_path=staging))
-
-
-def tier_args(*tiers: str) -> tuple[str, ...]:
-    return tuple(arg for tier in tiers for arg in ("--tier", tier))
-
-
-def wait_compacted(tier_path, files: dict[str, bytes]) -> None:
-    """In a tier held in RAM, wait until it holds every file in one tier file: each file of
-    2+ blocks compacted into its extent (in the background, after its last block came in),
-    the others as they are. A disk tier gets no extents: nothing to wait for."""
-    if not in_memory(str(tier_path)):
-        return
-    want = sorted(map(len, files.values()))
-    wait_for(lambda: sorted(map(os.path.getsize, tier_files(tier_path))) == want,
-             what="every file in one tier file")
 
 
 def block_ids(tier_path) -> set[str]:

@@ -11,20 +11,23 @@ import errno
 import hashlib
 import os
 import signal
-import time
 
 import grpc
 import pytest
 
+from csi import mounts
 from eddy.pb import csi_pb2
 from tests.support.driver import (
     AccessMode,
     DriverProcess,
     cleanup_mounts,
+    create,
     daemon_pids,
     mount_capability,
     mounts_under,
+    stage_and_publish,
 )
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                                 reason="needs /dev/fuse and root for real FUSE and bind mounts")
@@ -68,28 +71,6 @@ def driver(tmp_path):
     cleanup_mounts(str(tmp_path))
 
 
-def stage_and_publish(driver, tmp_path, volume, secrets=None, targets=("pod-a", "pod-b")):
-    staging = str(tmp_path / "kubelet" / "staging" / volume.volume_id)
-    req = csi_pb2.NodeStageVolumeRequest(
-        volume_id=volume.volume_id, staging_target_path=staging,
-        volume_capability=mount_capability(), volume_context=volume.volume_context,
-        secrets=secrets or {})
-    driver.node.NodeStageVolume(req)
-    driver.node.NodeStageVolume(req)  # idempotent
-    paths = []
-    for pod in targets:
-        target = str(tmp_path / "kubelet" / "pods" / pod / "mount")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        preq = csi_pb2.NodePublishVolumeRequest(
-            volume_id=volume.volume_id, staging_target_path=staging, target_path=target,
-            volume_capability=mount_capability(), readonly=True,
-            volume_context=volume.volume_context)
-        driver.node.NodePublishVolume(preq)
-        driver.node.NodePublishVolume(preq)  # idempotent
-        paths.append(target)
-    return staging, paths
-
-
 def teardown_volume(driver, volume, staging, targets) -> None:
     for target in targets:
         req = csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume.volume_id, target_path=target)
@@ -103,12 +84,6 @@ def teardown_volume(driver, volume, staging, targets) -> None:
     dreq = csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id)
     driver.controller.DeleteVolume(dreq)
     driver.controller.DeleteVolume(dreq)
-
-
-def create(driver, name, parameters):
-    return driver.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
-        name=name, volume_capabilities=[mount_capability()], parameters=parameters,
-        capacity_range=csi_pb2.CapacityRange(required_bytes=1 << 30))).volume
 
 
 def test_local_volume_whole_life(driver, tmp_path):
@@ -177,41 +152,36 @@ def test_s3_wrong_credentials_fail_staging_cleanly(driver, tmp_path, s3_server, 
     assert daemon_pids(volume.volume_id) == []
 
 
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_killed_mount_daemon_is_restarted_and_targets_rebound(driver, tmp_path):
+def test_killed_mount_daemon_is_replaced_on_the_same_mount(driver, tmp_path):
+    """With the mounter in the plugin's process (`eddy serve` alone), a killed daemon's
+    successor resumes the same connection: a file open across the kill reads on, and the
+    targets are never mounted again."""
     src = tmp_path / "dataset"
     files = make_tree(src)
     volume = create(driver, "pvc-restart", {"source": f"local://{src}"})
     staging, targets = stage_and_publish(driver, tmp_path, volume)
+    device = mounts.find_mount(targets[0]).device
     [pid] = daemon_pids(volume.volume_id)
-    os.kill(pid, signal.SIGKILL)
-
-    def serving_again():
-        pids = daemon_pids(volume.volume_id)
-        return pids and pids != [pid] and os.path.exists(os.path.join(targets[1], "config.json"))
-
-    wait_for(serving_again, what="a new mount daemon behind the targets")
+    with open(os.path.join(targets[0], "model.safetensors"), "rb") as held:
+        head = held.read(1 << 20)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: daemon_pids(volume.volume_id) not in ([], [pid]),
+                 what="a new mount daemon")
+        assert sha(head + held.read()) == sha(files["model.safetensors"])
     for target in targets:
         assert_tree(target, files)
+        assert mounts.find_mount(target).device == device
     stats = driver.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
         volume_id=volume.volume_id, volume_path=staging))
     assert not stats.volume_condition.abnormal
+    assert "restarted 1 times" in stats.volume_condition.message
     teardown_volume(driver, volume, staging, targets)
     assert mounts_under(str(tmp_path)) == []
 
 
 def test_plugin_restart_adopts_running_daemons(tmp_path):
+    """A new plugin takes over the running daemon and a copy of its descriptor: a daemon
+    that dies afterwards is still resumed on the same mount."""
     src = tmp_path / "dataset"
     files = make_tree(src)
     workdir = str(tmp_path / "driver")
@@ -219,13 +189,46 @@ def test_plugin_restart_adopts_running_daemons(tmp_path):
     try:
         volume = create(drv, "pvc-adopt", {"source": f"local://{src}"})
         staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+        device = mounts.find_mount(targets[0]).device
         [pid] = daemon_pids(volume.volume_id)
         drv.kill(signal.SIGKILL)
         assert_tree(targets[0], files)  # pods keep reading while the plugin is down
         drv = DriverProcess(workdir).start()
         assert daemon_pids(volume.volume_id) == [pid]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: daemon_pids(volume.volume_id) not in ([], [pid]),
+                 what="a new mount daemon")
+        assert_tree(targets[0], files)
+        assert mounts.find_mount(targets[0]).device == device
         teardown_volume(drv, volume, staging, targets)
         assert daemon_pids(volume.volume_id) == []
+        assert mounts_under(str(tmp_path)) == []
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+def test_a_connection_nobody_held_is_mounted_anew_and_targets_bound_again(tmp_path):
+    """The daemon died while the plugin was down too, so no process held the connection and
+    the kernel ended it: the restarted plugin mounts the volume anew and binds its targets
+    again (new pods read it; a running pod's copy of the old mount is gone)."""
+    src = tmp_path / "dataset"
+    files = make_tree(src)
+    workdir = str(tmp_path / "driver")
+    drv = DriverProcess(workdir).start()
+    try:
+        volume = create(drv, "pvc-lost", {"source": f"local://{src}"})
+        staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+        device = mounts.find_mount(targets[0]).device
+        drv.kill(signal.SIGKILL)
+        [pid] = daemon_pids(volume.volume_id)
+        os.kill(pid, signal.SIGKILL)
+        drv = DriverProcess(workdir).start()
+        wait_for(lambda: mounts.find_mount(targets[0]).device != device,
+                 what="the target bound to a new mount")
+        assert_tree(targets[0], files)
+        assert [m for m in mounts_under(str(tmp_path))].count(targets[0]) == 1
+        teardown_volume(drv, volume, staging, targets)
         assert mounts_under(str(tmp_path)) == []
     finally:
         drv.stop()

@@ -13,11 +13,14 @@ import subprocess
 import pytest
 
 from cache_engine.spec import parse_parameters
-from csi import daemons, mounts
+from csi import mounts
+from csi.daemons import DaemonConfig
+from csi.mounter.mounter import MountState, Phase
 from csi.nfs import NfsMounts
 from csi.node import NodeService
 from eddy.pb import csi_pb2
 from tests.support.driver import cleanup_mounts, mount_capability
+from tests.support.wait import wait_for
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
 
@@ -49,21 +52,37 @@ class FakeNfs:
         self.mounted.append(export)
 
 
-class FakeDaemons:
-    """Records what each mount daemon would read; the daemons never run."""
+class FakeMounter:
+    """Records what each mount daemon would read; nothing is mounted, no daemon runs."""
 
     def __init__(self):
         self.sources: list[str] = []
+        self.mounts: dict[str, MountState] = {}
 
-    def __call__(self, config: daemons.DaemonConfig) -> daemons.MountDaemon:
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stage(self, config: DaemonConfig) -> MountState:
         self.sources.append(config.parameters["source"])
-        return daemons.MountDaemon(config, pid=2**22 + 1)  # no such process: never alive
+        state = MountState(config.volume_id, config.mountpoint, "0:1", 0, Phase.SERVING, "",
+                           0, True)
+        self.mounts[config.volume_id] = state
+        return state
+
+    def unstage(self, volume_id: str) -> None:
+        self.mounts.pop(volume_id, None)
+
+    def states(self) -> list[MountState]:
+        return list(self.mounts.values())
 
 
 @pytest.fixture
 def node(tmp_path):
-    fake_nfs, fake_daemons = FakeNfs(tmp_path / "exports"), FakeDaemons()
-    service = NodeService("n1", str(tmp_path / "state"), start_daemon=fake_daemons,
+    fake_nfs, fake_daemons = FakeNfs(tmp_path / "exports"), FakeMounter()
+    service = NodeService("n1", str(tmp_path / "state"), mounter=fake_daemons,
                           nfs=NfsMounts(str(tmp_path / "state"), mount=fake_nfs))
     yield service, fake_nfs, fake_daemons
     service.close()
@@ -103,12 +122,14 @@ def test_a_restarted_plugin_mounts_the_export_again_before_the_daemon(node, tmp_
     stage(service, "v1", tmp_path)
     mountpoint = fake_daemons.sources[0][len("local://"):]
     mounts.unmount_all(mountpoint)  # what a new plugin container finds
-    restarted = NodeService("n1", str(tmp_path / "state"), start_daemon=fake_daemons,
+    fake_daemons.mounts.clear()  # a mounter that lost its records: the volume is staged again
+    restarted = NodeService("n1", str(tmp_path / "state"), mounter=fake_daemons,
                             nfs=NfsMounts(str(tmp_path / "state"), mount=fake_nfs))
     restarted.start()
     try:
         assert mounts.is_mount_point(mountpoint)
         assert fake_nfs.mounted == ["nas:/exports/models"] * 2
+        wait_for(lambda: len(fake_daemons.sources) == 2, what="the volume staged again")
         assert fake_daemons.sources == [fake_daemons.sources[0]] * 2
     finally:
         restarted.close()

@@ -19,9 +19,17 @@ import pytest
 
 from eddy.pb import cache_pb2, cache_pb2_grpc, csi_pb2
 from tests.csi.test_cache_mounts import tier_bytes
-from tests.csi.test_lifecycle import create, stage_and_publish, teardown_volume, wait_for
-from tests.support.driver import DriverProcess, cleanup_mounts, mount_capability, mounts_under
+from tests.csi.test_lifecycle import teardown_volume
+from tests.support.driver import (
+    DriverProcess,
+    cleanup_mounts,
+    create,
+    mount_capability,
+    mounts_under,
+    stage_and_publish,
+)
 from tests.support.http_source import HttpSource
+from tests.support.wait import wait_for
 
 KI = 1 << 10
 MI = 1 << 20

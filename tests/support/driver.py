@@ -10,7 +10,7 @@ import time
 
 import grpc
 
-from csi import mounts
+from eddy.mounttable import mount_table
 from eddy.pb import csi_pb2, csi_pb2_grpc
 
 AccessMode = csi_pb2.VolumeCapability.AccessMode
@@ -26,12 +26,12 @@ class DriverProcess:
     """`eddy serve --mode MODE` in a temp dir; `.identity`, `.controller`, `.node` stubs."""
 
     def __init__(self, workdir: str, mode: str = "all", node_id: str = "test-node",
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
         self.workdir = workdir
         self.socket = os.path.join(workdir, "csi.sock")
         self.state_dir = os.path.join(workdir, "state")
         self.log_path = os.path.join(workdir, "driver.log")
-        self.args = [sys.executable, "-m", "eddy.cli", "--log-level", "debug", "serve",
+        self.args = [*prefix, sys.executable, "-m", "eddy.cli", "--log-level", "debug", "serve",
                      "--mode", mode, "--endpoint", f"unix://{self.socket}",
                      "--node-id", node_id, "--state-dir", self.state_dir, *extra_args]
         self.proc: subprocess.Popen | None = None
@@ -82,7 +82,7 @@ class DriverProcess:
 
 def mounts_under(path: str) -> list[str]:
     path = os.path.realpath(path)
-    return [m.mount_point for m in mounts.mount_table()
+    return [m.mount_point for m in mount_table()
             if m.mount_point == path or m.mount_point.startswith(path + "/")]
 
 
@@ -106,3 +106,44 @@ def cleanup_mounts(path: str) -> None:
     """Lazily unmount everything under `path`, deepest first (test teardown)."""
     for mp in sorted(mounts_under(path), key=len, reverse=True):
         subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
+def create(driver, name, parameters):
+    """CreateVolume as the external-provisioner sends it; the new volume."""
+    return driver.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=name, volume_capabilities=[mount_capability()], parameters=parameters,
+        capacity_range=csi_pb2.CapacityRange(required_bytes=1 << 30))).volume
+
+
+def unpublish_and_unstage(driver, volume, staging, targets) -> None:
+    for target in targets:
+        driver.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
+            volume_id=volume.volume_id, target_path=target))
+    driver.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
+        volume_id=volume.volume_id, staging_target_path=staging))
+
+
+def tier_args(*tiers: str) -> tuple[str, ...]:
+    return tuple(arg for tier in tiers for arg in ("--tier", tier))
+
+
+def stage_and_publish(driver, tmp_path, volume, secrets=None, targets=("pod-a", "pod-b")):
+    staging = str(tmp_path / "kubelet" / "staging" / volume.volume_id)
+    req = csi_pb2.NodeStageVolumeRequest(
+        volume_id=volume.volume_id, staging_target_path=staging,
+        volume_capability=mount_capability(), volume_context=volume.volume_context,
+        secrets=secrets or {})
+    driver.node.NodeStageVolume(req)
+    driver.node.NodeStageVolume(req)  # idempotent
+    paths = []
+    for pod in targets:
+        target = str(tmp_path / "kubelet" / "pods" / pod / "mount")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        preq = csi_pb2.NodePublishVolumeRequest(
+            volume_id=volume.volume_id, staging_target_path=staging, target_path=target,
+            volume_capability=mount_capability(), readonly=True,
+            volume_context=volume.volume_context)
+        driver.node.NodePublishVolume(preq)
+        driver.node.NodePublishVolume(preq)  # idempotent
+        paths.append(target)
+    return staging, paths

@@ -5,6 +5,7 @@ page per directory, a 301 to add the trailing slash), and serves files with what
 backend uses: HEAD, single ranges (206 with Content-Range, 416 past the end), an ETag and
 If-Match (412 when the file changed). Every request is recorded, so a test can tell file data
 (a GET of a file) from metadata (HEADs and index pages) and assert a cache hit costs nothing.
+Clearing `gate` holds every GET of file data until it is set again: a source that stalls.
 
     with HttpSource(root) as http:
         params = {"source": http.url}
@@ -24,6 +25,7 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+GATE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,16 @@ class _Handler(SimpleHTTPRequestHandler):
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
         pass
 
-    def _record(self) -> None:
+    def _record(self) -> Request:
         path = self.translate_path(self.path)
         kind = "dir" if os.path.isdir(path) else "file" if os.path.isfile(path) else "missing"
-        self.source._record(Request(self.command, self.path, kind, self.headers.get("Range")))
+        request = Request(self.command, self.path, kind, self.headers.get("Range"))
+        self.source._record(request)
+        return request
 
     def do_GET(self) -> None:
-        self._record()
+        if self._record().is_data:
+            self.source.gate.wait(GATE_TIMEOUT)
         super().do_GET()
 
     def do_HEAD(self) -> None:
@@ -121,6 +126,8 @@ class HttpSource:
         self.root = os.fspath(root)
         self._lock = threading.Lock()
         self._requests: list[Request] = []
+        self.gate = threading.Event()  # cleared: file data waits (a source that stalls)
+        self.gate.set()
         handler = type("Handler", (_Handler,), {"source": self})
         root = self.root
 

@@ -1,0 +1,354 @@
+"""What the kernel holds of one mount: its node ids and open handles, kept for a successor.
+
+The kernel names the daemon's objects by number: node ids it looked up (each with a count of
+lookups it will forget later), handles of open files and directories. A FUSE connection
+outlives its daemon while another process holds its /dev/fuse descriptor (the mounter and the
+node plugin do), so a daemon that dies can be replaced without a new mount; but a successor
+that does not know those numbers would answer every request of a running pod with ESTALE or
+EBADF. So every change to them is applied to a `SessionTable` and appended to its `Journal`
+before the request that made it is answered, and a successor replays the journal.
+
+A session directory belongs to one connection (the mounter makes it with the mount and removes
+it with the mount):
+
+    init      the connection's FUSE_INIT request, as the kernel sent it (once per connection)
+    journal   one JSON array per line, one change each; rewritten as a snapshot of what is
+              live when it has grown well past that, so it stays near the size of the tables
+
+Nothing is fsynced: the journal must survive the death of a process, and a connection never
+survives the death of the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import pyfuse3
+
+from cache_engine.ufs.base import Entry, Kind
+from eddy import log
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+COMPACT_MIN_RECORDS = 4096  # the journal is rewritten past this many records and 4x the live
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFile:
+    inode: int
+    path: str
+    version: str
+    passthrough: bool = False  # its open went through `Passthrough`, its release must too
+    backing_id: int = 0  # the kernel reads it from this backing file (0: through the daemon)
+
+
+@dataclass(slots=True)
+class OpenDir:
+    inode: int
+    path: str
+    entries: list[Entry] | None  # the listing readdir offsets index; None: list it again
+    expiry: float
+
+
+class Journal:
+    """A session directory: the INIT request, and changes appended as JSON lines.
+
+    `Journal(None)` keeps nothing: a daemon that mounted by itself (`eddy mount`, tests) has
+    no successor.
+    """
+
+    def __init__(self, directory: str | None):
+        self.directory = directory
+        self.records = 0  # appended since the journal was last written whole
+        self._pending: list[str] = []
+        self._fd = -1
+        self._failed = False
+        if directory is not None:
+            self._fd = self._open(os.path.join(directory, "journal"), os.O_APPEND)
+
+    @staticmethod
+    def _open(path: str, flags: int) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
+
+    def save_init(self, request: bytes) -> None:
+        """Keep the connection's INIT request (written once, before it is answered)."""
+        if self.directory is not None:
+            self._write_whole(os.path.join(self.directory, "init"), request)
+
+    def init_request(self) -> bytes | None:
+        if self.directory is None:
+            return None
+        try:
+            with open(os.path.join(self.directory, "init"), "rb") as f:
+                return f.read() or None
+        except FileNotFoundError:
+            return None
+
+    def replay(self) -> list[list]:
+        """The records written so far; a torn last line (a kill in mid-write) is dropped."""
+        if self.directory is None:
+            return []
+        with open(os.path.join(self.directory, "journal"), "rb") as f:
+            lines = f.read().split(b"\n")
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        self.records = len(records)
+        return records
+
+    def add(self, record: list) -> None:
+        if self._fd >= 0:
+            self._pending.append(json.dumps(record, separators=(",", ":")))
+
+    def flush(self) -> None:
+        """Write what was added; called before the kernel gets the answer that depends on it."""
+        if not self._pending:
+            return
+        data = ("\n".join(self._pending) + "\n").encode()
+        self.records += len(self._pending)
+        self._pending.clear()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            self._warn(e)
+
+    def rewrite(self, records: list[list]) -> None:
+        """Replace the journal with `records` (a snapshot of what is live)."""
+        if self._fd < 0:
+            return
+        self._pending.clear()
+        path = os.path.join(self.directory, "journal")
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        try:
+            self._write_whole(path, data)
+            fd = self._open(path, os.O_APPEND)
+        except OSError as e:
+            self._warn(e)
+            return
+        os.close(self._fd)
+        self._fd = fd
+        self.records = len(records)
+
+    def _write_whole(self, path: str, data: bytes) -> None:
+        tmp = f"{path}.tmp"
+        fd = self._open(tmp, os.O_TRUNC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def _warn(self, error: OSError) -> None:
+        """A full or broken disk costs the mount its successor, never a request."""
+        if not self._failed:
+            self._failed = True
+            log.get("csi.fuse").warning("session journal not written: a restarted daemon "
+                                        "will not resume this mount", error=str(error),
+                                        directory=self.directory)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _entry_record(entry: Entry | None) -> list | None:
+    if entry is None:
+        return None
+    return [entry.kind.value, entry.size, entry.mtime_ns, entry.version, entry.target]
+
+
+def _entry(path: str, record: list | None) -> Entry | None:
+    if record is None:
+        return None
+    kind, size, mtime_ns, version, target = record
+    return Entry(path, Kind(kind), size, mtime_ns, version, target)
+
+
+class SessionTable:
+    """Node ids and handles the kernel holds for one mount, journaled as they change.
+
+    Directories and symlinks get one node id per path; a regular file one per (path, version),
+    whose attributes then never change. Numbers are never reused while the connection lives,
+    across successors too. Every change goes through `_apply`, both when it happens (then it
+    is also journaled) and when a successor replays it, so the two cannot disagree.
+
+    Example::
+
+        table = SessionTable(Journal(session_dir))
+        inode = table.inode_of("a/b.bin", entry)
+        table.looked_up(inode)
+        table.flush()  # before the lookup is answered
+    """
+
+    def __init__(self, journal: Journal | None = None):
+        self._journal = journal or Journal(None)
+        # (path, version) -> inode; the version is None for directories and symlinks
+        self._inodes: dict[tuple[str, str | None], int] = {("", None): ROOT_INODE}
+        self._paths: dict[int, str] = {ROOT_INODE: ""}
+        self._versions: dict[int, Entry] = {}  # file inode -> the one version it shows
+        self._forgotten: set[int] = set()  # file inodes the kernel let go of (entry dropped)
+        self.lookups: Counter[int] = Counter({ROOT_INODE: 1})
+        self.files: dict[int, OpenFile] = {}
+        self.dirs: dict[int, OpenDir] = {}
+        self._next_inode = ROOT_INODE + 1
+        self._next_fh = 1
+
+    @classmethod
+    def resume(cls, journal: Journal) -> SessionTable:
+        """The table as the journal's writer left it."""
+        table = cls(journal)
+        for record in journal.replay():
+            try:
+                table._apply(record)
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue  # a record this version does not know: nothing the kernel needs
+        table._journal.rewrite(table._snapshot())
+        return table
+
+    # -- the one place that changes the tables -------------------------------------------
+
+    def _record(self, *record) -> None:
+        self._apply(list(record))
+        self._journal.add(list(record))
+
+    def _apply(self, record: list) -> None:
+        op = record[0]
+        if op == "node":
+            _, inode, path, entry = record
+            entry = _entry(path, entry)
+            is_file = entry is not None and entry.kind is Kind.FILE
+            self._inodes[(path, entry.version if is_file else None)] = inode
+            self._paths[inode] = path
+            if is_file:
+                self._versions[inode] = entry
+                self._forgotten.discard(inode)
+            self._next_inode = max(self._next_inode, inode + 1)
+        elif op == "look":
+            self.lookups[record[1]] += record[2]
+        elif op == "forget":
+            _, inode, count = record
+            left = self.lookups.get(inode, 0) - count
+            if left > 0:
+                self.lookups[inode] = left
+            else:
+                self.lookups.pop(inode, None)
+                if self._versions.pop(inode, None) is not None:  # a lookup brings it back
+                    self._forgotten.add(inode)
+        elif op == "open":
+            _, fh, inode, path, version, passthrough, backing_id = record
+            self.files[fh] = OpenFile(inode, path, version, passthrough, backing_id)
+            self._next_fh = max(self._next_fh, fh + 1)
+        elif op == "close":
+            self.files.pop(record[1], None)
+        elif op == "dir":
+            _, fh, inode, path = record
+            self.dirs[fh] = OpenDir(inode, path, None, 0.0)
+            self._next_fh = max(self._next_fh, fh + 1)
+        elif op == "closedir":
+            self.dirs.pop(record[1], None)
+        elif op == "next":
+            self._next_inode = max(self._next_inode, record[1])
+            self._next_fh = max(self._next_fh, record[2])
+        else:
+            raise ValueError(op)
+
+    def flush(self) -> None:
+        """Journal what changed; rewrite the journal whole once it is mostly history."""
+        live = len(self.lookups) + len(self.files) + len(self.dirs)
+        if self._journal.records > max(COMPACT_MIN_RECORDS, 4 * live):
+            self._journal.rewrite(self._snapshot())
+        else:
+            self._journal.flush()
+
+    def _snapshot(self) -> list[list]:
+        records = []
+        for inode, count in self.lookups.items():
+            if inode != ROOT_INODE:
+                entry = self._versions.get(inode)
+                records.append(["node", inode, self._paths[inode], _entry_record(entry)])
+                records.append(["look", inode, count])
+        records.extend(["open", fh, f.inode, f.path, f.version, f.passthrough, f.backing_id]
+                       for fh, f in self.files.items())
+        records.extend(["dir", fh, d.inode, d.path] for fh, d in self.dirs.items())
+        records.append(["next", self._next_inode, self._next_fh])
+        return records
+
+    # -- node ids ------------------------------------------------------------------------
+
+    def inode_of(self, path: str, entry: Entry) -> int:
+        """The node id of `path` as `entry` describes it (a new one for a new file version)."""
+        is_file = entry.kind is Kind.FILE
+        inode = self._inodes.get((path, entry.version if is_file else None))
+        if inode is None or (is_file and inode not in self._versions):
+            self._record("node", inode or self._next_inode, path,
+                         _entry_record(entry) if is_file else None)
+            inode = self._inodes[(path, entry.version if is_file else None)]
+        return inode
+
+    def path_of(self, inode: int) -> str:
+        if inode in self._forgotten:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        try:
+            return self._paths[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    def version_of(self, inode: int) -> Entry | None:
+        """The file version a file inode shows (None for directories and symlinks)."""
+        return self._versions.get(inode)
+
+    def looked_up(self, inode: int) -> None:
+        self._record("look", inode, 1)
+
+    def forget(self, inode: int, count: int) -> str | None:
+        """The kernel dropped `count` lookups; the inode's path once it holds none."""
+        if inode == ROOT_INODE:
+            return None
+        self._record("forget", inode, count)
+        return None if inode in self.lookups else self._paths.get(inode)
+
+    @property
+    def known_paths(self) -> int:
+        return len(self._paths)
+
+    # -- handles -------------------------------------------------------------------------
+
+    def open_file(self, inode: int, path: str, version: str, passthrough: bool,
+                  backing_id: int) -> int:
+        fh = self._next_fh
+        self._record("open", fh, inode, path, version, passthrough, backing_id)
+        return fh
+
+    def close_file(self, fh: int) -> OpenFile | None:
+        handle = self.files.get(fh)
+        if handle is not None:
+            self._record("close", fh)
+        return handle
+
+    def open_dir(self, inode: int, path: str, entries: list[Entry], expiry: float) -> int:
+        fh = self._next_fh
+        self._record("dir", fh, inode, path)
+        self.dirs[fh].entries = entries
+        self.dirs[fh].expiry = expiry
+        return fh
+
+    def close_dir(self, fh: int) -> None:
+        if fh in self.dirs:
+            self._record("closedir", fh)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._journal.close()

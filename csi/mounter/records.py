@@ -1,0 +1,89 @@
+"""What the mounter must know about its mounts after a restart, kept on disk.
+
+One directory per mounted volume under `<state-dir>/volumes/`, named by a hash of the volume
+id (ids are chosen by others: `a/b` and `a_b` must not share a directory):
+
+    record.json   `MountRecord`: where it is mounted, how the daemon is started, the
+                  connection's device number, the daemon's pid and start time
+    secrets.json  the node-stage secrets the daemon needs (0600; the directory is 0700)
+    session/      the connection's session (csi/fuse/session.py), new with every mount
+
+Records are written by temp file + fsync + rename. One that cannot be read is moved aside
+(`record.json.broken`) and reported, never allowed to stop the mounter from starting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+
+from ..staging import write_json
+
+
+@dataclass
+class MountRecord:
+    volume_id: str
+    mountpoint: str
+    parameters: dict[str, str]
+    engine: dict = field(default_factory=dict)
+    log_level: str = "info"
+    device: str = ""  # "major:minor" of the connection; a new mount gets a new one
+    fd: int = -1  # the descriptor number the daemon inherited (to take a copy back from it)
+    pid: int = 0
+    pid_start: int = 0  # the daemon's start time (clock ticks), so a reused pid is not it
+
+
+class MountRecords:
+    def __init__(self, state_dir: str):
+        self.dir = os.path.join(os.path.abspath(state_dir), "volumes")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+
+    def _volume_dir(self, volume_id: str) -> str:
+        return os.path.join(self.dir, "v-" + hashlib.sha256(volume_id.encode()).hexdigest()[:32])
+
+    def session_dir(self, volume_id: str, fresh: bool = False) -> str:
+        """The volume's session directory; `fresh` empties it for a new connection."""
+        path = os.path.join(self._volume_dir(volume_id), "session")
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def save(self, record: MountRecord, secrets: dict[str, str] | None = None) -> None:
+        directory = self._volume_dir(record.volume_id)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if secrets is not None:
+            write_json(os.path.join(directory, "secrets.json"), secrets)
+        write_json(os.path.join(directory, "record.json"), asdict(record))
+
+    def secrets(self, volume_id: str) -> dict[str, str]:
+        try:
+            with open(os.path.join(self._volume_dir(volume_id), "secrets.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def remove(self, volume_id: str) -> None:
+        shutil.rmtree(self._volume_dir(volume_id), ignore_errors=True)
+
+    def load_all(self) -> tuple[list[MountRecord], list[str]]:
+        """Every readable record, and one line for each that is not (moved aside)."""
+        known = {f.name for f in fields(MountRecord)}
+        records, problems = [], []
+        for name in sorted(os.listdir(self.dir)):
+            path = os.path.join(self.dir, name, "record.json")
+            if not os.path.exists(path):
+                continue
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+                records.append(MountRecord(**{k: v for k, v in data.items() if k in known}))
+            except (OSError, ValueError, TypeError) as e:
+                os.replace(path, path + ".broken")
+                problems.append(f"mount record {path} cannot be read ({e}); moved aside")
+        return records, problems
+

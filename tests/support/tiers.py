@@ -1,0 +1,28 @@
+"""What a test sees of a tier on disk: its block files and extents."""
+
+from __future__ import annotations
+
+import os
+
+from cache_engine.tiers import in_memory
+
+from .wait import wait_for
+
+
+def tier_files(tier_path) -> list[str]:
+    """Block files under a tier's blocks/ directory (tmp/ is not counted)."""
+    out = []
+    for top, _dirs, names in os.walk(os.path.join(tier_path, "blocks")):
+        out.extend(os.path.join(top, n) for n in names)
+    return out
+
+
+def wait_compacted(tier_path, files: dict[str, bytes]) -> None:
+    """In a tier held in RAM, wait until it holds every file in one tier file: each file of
+    2+ blocks compacted into its extent (in the background, after its last block came in),
+    the others as they are. A disk tier gets no extents: nothing to wait for."""
+    if not in_memory(str(tier_path)):
+        return
+    want = sorted(map(len, files.values()))
+    wait_for(lambda: sorted(map(os.path.getsize, tier_files(tier_path))) == want,
+             what="every file in one tier file")
