@@ -26,9 +26,11 @@ class Volumes:
 
     The node plugin gives its staged volumes; `eddy mount` its one volume."""
 
-    def __init__(self, names: Callable[[], list[str]], open_dataset: Callable[[str], str]):
+    def __init__(self, names: Callable[[], list[str]], open_dataset: Callable[[str], str],
+                 mounts: Callable[[], list[tuple[str, bool, str]]] = list):
         self.names = names  # volume ids
         self.open_dataset = open_dataset  # volume id -> dataset id; NotFound if unknown
+        self.mounts = mounts  # (volume id, abnormal, message) of each staged volume's mount
 
 
 class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
@@ -128,7 +130,10 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
     def Status(self, request):
         rows = self.engine.status(wait=request.wait or 0)
         stats = self.engine.statistics()["tiers"]
+        mounts = self.volumes.mounts() if self.volumes is not None else []
         return cache_pb2.StatusResponse(
             datasets=[status_to_pb(r) for r in rows],
             tier_used={name: t["used"] for name, t in stats.items()},
-            tier_size={name: t["size"] for name, t in stats.items()})
+            tier_size={name: t["size"] for name, t in stats.items()},
+            mounts=[cache_pb2.VolumeMount(volume_id=v, abnormal=a, message=m)
+                    for v, a, m in mounts])

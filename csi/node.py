@@ -385,6 +385,11 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
             usage=usage,
             volume_condition=csi_pb2.VolumeCondition(abnormal=abnormal, message=message))
 
+    def volume_mounts(self) -> list[tuple[str, bool, str]]:
+        """(volume id, abnormal, message) of every staged volume's mount (for `eddy status`)."""
+        self._refresh()
+        return [(v, *self.mount_condition(v)) for v in self.volume_ids()]
+
     def mount_states(self) -> list[MountState]:
         """The mounter's last word on each mount (for metrics)."""
         return list(self._mounts.values())

@@ -138,8 +138,8 @@ class Driver:
                                         config.ephemeral_tiers))
             csi_pb2_grpc.add_NodeServicer_to_server(self.node, self.server)
             # The CLI (`eddy status`, `eddy preload`) reaches the engine on either socket.
-            service = CacheEngineService(self.engine,
-                                         Volumes(self.node.volume_ids, self.node.dataset_of))
+            service = CacheEngineService(self.engine, Volumes(
+                self.node.volume_ids, self.node.dataset_of, self.node.volume_mounts))
             for server in (self.engine_server, self.server):
                 cache_pb2_grpc.add_CacheEngineServicer_to_server(service, server)
         identity = IdentityService(config.driver_name, with_controller)

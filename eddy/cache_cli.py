@@ -145,7 +145,10 @@ def status(args) -> int:
     stub, where = _stub(args), _where(args)
     resp = _call(stub.Status, cache_pb2.StatusRequest(wait=args.wait), where)
     if args.json:
-        print(json.dumps([_row(d, resp) for d in resp.datasets], indent=2))
+        mounts = {m.volume_id: m for m in resp.mounts}
+        print(json.dumps([{**_row(d, resp), "mounts": [
+            {"volume_id": v, "abnormal": mounts[v].abnormal, "message": mounts[v].message}
+            for v in d.volumes if v in mounts]} for d in resp.datasets], indent=2))
         return 0
     _print_table(resp, args.wide)
     return 0
@@ -177,6 +180,7 @@ def _row(d: cache_pb2.DatasetStatus, resp) -> dict:
 def _print_table(resp, wide: bool) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     tiers = list(resp.tier_size)
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -211,6 +215,12 @@ def _print_table(resp, wide: bool) -> None:
     usage = ", ".join(f"{t} {_size(resp.tier_used[t])}/{_size(resp.tier_size[t])}"
                       for t in tiers)
     console.print(f"[dim]tiers: {usage}[/dim]")
+    sick = [m for m in resp.mounts if m.abnormal]
+    if resp.mounts:
+        console.print(f"[dim]mounts: {len(resp.mounts) - len(sick)} of {len(resp.mounts)} "
+                      "served[/dim]")
+    for m in sick:
+        console.print(Text(f"volume {m.volume_id}: {m.message}", style="yellow"))
 
 
 def _size(n: int | None) -> str:

@@ -34,7 +34,7 @@ from cache_engine.ufs.base import Entry, Kind
 from eddy import log
 
 ROOT_INODE = pyfuse3.ROOT_INODE
-COMPACT_MIN_RECORDS = 4096  # the journal is rewritten past this many records and 4x the live
+COMPACT_MIN_RECORDS = 4096  # the journal is rewritten past this many records (and 4x the live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +193,10 @@ class SessionTable:
         table.flush()  # before the lookup is answered
     """
 
-    def __init__(self, journal: Journal | None = None):
+    def __init__(self, journal: Journal | None = None,
+                 compact_after: int = COMPACT_MIN_RECORDS):
         self._journal = journal or Journal(None)
+        self._compact_after = compact_after
         # (path, version) -> inode; the version is None for directories and symlinks
         self._inodes: dict[tuple[str, str | None], int] = {("", None): ROOT_INODE}
         self._paths: dict[int, str] = {ROOT_INODE: ""}
@@ -268,7 +270,7 @@ class SessionTable:
     def flush(self) -> None:
         """Journal what changed; rewrite the journal whole once it is mostly history."""
         live = len(self.lookups) + len(self.files) + len(self.dirs)
-        if self._journal.records > max(COMPACT_MIN_RECORDS, 4 * live):
+        if self._journal.records > max(self._compact_after, 4 * live):
             self._journal.rewrite(self._snapshot())
         else:
             self._journal.flush()
@@ -276,7 +278,7 @@ class SessionTable:
     def _snapshot(self) -> list[list]:
         records = []
         for inode, count in self.lookups.items():
-            if inode != ROOT_INODE:
+            if inode != ROOT_INODE and inode in self._paths:
                 entry = self._versions.get(inode)
                 records.append(["node", inode, self._paths[inode], _entry_record(entry)])
                 records.append(["look", inode, count])

@@ -18,6 +18,8 @@ import pathlib
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,6 +27,7 @@ import pytest
 
 from csi.fuse.daemon import pyfuse3_can_resume
 from csi.fuse.passthrough import pyfuse3_has_passthrough
+from eddy.pb import csi_pb2
 from tests.support.driver import (
     cleanup_mounts,
     create,
@@ -334,6 +337,36 @@ def test_s3_volume_daemon_killed(node, tmp_path, dataset, s3_server, s3_bucket):
     s3_hashes = {k: v for k, v in hashes.items() if k != "big.bin"}
     survive(node(), tmp_path, (root, s3_hashes), kill_daemon, "pvc-s3", hold="mid.bin",
             parameters=params, secrets=s3_server.secrets, fault_at=64 * MiB, rate=64 * MiB)
+
+
+def test_a_mounter_that_is_down_shows_in_volume_stats_and_status(node, tmp_path, dataset):
+    """While the mounter is down, the volume's condition says so (and reads wait); once it
+    is back, the mount is served again and both say so."""
+    root, hashes = dataset
+    n = node()
+    volume = create(n.plugin, "pvc-status", {"source": f"local://{root}"})
+    staging, targets = stage_and_publish(n.plugin, tmp_path, volume, targets=("pod-a",))
+
+    def condition():
+        return n.plugin.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
+            volume_id=volume.volume_id, volume_path=targets[0])).volume_condition
+
+    def status() -> dict:
+        out = subprocess.run([sys.executable, "-m", "eddy.cli", "status", "--json",
+                              "--endpoint", f"unix://{n.plugin.socket}"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        [row] = json.loads(out)
+        [mount] = row["mounts"]
+        return mount
+
+    assert not condition().abnormal and not status()["abnormal"]
+    n.mounter.kill()
+    assert condition().abnormal and "mounter does not answer" in condition().message
+    assert status()["abnormal"] and "mounter does not answer" in status()["message"]
+    n.restart_mounter()
+    wait_for(lambda: not condition().abnormal, 30, "the mount served again")
+    assert "restarted 1 times" in status()["message"]
+    unpublish_and_unstage(n.plugin, volume, staging, targets)
 
 
 SOAK_SECONDS = 180

@@ -176,5 +176,8 @@ class Pod:
 
 
 def mounts_at(path: str) -> int:
-    """How many mounts the host's mount table has at exactly `path`."""
-    return sum(1 for m in mount_table() if m.mount_point == os.path.realpath(path))
+    """How many mounts the host's mount table has at exactly `path` (no stat of `path`
+    itself: a mount nobody serves would not answer)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    path = os.path.join(os.path.realpath(parent), name)
+    return sum(1 for m in mount_table() if m.mount_point == path)

@@ -15,6 +15,7 @@ import trio
 
 from cache_engine.ufs.base import Entry, Kind, UfsBackend, UfsUnavailable, VersionChanged
 from csi.fuse.fs import DatasetFs, errno_of
+from csi.fuse.session import Journal, SessionTable
 
 
 class FakeClock:
@@ -325,3 +326,31 @@ def test_bytes_in_memory_are_answered_without_a_blocking_read():
     assert ufs.count("read_cached") == 2 and ufs.count("read") == 1
     stats = fs.statistics()
     assert stats.reads == 2 and stats.bytes_read == 8
+
+
+def test_a_successor_serves_what_its_predecessor_opened(tmp_path):
+    """A daemon that resumes a mount reads through the handles and node ids the dead one gave
+    the kernel, from the journal the dead one wrote before each answer."""
+    ufs = FakeUfs(TREE)
+    first = DatasetFs(ufs, 60.0, table=SessionTable(Journal(str(tmp_path))))
+
+    async def before():
+        d = await first.lookup(pyfuse3.ROOT_INODE, b"dir")
+        f = await first.lookup(d.st_ino, b"a.bin")
+        return d.st_ino, f.st_ino, (await first.open(f.st_ino, os.O_RDONLY)).fh
+
+    d, f, fh = run(before)
+    second = DatasetFs(ufs, 60.0, table=SessionTable.resume(Journal(str(tmp_path))))
+
+    async def after():
+        assert await second.read(fh, 2, 3) == b"cde"
+        assert (await second.getattr(f)).st_size == 6
+        again = await second.lookup(d, b"a.bin")
+        assert again.st_ino == f  # the same file version keeps its node id
+        await second.release(fh)
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await second.read(fh, 0, 1)
+        assert err.value.errno == errno.EBADF
+
+    run(after)
+    assert second.statistics().open_files == 0 and second.statistics().known_inodes == 3

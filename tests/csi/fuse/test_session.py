@@ -1,0 +1,134 @@
+"""The session table and its journal: what a successor daemon knows of its predecessor's mount."""
+
+from __future__ import annotations
+
+import os
+
+import pyfuse3
+import pytest
+
+from cache_engine.ufs.base import Entry, Kind
+from csi.fuse.session import Journal, SessionTable
+
+
+def file(path: str, version: str = "v1", size: int = 10) -> Entry:
+    return Entry(path, Kind.FILE, size, 5, version)
+
+
+def directory(path: str) -> Entry:
+    return Entry(path, Kind.DIR, 0, 5, "")
+
+
+def busy_table(journal: Journal) -> tuple[SessionTable, dict]:
+    """A table that went through lookups, forgets, opens and closes, flushed as fs does."""
+    table = SessionTable(journal)
+    d = table.inode_of("models", directory("models"))
+    table.looked_up(d)
+    a = table.inode_of("models/a.bin", file("models/a.bin"))
+    table.looked_up(a)
+    table.looked_up(a)
+    b = table.inode_of("models/b.bin", file("models/b.bin", size=99))
+    table.looked_up(b)
+    gone = table.inode_of("models/gone.bin", file("models/gone.bin"))
+    table.looked_up(gone)
+    table.flush()
+    table.forget(gone, 1)
+    table.forget(a, 1)
+    fh_a = table.open_file(a, "models/a.bin", "v1", True, 7)
+    fh_b = table.open_file(b, "models/b.bin", "v1", False, 0)
+    closed = table.open_file(b, "models/b.bin", "v1", False, 0)
+    table.close_file(closed)
+    dir_fh = table.open_dir(d, "models", [], 0.0)
+    table.flush()
+    return table, {"dir": d, "a": a, "b": b, "gone": gone, "fh_a": fh_a, "fh_b": fh_b,
+                   "dir_fh": dir_fh, "closed": closed}
+
+
+def test_a_successor_knows_every_node_id_and_handle(tmp_path):
+    table, ids = busy_table(Journal(str(tmp_path)))
+    resumed = SessionTable.resume(Journal(str(tmp_path)))
+    assert resumed.path_of(ids["a"]) == "models/a.bin"
+    assert resumed.version_of(ids["b"]).size == 99
+    assert resumed.lookups == table.lookups
+    assert resumed.files == table.files and ids["closed"] not in resumed.files
+    assert resumed.files[ids["fh_a"]].backing_id == 7 and resumed.files[ids["fh_a"]].passthrough
+    assert resumed.dirs[ids["dir_fh"]].path == "models"
+    assert resumed.dirs[ids["dir_fh"]].entries is None  # listed again at the next readdir
+    with pytest.raises(pyfuse3.FUSEError):  # the kernel forgot it: stale, as before
+        resumed.path_of(ids["gone"])
+    # Numbers go on where the predecessor stopped: none is handed out twice.
+    new = resumed.inode_of("models/c.bin", file("models/c.bin"))
+    assert new > max(ids[k] for k in ("dir", "a", "b", "gone"))
+    assert resumed.open_file(new, "models/c.bin", "v1", False, 0) > ids["closed"]
+    # The same file version keeps its number; a new version gets a new one.
+    assert resumed.inode_of("models/a.bin", file("models/a.bin")) == ids["a"]
+    assert resumed.inode_of("models/a.bin", file("models/a.bin", "v2")) not in ids.values()
+
+
+def test_a_resumed_table_can_be_resumed_again(tmp_path):
+    _, ids = busy_table(Journal(str(tmp_path)))
+    first = SessionTable.resume(Journal(str(tmp_path)))
+    fh = first.open_file(ids["b"], "models/b.bin", "v1", False, 0)
+    first.flush()
+    second = SessionTable.resume(Journal(str(tmp_path)))
+    assert fh in second.files and second.files.keys() == first.files.keys()
+    assert second.lookups == first.lookups
+
+
+def test_a_torn_last_line_is_ignored(tmp_path):
+    table, ids = busy_table(Journal(str(tmp_path)))
+    with open(tmp_path / "journal", "ab") as f:
+        f.write(b'["open",99,3,"models/b.b')  # the writer died in mid-write
+    resumed = SessionTable.resume(Journal(str(tmp_path)))
+    assert resumed.files == table.files
+
+
+def test_nothing_reaches_the_kernel_before_it_is_journaled(tmp_path):
+    """Changes wait in memory until flush(), which fs calls before each answer."""
+    table = SessionTable(Journal(str(tmp_path)))
+    inode = table.inode_of("x", file("x"))
+    table.looked_up(inode)
+    assert os.path.getsize(tmp_path / "journal") == 0
+    table.flush()
+    assert SessionTable.resume(Journal(str(tmp_path))).lookups[inode] == 1
+
+
+def test_the_journal_is_rewritten_whole_once_it_is_mostly_history(tmp_path):
+    table = SessionTable(Journal(str(tmp_path)), compact_after=100)
+    inode = table.inode_of("x", file("x"))
+    for _ in range(500):  # lookups and forgets that cancel out: history, nothing live
+        table.looked_up(table.inode_of("x", file("x")))
+        table.flush()
+        table.forget(inode, 1)
+        table.flush()
+    table.looked_up(table.inode_of("x", file("x")))
+    fh = table.open_file(inode, "x", "v1", False, 0)
+    table.flush()
+    lines = (tmp_path / "journal").read_bytes().count(b"\n")
+    assert lines < 110, lines
+    resumed = SessionTable.resume(Journal(str(tmp_path)))
+    assert resumed.lookups[inode] == 1 and fh in resumed.files
+
+
+def test_the_init_request_is_kept_whole(tmp_path):
+    journal = Journal(str(tmp_path))
+    assert journal.init_request() is None
+    journal.save_init(b"\x68\x00\x00\x00\x1a\x00\x00\x00" + bytes(96))
+    assert Journal(str(tmp_path)).init_request()[4] == 26  # FUSE_INIT
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_a_full_disk_costs_the_successor_never_a_request(tmp_path):
+    os.symlink("/dev/full", tmp_path / "journal")
+    table = SessionTable(Journal(str(tmp_path)))
+    inode = table.inode_of("x", file("x"))
+    table.looked_up(inode)
+    table.flush()  # ENOSPC: logged once, not raised
+    assert table.path_of(inode) == "x"
+
+
+def test_without_a_session_nothing_is_written(tmp_path):
+    table = SessionTable()
+    table.looked_up(table.inode_of("x", file("x")))
+    table.flush()
+    assert Journal(None).replay() == [] and Journal(None).init_request() is None

@@ -1,0 +1,53 @@
+"""A mount and mount daemons that only count, for the mounter's own rules."""
+
+from __future__ import annotations
+
+import os
+
+from csi.daemons import DaemonConfig, MountDaemon
+from eddy.errors import Unavailable
+
+
+class FakeDaemon(MountDaemon):
+    def __init__(self, config: DaemonConfig, pid: int):
+        super().__init__(config, pid, started=1)
+        self.running = True
+
+    def alive(self) -> bool:
+        return self.running
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.running = False
+
+
+class Fakes:
+    """A mount that is a pipe (always "connected") and daemons that start or fail on cue."""
+
+    def __init__(self):
+        self.fail_next = 0  # starts that fail before the next one succeeds
+        self.started: list[FakeDaemon] = []
+        self.mounted: list[str] = []
+        self._pipes: list[int] = []
+
+    def mount(self, mountpoint: str, volume_id: str) -> tuple[int, str]:
+        r, w = os.pipe()
+        self._pipes.append(w)
+        self.mounted.append(mountpoint)
+        return r, f"0:{100 + len(self.mounted)}"
+
+    def start(self, config: DaemonConfig) -> FakeDaemon:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise Unavailable("the source said no")
+        daemon = FakeDaemon(config, 10_000 + len(self.started))
+        self.started.append(daemon)
+        return daemon
+
+    def close(self) -> None:
+        for fd in self._pipes:
+            os.close(fd)
+
+
+def config(tmp_path, volume_id="v1", **parameters) -> DaemonConfig:
+    return DaemonConfig(volume_id, str(tmp_path / "mnt" / volume_id),
+                        {"source": "local:///data", **parameters}, {"token": "s3cr3t"})
