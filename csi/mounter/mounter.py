@@ -324,6 +324,8 @@ class Mounter:
                 self._remount(m, "the connection was unmounted or aborted")
             elif m.failures >= RESUME_ATTEMPTS:
                 self._remount(m, f"{m.failures} daemons in a row failed to resume it")
+            elif not self._records.resumable(volume_id):
+                self._remount(m, "its FUSE_INIT was not kept (a pyfuse3 that cannot resume)")
             else:
                 self._start(m)
                 self._log.info("mount_daemon.resumed", volume_id=volume_id, pid=m.daemon.pid)

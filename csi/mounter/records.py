@@ -53,6 +53,10 @@ class MountRecords:
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 
+    def resumable(self, volume_id: str) -> bool:
+        """Whether the session holds what a successor needs: the connection's INIT request."""
+        return os.path.exists(os.path.join(self._volume_dir(volume_id), "session", "init"))
+
     def save(self, record: MountRecord, secrets: dict[str, str] | None = None) -> None:
         directory = self._volume_dir(record.volume_id)
         os.makedirs(directory, mode=0o700, exist_ok=True)

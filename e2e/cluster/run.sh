@@ -36,6 +36,7 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 say "deploy eddy"
 kubectl apply -k "$ROOT/e2e/cluster/overlay"
 kubectl -n eddy rollout status daemonset/eddy-node --timeout=300s
+kubectl -n eddy rollout status daemonset/eddy-mounter --timeout=300s
 kubectl -n eddy rollout status deployment/eddy-controller --timeout=300s
 
 say "seed, step 1: load the model into its claim"

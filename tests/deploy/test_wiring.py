@@ -84,8 +84,11 @@ def host_path(workload: dict, c: dict, path: str) -> str:
     return base + path[len(mount["mountPath"].rstrip("/")):]
 
 
+WORKLOADS = {"Deployment": "eddy-controller", "DaemonSet": "eddy-node"}  # eddy serve's
+
+
 def eddy_args(objects: list[dict], kind: str) -> list[str]:
-    workload = find(objects, kind, "eddy-")
+    workload = find(objects, kind, WORKLOADS[kind])
     c = container(workload, "eddy")
     assert c["command"] == ["eddy", "serve"]
     return expand(c, objects)
@@ -187,12 +190,43 @@ def test_controller_socket_is_shared_with_its_sidecars(directory):
 def test_liveness_probes_ask_the_livenessprobe_sidecar(directory):
     objects = render(directory)
     for kind in ("Deployment", "DaemonSet"):
-        workload = find(objects, kind, "eddy-")
+        workload = find(objects, kind, WORKLOADS[kind])
         eddy = container(workload, "eddy")
         ports = {p["name"]: p["containerPort"] for p in eddy["ports"]}
         probe_port = int(flag_value(container(workload, "liveness-probe")["args"],
                                     "--health-port"))
         assert ports[eddy["livenessProbe"]["httpGet"]["port"]] == probe_port
+
+
+@installs()
+def test_the_mounter_shares_socket_kubelet_dir_tiers_and_engine_with_the_node_plugin(directory):
+    """The mounter DaemonSet is never rolled by an image change, mounts where kubelet and the
+    node plugin look, and its daemons reach the plugin's engine socket and tier files."""
+    objects = render(directory)
+    node, mounter = (find(objects, "DaemonSet", n) for n in ("eddy-node", "eddy-mounter"))
+    eddy, mounter_eddy = container(node, "eddy"), container(mounter, "eddy")
+    assert mounter["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert mounter_eddy["command"] == ["eddy", "mounter"]
+    assert mounter_eddy["securityContext"]["privileged"] is True
+    mounter_args = expand(mounter_eddy, objects)
+    parsed = _parser().parse_args(["mounter", *mounter_args])  # SystemExit on a bad flag
+    plugin = _parser().parse_args(["serve", *eddy_args(objects, "DaemonSet")])
+    assert host_path(node, eddy, socket_path(plugin.mounter)) == \
+        host_path(mounter, mounter_eddy, socket_path(parsed.endpoint))
+    kubelet = [m for m in eddy["volumeMounts"] if m["name"] == "kubelet-dir" and
+               m.get("mountPropagation") == "Bidirectional"][0]["mountPath"]
+    mount = mount_of(mounter_eddy, kubelet)
+    assert mount["mountPath"] == kubelet == host_path(mounter, mounter_eddy, kubelet)
+    assert mount["mountPropagation"] == "Bidirectional"  # its FUSE mounts reach the host
+    assert host_path(mounter, mounter_eddy, "/dev/fuse") == "/dev/fuse"
+    engine = f"{plugin.state_dir}/engine.sock"  # the daemons' engine endpoint
+    for path in [engine, *(t.path for t in parse_tiers(plugin.tier))]:
+        assert host_path(mounter, mounter_eddy, path) == host_path(node, eddy, path), path
+    # The NFS exports the plugin mounts in its state dir reach the mounter's daemons.
+    assert mount_of(eddy, plugin.state_dir)["mountPropagation"] == "Bidirectional"
+    assert mount_of(mounter_eddy, plugin.state_dir)["mountPropagation"] in (
+        "HostToContainer", "Bidirectional")
+    assert host_path(mounter, mounter_eddy, parsed.state_dir).startswith("/var/lib/eddy/")
 
 
 # -- privilege, priority, images --------------------------------------------------------------
@@ -228,6 +262,9 @@ def test_overlays_change_what_they_say():
     node = find(kubelet, "DaemonSet", "eddy-node")
     assert flag_value(expand(container(node, "node-driver-registrar"), kubelet),
                       "--kubelet-registration-path").startswith("/var/lib/k0s/kubelet/")
+    mounter = find(kubelet, "DaemonSet", "eddy-mounter")
+    assert host_path(mounter, container(mounter, "eddy"), "/var/lib/k0s/kubelet/x") == \
+        "/var/lib/k0s/kubelet/x"
     tiers = _parser().parse_args(["serve", *eddy_args(render(DEPLOY / "overlays" / "tiers"),
                                                       "DaemonSet")]).tier
     assert [t.split(":")[2] for t in tiers] == ["20Gi", "200Gi"]

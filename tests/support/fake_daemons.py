@@ -39,6 +39,9 @@ class Fakes:
         if self.fail_next:
             self.fail_next -= 1
             raise Unavailable("the source said no")
+        if config.session_dir:  # as a real daemon keeps the connection's FUSE_INIT
+            with open(os.path.join(config.session_dir, "init"), "wb") as f:
+                f.write(b"INIT")
         daemon = FakeDaemon(config, 10_000 + len(self.started))
         self.started.append(daemon)
         return daemon

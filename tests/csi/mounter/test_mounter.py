@@ -87,6 +87,22 @@ def test_a_dead_daemon_is_restarted_with_backoff_until_one_starts(tmp_path, fake
         mounter.close()
 
 
+def test_a_connection_whose_init_was_not_kept_is_mounted_anew(tmp_path, fakes):
+    """A daemon that could not keep the FUSE_INIT (stock pyfuse3) has no successor that can
+    resume: the volume is mounted again at once, not retried five times."""
+    mounter = mounter_of(tmp_path, fakes)
+    mounter.start()
+    try:
+        mounter.stage(config(tmp_path))
+        os.unlink(os.path.join(fakes.started[0].config.session_dir, "init"))
+        fakes.started[0].running = False
+        [state] = wait_for(lambda: [s for s in mounter.states() if s.device == "0:102"
+                                    and s.phase is Phase.SERVING], 10, "a new mount served")
+        assert len(fakes.mounted) == 2 and len(fakes.started) == 2 and state.restarts == 1
+    finally:
+        mounter.close()
+
+
 def test_an_unreadable_record_is_moved_aside_and_the_rest_start(tmp_path, fakes):
     records = MountRecords(str(tmp_path / "state"))
     records.save(MountRecord("good", str(tmp_path / "mnt" / "good"), {"source": "local:///a"},
