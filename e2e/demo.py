@@ -9,14 +9,17 @@ It plays every part of a cluster itself, for real:
   the kubelet        NodeStageVolume with the node-stage secret, NodePublishVolume per pod
 
 then copies the model cold (every byte from S3), preloads the dataset with `eddy preload`,
-starts a second "pod" (a fresh publish) and copies again, and prints the timings and
-`eddy status`. Everything it starts is stopped and removed at the end, also on Ctrl-C or
-failure: no mount, process or temp dir is left behind.
+starts a second "pod" (a fresh publish) and copies again, kills the volume's mount daemon
+with SIGKILL while that pod reads (from its own mount namespace, as a container does) and
+shows the read finishing with the right bytes, and prints the timings and `eddy status`.
+Everything it starts is stopped and removed at the end, also on Ctrl-C or failure: no mount,
+process or temp dir is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import signal
@@ -27,7 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from eddy.pb import csi_pb2
-from tests.support.driver import DriverProcess, cleanup_mounts, mount_capability
+from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mount_capability
+from tests.support.node import Pod
 from tests.support.s3server import S3Server
 
 BUCKET = "models"
@@ -39,22 +43,24 @@ def say(text: str) -> None:
     print(f"\033[1m==>\033[0m {text}" if sys.stdout.isatty() else f"==> {text}", flush=True)
 
 
-def upload_dataset(s3: S3Server, model_bytes: int, small_files: int) -> int:
-    """The model file plus `small_files` tokenizer shards; returns the bytes uploaded."""
+def upload_dataset(s3: S3Server, model_bytes: int, small_files: int) -> dict[str, str]:
+    """The model file plus `small_files` tokenizer shards; the sha256 of each, by path."""
     s3.create_bucket(BUCKET)
     chunk = os.urandom(64 << 20)
     model = (chunk * (-(-model_bytes // len(chunk))))[:model_bytes]
     s3.put(BUCKET, f"{PREFIX}/model.safetensors", model)
     s3.put(BUCKET, f"{PREFIX}/config.json", b'{"architectures": ["LlamaForCausalLM"]}\n')
 
-    def put_small(i: int) -> int:
+    def put_small(i: int) -> tuple[str, str]:
         data = os.urandom(1024 + (i * 7919) % (15 * 1024))
-        s3.put(BUCKET, f"{PREFIX}/tokenizer/{i % 16:02d}/piece-{i:05d}.bin", data)
-        return len(data)
+        path = f"tokenizer/{i % 16:02d}/piece-{i:05d}.bin"
+        s3.put(BUCKET, f"{PREFIX}/{path}", data)
+        return path, hashlib.sha256(data).hexdigest()
 
     with ThreadPoolExecutor(8) as pool:
-        small = sum(pool.map(put_small, range(small_files)))
-    return model_bytes + small
+        hashes = dict(pool.map(put_small, range(small_files)))
+    hashes["model.safetensors"] = hashlib.sha256(model).hexdigest()
+    return hashes
 
 
 def copy_seconds(path: str) -> float:
@@ -144,7 +150,7 @@ def run(workdir: str, memdir: str, model_bytes: int, small_files: int) -> int:
     say(f"starting a local S3 server and uploading the dataset "
         f"({model_bytes / 2**30:.2f} GiB model + {small_files} small files)")
     with S3Server() as s3:
-        upload_dataset(s3, model_bytes, small_files)
+        hashes = upload_dataset(s3, model_bytes, small_files)
         mem = os.path.join(memdir, "tier-mem")
         ssd = os.path.join(workdir, "tier-ssd")
         tiers = ("--tier", f"MEM:{mem}:{model_bytes + (512 << 20)}",
@@ -153,7 +159,7 @@ def run(workdir: str, memdir: str, model_bytes: int, small_files: int) -> int:
         driver = DriverProcess(os.path.join(workdir, "driver"), extra_args=tiers).start()
         cluster = Cluster(workdir, driver)
         try:
-            return _scenario(cluster, s3, driver)
+            return _scenario(cluster, s3, driver, hashes)
         finally:
             say("cleaning up")
             try:
@@ -163,7 +169,8 @@ def run(workdir: str, memdir: str, model_bytes: int, small_files: int) -> int:
                 cleanup_mounts(workdir)
 
 
-def _scenario(cluster: Cluster, s3: S3Server, driver: DriverProcess) -> int:
+def _scenario(cluster: Cluster, s3: S3Server, driver: DriverProcess,
+              hashes: dict[str, str]) -> int:
     endpoint = f"unix://{driver.socket}"
     volume = cluster.create_volume("pvc-llama", {
         "source": f"s3://{BUCKET}/{PREFIX}", "endpoint": s3.endpoint, "region": "us-east-1",
@@ -191,6 +198,7 @@ def _scenario(cluster: Cluster, s3: S3Server, driver: DriverProcess) -> int:
     warm = copy_seconds(os.path.join(pod_b, "model.safetensors"))
     warm_small, _ = read_tree_seconds(os.path.join(pod_b, "tokenizer"))
     hot = copy_seconds(os.path.join(pod_b, "model.safetensors"))
+    survived = _kill_the_daemon_while_pod_b_reads(volume.volume_id, pod_b, hashes)
 
     mb = size / 1e6
     print()
@@ -204,10 +212,37 @@ def _scenario(cluster: Cluster, s3: S3Server, driver: DriverProcess) -> int:
     print(f"    cold                            {cold_small:7.2f} s")
     print(f"    warm, new pod                   {warm_small:7.2f} s"
           f"   {cold_small / warm_small:5.1f}x faster")
+    print(survived)
     print()
     say("eddy status")
     eddy_cli("status", "--endpoint", endpoint, "--wide")
     return 0
+
+
+def _kill_the_daemon_while_pod_b_reads(volume_id: str, pod: str, hashes: dict[str, str]) -> str:
+    """kill -9 of the mount daemon in the middle of pod-b's read; what the pod saw."""
+    say("pod-b reads the model and opens tokenizer files, from its own mount namespace as a "
+        "container does; the volume's mount daemon is killed with SIGKILL in the middle")
+    drop_page_cache()
+    paths = {os.path.join(pod, rel): h for rel, h in hashes.items()}
+    others = sorted(p for p in paths if "/tokenizer/" in p)[:400]
+    model = os.path.join(pod, "model.safetensors")
+    reader = Pod({"hold": model, "others": others, "rate": 300 << 20, "every": 2,
+                  "sha256": {p: paths[p] for p in [model, *others]}})
+    try:
+        reader.wait_at(min(256 << 20, os.path.getsize(model) // 4))
+        [old] = daemon_pids(volume_id)
+        os.kill(old, signal.SIGKILL)
+        result = reader.finish(300)
+    finally:
+        reader.kill()
+    new = daemon_pids(volume_id)
+    ok = not result["failure_count"] and not result["mismatches"]
+    return (f"  kill -9 of the mount daemon (pid {old}) while pod-b read: "
+            f"{'sha256 right' if ok else 'WRONG OR FAILED READS'}, "
+            f"{result['failure_count']} failed reads, {result['path_reads']} files opened by "
+            f"path, longest read() {result['worst_wait']:.2f} s; pid {', '.join(map(str, new))}"
+            " now serves the same mount")
 
 
 def main() -> int:
