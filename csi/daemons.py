@@ -112,11 +112,15 @@ class MountDaemon:
         """The exit status of a child that ended (None: running, or not our child)."""
         return None if self._process is None else self._process.poll()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, grace: float = 0.0) -> None:
         """Ask the daemon to exit (SIGTERM), kill it if it does not; wait for it to be gone.
 
         A daemon that mounted by itself unmounts on SIGTERM; one serving a session leaves the
-        mount to the mounter."""
+        mount to the mounter. `grace`: seconds to let it end by itself first (it does when
+        its connection was just unmounted)."""
+        deadline = time.monotonic() + grace
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.alive():
             self._signal(signal.SIGTERM)
             deadline = time.monotonic() + timeout

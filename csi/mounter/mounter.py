@@ -43,6 +43,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # seconds between failed starts, doublin
 RESUME_ATTEMPTS = 5  # failed resumes in a row before the connection is mounted anew
 HOLDER_GRACE = 5.0  # how long a mount whose descriptor is elsewhere waits for it
 ABANDON_AFTER = 60.0  # a connection nobody hands back in this long is aborted and remounted
+UNMOUNT_GRACE = 2.0  # how long an unmounted volume's daemon may take to notice and exit
 
 
 class Phase(str, Enum):
@@ -270,7 +271,7 @@ class Mounter:
     def _release(self, m: _Mount) -> None:
         mounts.unmount_all(m.record.mountpoint)
         if m.daemon is not None:
-            m.daemon.stop()
+            m.daemon.stop(grace=UNMOUNT_GRACE)  # it ends by itself when the mount was its last
             m.daemon = None
         self._close(m)
         self._records.remove(m.record.volume_id)

@@ -16,7 +16,7 @@ class FakeDaemon(MountDaemon):
     def alive(self) -> bool:
         return self.running
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, grace: float = 0.0) -> None:
         self.running = False
 
 
