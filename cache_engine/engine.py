@@ -120,7 +120,8 @@ class CacheEngine:
         self._inflight: dict[BlockKey, Future] = {}
         self._queued: set[BlockKey] = set()  # handed to the prefetcher, not started yet
         self._jobs: dict[str, PreloadJob] = {}  # dataset id -> its latest preload job
-        self._preloading: dict[str, int] = {}  # dataset id -> bytes preload is loading now
+        # dataset id -> the blocks preload is loading now, and their lengths
+        self._preloading: dict[str, dict[BlockKey, int]] = {}
         self._scans: dict[str, SizeScan] = {}  # dataset id -> its latest size walk
         self._counters = dict.fromkeys(
             ("hits", "misses", "source_reads", "source_bytes", "uncached_reads",
@@ -488,15 +489,18 @@ class CacheEngine:
         with self._lock:
             if key in self._table.blocks:
                 return BlockOutcome.CACHED
-            loading = self._preloading.get(dataset_id, 0)
-            if self._table.dataset_used.get(dataset_id, 0) + loading + length > limit:
+            loading = self._preloading.setdefault(dataset_id, {})
+            # A block stored already counts in dataset_used: not twice (its loader may not
+            # have returned yet).
+            pending = sum(n for k, n in loading.items() if k not in self._table.blocks)
+            if self._table.dataset_used.get(dataset_id, 0) + pending + length > limit:
                 return BlockOutcome.FULL
-            self._preloading[dataset_id] = loading + length
+            loading[key] = length
         try:
             loc = self._fetch(ds, key, file_size)
         finally:
             with self._lock:
-                self._preloading[dataset_id] -= length
+                loading.pop(key, None)
         return BlockOutcome.LOADED if loc.file is not None else BlockOutcome.FULL
 
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
