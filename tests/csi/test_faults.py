@@ -196,6 +196,8 @@ def survive(n: Node, tmp_path, dataset, fault, name: str, hold: str = "big.bin",
     finally:
         reader.kill()
     size = BIG if hold == "big.bin" else MID
+    print(f"{name}: {result['bytes'] >> 20} MiB and {result['path_reads']} files by path read "
+          f"across the fault, longest read() {result['worst_wait']} s")
     try:
         assert_unharmed(result, size, staging, targets)
     except AssertionError:
@@ -413,7 +415,8 @@ def test_soak_random_kills(node, tmp_path, dataset):
     finally:
         for r in readers:
             r.kill()
-    print(f"kills: {kills}; passes: {[r['passes'] for r in results]}")
+    print(f"kills: {kills}; passes: {[r['passes'] for r in results]}; longest read(): "
+          f"{[r['worst_wait'] for r in results]} s")
     for result, (_, staging, targets) in zip(results, pods, strict=True):
         assert_unharmed(result, MID, staging, targets)
     for volume, (staging, targets) in zip(volumes, staged, strict=True):
