@@ -98,7 +98,8 @@ class CacheEngine:
                  open_ufs: Callable[[DatasetSpec, dict], UfsBackend] = ufsmod.open_ufs,
                  clock: Callable[[], float] = time.monotonic, prefetch_workers: int = 8,
                  maintenance: bool = True, maintenance_interval: float = 1.0,
-                 pin_seconds: float = PIN_SECONDS):
+                 pin_seconds: float = PIN_SECONDS,
+                 held_in_ram: Callable[[str], bool] = in_memory):
         check_tiers(tiers)
         self.tiers = list(tiers)
         self._tier = {t.name: t for t in self.tiers}
@@ -144,7 +145,7 @@ class CacheEngine:
         # Only tiers held in RAM get extents: the kernel reads an extent unchecked, and in RAM
         # nothing rots on a medium, and a power loss empties the tier rather than tearing a
         # file. A disk tier keeps every read checked, block by block.
-        self._in_memory = {t.name for t in self.tiers if in_memory(t.path)}
+        self._in_memory = {t.name for t in self.tiers if held_in_ram(t.path)}
         self._maintain_lock = threading.Lock()
         self._last_flush = clock()
         self._closed = False

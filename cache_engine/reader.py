@@ -48,7 +48,8 @@ class CorruptBlock(OSError):
 
 class DatasetReader(UfsBackend):
     def __init__(self, engine, spec: specmod.DatasetSpec, secrets: dict[str, str],
-                 direct: Callable[[], UfsBackend] | None = None, volume_id: str = ""):
+                 direct: Callable[[], UfsBackend] | None = None, volume_id: str = "",
+                 recent_bytes: int = RECENT_BLOCK_BYTES, ahead_threads: int = AHEAD_THREADS):
         self._engine = engine  # a CacheEngine, or an EngineClient to the node's engine
         self._spec = spec
         self._secrets = secrets
@@ -59,7 +60,7 @@ class DatasetReader(UfsBackend):
         self._direct: UfsBackend | None = None
         self._engine_away = False
         self._open()
-        self._max_recent = max(2, RECENT_BLOCK_BYTES // self.info.block_size)
+        self._max_recent = max(2, recent_bytes // self.info.block_size)
         self._recent: collections.OrderedDict[tuple, memoryview | bytes] = \
             collections.OrderedDict()
         self._pending: dict[tuple, threading.Event] = {}
@@ -69,7 +70,7 @@ class DatasetReader(UfsBackend):
         self._sizes: dict[tuple[str, str], int] = {}
         self._last_demanded: dict[tuple[str, str], int] = {}  # (path, version) -> block index
         self._buffers = _Buffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
-        self._ahead = ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="block-ahead")
+        self._ahead = ThreadPoolExecutor(ahead_threads, thread_name_prefix="block-ahead")
 
     def _open(self) -> None:
         self.info = self._engine.open_dataset(self._spec, self._secrets, self._volume_id)

@@ -44,9 +44,10 @@ def object_name(volume_name: str) -> str:
 class KubernetesVolumeStore(VolumeStore):
     """`VolumeStore` over ConfigMaps in `namespace` (see the module docstring for the format)."""
 
-    def __init__(self, api: LazyCoreApi, namespace: str) -> None:
+    def __init__(self, api: LazyCoreApi, namespace: str, page_size: int = PAGE) -> None:
         self._api = api
         self.namespace = namespace
+        self._page_size = page_size  # records per list request
         self._log = log.get("csi.kube_state")
 
     def get(self, volume_id: str) -> VolumeRecord | None:
@@ -114,7 +115,7 @@ class KubernetesVolumeStore(VolumeStore):
         while True:
             with api_errors(f"listing volume records in namespace {self.namespace}"):
                 page = self._api.core().list_namespaced_config_map(
-                    self.namespace, label_selector=selector, limit=PAGE, _continue=token,
+                    self.namespace, label_selector=selector, limit=self._page_size, _continue=token,
                     _request_timeout=REQUEST_TIMEOUT)
             items.extend(page.items or [])
             token = _continue_token(page.metadata)

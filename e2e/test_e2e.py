@@ -18,8 +18,15 @@ import grpc
 import pytest
 
 from eddy.pb import csi_pb2
-from tests.csi.test_lifecycle import create, stage_and_publish, teardown_volume
-from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mounts_under
+from tests.support.driver import (
+    DriverProcess,
+    cleanup_mounts,
+    create,
+    daemon_pids,
+    mounts_under,
+    stage_and_publish,
+    teardown_volume,
+)
 
 GI = 1 << 30
 MI = 1 << 20

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cache_engine.engine import CacheEngine
-from cache_engine.ufs.fake import FakeUfs
 from tests.support.engine import BS, blob, make_tiers
+from tests.support.fake_source import FakeUfs
 
 
 @pytest.fixture

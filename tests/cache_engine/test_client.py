@@ -7,11 +7,11 @@ import pytest
 from cache_engine.client import EngineClient
 from cache_engine.reader import DatasetReader
 from cache_engine.service import CacheEngineService
-from cache_engine.ufs.fake import FakeUfs
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
 from csi.server import engine_server, start_private
 from eddy.pb import cache_pb2_grpc
 from tests.support.engine import blob, make_spec
+from tests.support.fake_source import FakeUfs
 
 
 @pytest.fixture

@@ -14,18 +14,20 @@ import pytest
 
 from cache_engine.engine import CacheEngine
 from cache_engine.tiers import Tier
-from cache_engine.ufs.fake import FakeUfs
 from eddy.errors import FailedPrecondition, InvalidArgument, NotFound
-from tests.support.engine import BS, FakeClock, blob, make_spec, make_tiers, read_location
+from tests.support.engine import (
+    BS,
+    FakeClock,
+    blob,
+    make_spec,
+    make_tiers,
+    read_all,
+    read_location,
+)
+from tests.support.fake_source import FakeUfs
+from tests.support.wait import wait_for
 
 CREDS = {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "s3cr3t-value-never-logged"}
-
-
-def read_all(engine, ds, ufs, path):
-    entry = engine.stat(ds, path)
-    n = -(-entry.size // BS)
-    return b"".join(read_location(engine, ds, path, entry.version, i, entry.size)
-                    for i in range(n))
 
 
 def test_hit_returns_the_tier_file_and_reads_the_source_once(engines, source):
@@ -458,7 +460,7 @@ def test_a_failed_read_ahead_fails_its_waiters_and_leaves_nothing_in_flight(engi
     ds = engine.open_dataset(make_spec(), {}).dataset_id
     version = src.stat("f").version
     assert engine.prefetch(ds, "f", version, 4 * BS, 0, 4) == 4
-    time.sleep(0.1)  # the read-ahead requests are on their way
+    wait_for(lambda: len(src.reads) == 4, 10, "the read-ahead requests to reach the source")
     with pytest.raises(OSError, match="broke"):  # a reader of block 2 waits for it, gets its error
         engine.locate(ds, "f", version, 2, 4 * BS)
     assert sorted(src.reads) == [("f", i * BS, BS) for i in range(4)]  # no second request

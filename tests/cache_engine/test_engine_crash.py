@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from unittest import mock
 
 import xxhash
 
@@ -151,7 +150,6 @@ def test_kill_minus_nine_at_random_moments_leaves_a_consistent_cache(tmp_path):
 
 COMPACTING_CHILD = r"""
 import json, random, sys
-import cache_engine.engine
 from cache_engine.engine import CacheEngine
 from cache_engine.spec import parse_parameters
 from cache_engine.tiers import Tier
@@ -160,9 +158,9 @@ from tests.support.engine import read_location
 
 log.configure("error")
 args = json.loads(sys.argv[1])
-cache_engine.engine.in_memory = lambda path: True  # the tier stands for one held in RAM
 engine = CacheEngine([Tier(*t) for t in args["tiers"]], args["state"], maintenance=True,
-                     maintenance_interval=0.01, pin_seconds=0.02)
+                     maintenance_interval=0.01, pin_seconds=0.02,
+                     held_in_ram=lambda path: True)  # the tier stands for one held in RAM
 ds = engine.open_dataset(parse_parameters(args["params"]), {}).dataset_id
 entry = engine.stat(ds, args["file"])
 n = -(-entry.size // 65536)
@@ -200,8 +198,7 @@ def test_kill_minus_nine_while_extents_are_built_leaves_a_consistent_cache(tmp_p
         finally:
             db.close()
 
-        with mock.patch("cache_engine.engine.in_memory", return_value=True):
-            engine = CacheEngine(tiers, state, maintenance=False)
+        engine = CacheEngine(tiers, state, maintenance=False, held_in_ram=lambda path: True)
         try:
             check_state(state, tiers)
             ds = engine.open_dataset(parse_parameters(params), {}).dataset_id

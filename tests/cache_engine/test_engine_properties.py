@@ -12,7 +12,6 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from unittest import mock
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -20,8 +19,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from cache_engine.blocks import is_extent
 from cache_engine.engine import CacheEngine
-from cache_engine.ufs.fake import FakeUfs
 from tests.support.engine import BS, make_spec, make_tiers, read_location
+from tests.support.fake_source import FakeUfs
 
 SOURCES = {
     "local:///a": {"x": 3 * BS + 100, "y": 2 * BS, "z": 700},
@@ -50,10 +49,10 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _start(self):
         # The tiers stand for tiers held in RAM, the only ones that get extents.
-        with mock.patch("cache_engine.engine.in_memory", return_value=True):
-            self.engine = CacheEngine(self.tiers, os.path.join(self.root, "state"),
-                                      open_ufs=lambda spec, secrets: self.ufs[spec.source.uri],
-                                      prefetch_workers=2, maintenance=False, pin_seconds=0)
+        self.engine = CacheEngine(self.tiers, os.path.join(self.root, "state"),
+                                  open_ufs=lambda spec, secrets: self.ufs[spec.source.uri],
+                                  prefetch_workers=2, maintenance=False, pin_seconds=0,
+                                  held_in_ram=lambda path: True)
         self.ids = []
         for uri, tiers, cap, secrets in DATASETS:
             spec = make_spec(uri, capacity=cap * BS if cap else None,

@@ -7,18 +7,16 @@ import sqlite3
 
 import pytest
 
-from cache_engine import engine as engine_module
 from cache_engine.index import BlockIndex
 from cache_engine.tiers import in_memory
-from tests.cache_engine.test_engine import read_all
-from tests.support.engine import BS, make_spec, make_tiers
+from tests.support.engine import BS, make_spec, make_tiers, read_all
 
 
-@pytest.fixture(autouse=True)
-def tiers_in_ram(monkeypatch):
+@pytest.fixture
+def engines(engines):
     """The tests' tiers (under tmp_path) stand for tiers held in RAM, the only ones that get
-    extents; a test of a disk tier sets it back."""
-    monkeypatch.setattr(engine_module, "in_memory", lambda path: True)
+    extents; a test of a disk tier says otherwise."""
+    return lambda held_in_ram=lambda path: True, **kw: engines(held_in_ram=held_in_ram, **kw)
 
 
 def cached_whole(engine, source, path="data/b.bin", **spec):
@@ -92,10 +90,8 @@ def flip_a_byte(path: str, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_a_disk_tier_gets_no_extent_and_every_read_stays_checked(engines, source,
-                                                                  monkeypatch):
-    monkeypatch.setattr(engine_module, "in_memory", lambda path: False)
-    engine = engines()
+def test_a_disk_tier_gets_no_extent_and_every_read_stays_checked(engines, source):
+    engine = engines(held_in_ram=lambda path: False)
     ds, entry = cached_whole(engine, source)
     assert engine.extent(ds, entry.path, entry.version, entry.size) is None
     engine.drain()
@@ -104,10 +100,8 @@ def test_a_disk_tier_gets_no_extent_and_every_read_stays_checked(engines, source
     assert len(tier_files(engine.tiers[0])) == 3  # its block files, as they came
 
 
-def test_an_extent_in_ram_is_trusted_after_a_restart_as_when_it_was_built(engines, source,
-                                                                         monkeypatch):
+def test_an_extent_in_ram_is_trusted_after_a_restart_as_when_it_was_built(engines, source):
     """tmpfs cannot rot, and a power loss empties it: the restart does not read it again."""
-    monkeypatch.setattr(engine_module, "in_memory", lambda path: True)
     engine = engines()
     ds, entry = cached_whole(engine, source)
     path = engine.extent(ds, entry.path, entry.version, entry.size)

@@ -14,8 +14,8 @@ import pytest
 
 from cache_engine import reader as readermod
 from cache_engine.reader import DatasetReader
-from cache_engine.ufs.fake import FakeUfs
 from tests.support.engine import BS, blob, make_spec
+from tests.support.fake_source import FakeUfs
 
 
 @pytest.fixture
@@ -23,8 +23,8 @@ def readers(engines):
     """Make DatasetReaders (over a fresh engine unless one is given); closed at the end."""
     made = []
 
-    def make(engine=None):
-        reader = DatasetReader(engine or engines(), make_spec(), {})
+    def make(engine=None, **kw):
+        reader = DatasetReader(engine or engines(), make_spec(), {}, **kw)
         made.append(reader)
         return reader
 
@@ -122,9 +122,8 @@ def test_read_cached_never_waits_for_a_busy_reader(readers):
 
 
 def test_concurrent_readers_get_the_source_bytes_while_blocks_are_dropped(
-        engines, readers, source, monkeypatch):
-    monkeypatch.setattr(readermod, "RECENT_BLOCK_BYTES", 2 * BS)  # keep 2 blocks: churn
-    reader = readers()
+        engines, readers, source):
+    reader = readers(recent_bytes=2 * BS)  # keep 2 blocks: churn
     files = {path: (reader.stat(path), source.data(path)) for path in ("data/a.bin", "data/b.bin")}
     failures = []
 
@@ -170,16 +169,17 @@ def test_a_folder_read_in_listing_order_locates_several_files_per_engine_call(en
 
 
 def test_a_sequential_reader_locates_several_blocks_per_engine_call(
-        engines, readers, source, monkeypatch):
+        engines, readers, source):
     """Blocks the engine already holds are located in runs: over a socket each call costs."""
-    monkeypatch.setattr(readermod, "AHEAD_THREADS", 1)  # one loader: the calls come in order
     engine = engines()
     entry = readers(engine).stat("data/a.bin")  # 6 blocks
     want = source.data("data/a.bin")
-    assert read_like_a_mount(readers(engine), entry.path, entry.version, 0, entry.size) == want
+    # One loader thread per reader: the calls come in order.
+    assert read_like_a_mount(readers(engine, ahead_threads=1), entry.path, entry.version, 0,
+                             entry.size) == want
 
     counting = CountingLocates(engine)
-    reader = readers(counting)
+    reader = readers(counting, ahead_threads=1)
     got = b"".join(read_like_a_mount(reader, entry.path, entry.version, off, BS // 2)
                    for off in range(0, entry.size, BS // 2))
     assert got == want

@@ -25,19 +25,19 @@ import pytest
 from cache_engine.blocks import is_extent
 from cache_engine.tiers import in_memory
 from csi.fuse.passthrough import pyfuse3_has_passthrough
-from tests.csi.test_lifecycle import sha
 from tests.support.driver import (
     DriverProcess,
     cleanup_mounts,
     create,
     daemon_pids,
     mounts_under,
+    sha,
     stage_and_publish,
     tier_args,
     unpublish_and_unstage,
 )
 from tests.support.http_source import HttpSource
-from tests.support.tiers import tier_files, wait_compacted
+from tests.support.tiers import tier_bytes, tier_files, wait_compacted
 from tests.support.wait import wait_for
 
 pytestmark = [
@@ -75,22 +75,6 @@ def block_hashes(files: dict[str, bytes], block_size: int) -> set[str]:
     """The hash of every block of every file: what a complete cache holds, block by block."""
     return {sha(data[i:i + block_size]) for data in files.values()
             for i in range(0, len(data), block_size)}
-
-
-def tier_bytes(tier_path) -> int:
-    """Bytes of block files that were all on disk at one instant (never more than were).
-
-    A walk is not atomic, so the files it saw are stat'ed again afterwards: a block file is
-    written whole and renamed in, and its name is never reused, so every file found by the walk
-    and still there afterwards existed throughout, in particular when the walk ended.
-    """
-    total = 0
-    for path in tier_files(tier_path):
-        try:
-            total += os.stat(path).st_size
-        except FileNotFoundError:
-            pass  # removed since the walk saw it
-    return total
 
 
 def cached_hashes(*tier_paths, block_size: int) -> set[str]:

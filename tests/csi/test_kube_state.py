@@ -12,7 +12,6 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from csi import kube_state
 from csi.controller import ControllerService
 from csi.kube import LazyCoreApi
 from csi.kube_state import ID_LABEL, KubernetesVolumeStore, object_name
@@ -30,19 +29,18 @@ def record(n: int, name: str | None = None) -> VolumeRecord:
                         {"source": "s3://bucket/x", "blockSize": "4194304"}, n << 20, 1.5 + n)
 
 
-def kube_store(api: FakeCoreApi) -> KubernetesVolumeStore:
-    return KubernetesVolumeStore(LazyCoreApi(lambda: api), NS)
+def kube_store(api: FakeCoreApi, page_size: int = 500) -> KubernetesVolumeStore:
+    return KubernetesVolumeStore(LazyCoreApi(lambda: api), NS, page_size)
 
 
 @pytest.fixture(params=["kubernetes", "sqlite"])
-def store(request, tmp_path, monkeypatch):
+def store(request, tmp_path):
     if request.param == "sqlite":
         s = SqliteVolumeStore.in_state_dir(tmp_path)
         yield s
         s.close()
     else:
-        monkeypatch.setattr(kube_state, "PAGE", 2)  # lists take several pages
-        yield kube_store(FakeCoreApi())
+        yield kube_store(FakeCoreApi(), page_size=2)  # lists take several pages
 
 
 # -- the VolumeStore contract, for both stores ------------------------------------------------

@@ -8,7 +8,6 @@ S3 server; then the failures a node sees: a mount daemon killed, the plugin itse
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import signal
 
@@ -25,7 +24,9 @@ from tests.support.driver import (
     daemon_pids,
     mount_capability,
     mounts_under,
+    sha,
     stage_and_publish,
+    teardown_volume,
 )
 from tests.support.wait import wait_for
 
@@ -50,10 +51,6 @@ def make_tree(root) -> dict[str, bytes]:
     return files
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def assert_tree(mount_dir: str, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         with open(os.path.join(mount_dir, rel), "rb") as f:
@@ -69,21 +66,6 @@ def driver(tmp_path):
     yield drv
     drv.stop()
     cleanup_mounts(str(tmp_path))
-
-
-def teardown_volume(driver, volume, staging, targets) -> None:
-    for target in targets:
-        req = csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume.volume_id, target_path=target)
-        driver.node.NodeUnpublishVolume(req)
-        driver.node.NodeUnpublishVolume(req)  # already undone: still OK
-        assert not os.path.exists(target)
-    req = csi_pb2.NodeUnstageVolumeRequest(volume_id=volume.volume_id,
-                                           staging_target_path=staging)
-    driver.node.NodeUnstageVolume(req)
-    driver.node.NodeUnstageVolume(req)
-    dreq = csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id)
-    driver.controller.DeleteVolume(dreq)
-    driver.controller.DeleteVolume(dreq)
 
 
 def test_local_volume_whole_life(driver, tmp_path):

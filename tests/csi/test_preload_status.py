@@ -12,14 +12,11 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from eddy.pb import cache_pb2, cache_pb2_grpc, csi_pb2
-from tests.csi.test_cache_mounts import tier_bytes
-from tests.csi.test_lifecycle import teardown_volume
 from tests.support.driver import (
     DriverProcess,
     cleanup_mounts,
@@ -27,8 +24,10 @@ from tests.support.driver import (
     mount_capability,
     mounts_under,
     stage_and_publish,
+    teardown_volume,
 )
 from tests.support.http_source import HttpSource
+from tests.support.tiers import tier_bytes
 from tests.support.wait import wait_for
 
 KI = 1 << 10
@@ -177,10 +176,7 @@ def test_a_preload_interrupted_by_an_engine_kill_resumes_without_refetching(tmp_
                                                 "metadataTTL": "immutable"})
             staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
             engine_stub(drv).Preload(cache_pb2.PreloadRequest(workers=1), timeout=30)
-            deadline = time.monotonic() + 60
-            while len(http.data_gets()) < 40:  # part of the way
-                assert time.monotonic() < deadline, "the preload never started loading"
-                time.sleep(0.01)
+            wait_for(lambda: len(http.data_gets()) >= 40, 60, "the preload part of the way")
             drv.kill()  # the engine dies with the node plugin, mid-job
             drv = DriverProcess(workdir, extra_args=args).start()
             first_run = {(r.path, r.range) for r in http.data_gets()}

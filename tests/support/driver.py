@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -147,3 +148,22 @@ def stage_and_publish(driver, tmp_path, volume, secrets=None, targets=("pod-a", 
         driver.node.NodePublishVolume(preq)  # idempotent
         paths.append(target)
     return staging, paths
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def teardown_volume(driver, volume, staging, targets) -> None:
+    for target in targets:
+        req = csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume.volume_id, target_path=target)
+        driver.node.NodeUnpublishVolume(req)
+        driver.node.NodeUnpublishVolume(req)  # already undone: still OK
+        assert not os.path.exists(target)
+    req = csi_pb2.NodeUnstageVolumeRequest(volume_id=volume.volume_id,
+                                           staging_target_path=staging)
+    driver.node.NodeUnstageVolume(req)
+    driver.node.NodeUnstageVolume(req)
+    dreq = csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id)
+    driver.controller.DeleteVolume(dreq)
+    driver.controller.DeleteVolume(dreq)

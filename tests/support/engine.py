@@ -60,3 +60,10 @@ def read_location(engine, dataset_id: str, path: str, version: str, index: int,
             return data
         engine.report_corrupt(dataset_id, path, version, index)
     raise AssertionError(f"block {index} of {path} could not be read")
+
+
+def read_all(engine, ds, ufs, path):
+    entry = engine.stat(ds, path)
+    n = -(-entry.size // BS)
+    return b"".join(read_location(engine, ds, path, entry.version, i, entry.size)
+                    for i in range(n))

@@ -17,6 +17,22 @@ def tier_files(tier_path) -> list[str]:
     return out
 
 
+def tier_bytes(tier_path) -> int:
+    """Bytes of block files that were all on disk at one instant (never more than were).
+
+    A walk is not atomic, so the files it saw are stat'ed again afterwards: a block file is
+    written whole and renamed in, and its name is never reused, so every file found by the walk
+    and still there afterwards existed throughout, in particular when the walk ended.
+    """
+    total = 0
+    for path in tier_files(tier_path):
+        try:
+            total += os.stat(path).st_size
+        except FileNotFoundError:
+            pass  # removed since the walk saw it
+    return total
+
+
 def wait_compacted(tier_path, files: dict[str, bytes]) -> None:
     """In a tier held in RAM, wait until it holds every file in one tier file: each file of
     2+ blocks compacted into its extent (in the background, after its last block came in),

@@ -13,67 +13,11 @@ import pyfuse3
 import pytest
 import trio
 
-from cache_engine.ufs.base import Entry, Kind, UfsBackend, UfsUnavailable, VersionChanged
+from cache_engine.ufs.base import UfsUnavailable, VersionChanged
 from csi.fuse.fs import DatasetFs, errno_of
 from csi.fuse.session import Journal, SessionTable
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeUfs(UfsBackend):
-    """An in-memory tree: path -> bytes (file), None (dir) or ("->", target) (symlink)."""
-
-    description = "fake://"
-
-    def __init__(self, tree: dict):
-        self.tree = dict(tree)
-        self.versions = {path: "v1" for path in tree}
-        self.calls: list[tuple[str, str]] = []
-        self.fail: Exception | None = None
-
-    def _entry(self, path: str) -> Entry:
-        node = self.tree[path]
-        if node is None:
-            return Entry(path, Kind.DIR, 0, 7, "d")
-        if isinstance(node, tuple):
-            return Entry(path, Kind.SYMLINK, len(node[1]), 7, "", node[1])
-        return Entry(path, Kind.FILE, len(node), 7, self.versions[path])
-
-    def stat(self, path: str) -> Entry:
-        self.calls.append(("stat", path))
-        if self.fail:
-            raise self.fail
-        if path not in self.tree:
-            raise FileNotFoundError(errno.ENOENT, "missing", path)
-        return self._entry(path)
-
-    def list(self, path: str) -> list[Entry]:
-        self.calls.append(("list", path))
-        prefix = f"{path}/" if path else ""
-        return [self._entry(p) for p in sorted(self.tree)
-                if p and p.startswith(prefix) and "/" not in p[len(prefix):]]
-
-    def read(self, path, offset, length, version=None):
-        self.calls.append(("read", path))
-        if self.fail:
-            raise self.fail
-        if version is not None and version != self.versions[path]:
-            raise VersionChanged(errno.ESTALE, "changed", path)
-        return self.tree[path][offset:offset + length]
-
-    def change(self, path: str, data: bytes) -> None:
-        self.tree[path] = data
-        self.versions[path] = self.versions[path] + "+"
-
-    def count(self, op: str) -> int:
-        return sum(1 for o, _ in self.calls if o == op)
-
+from tests.support.engine import FakeClock
+from tests.support.fake_source import FakeUfs
 
 TREE = {"": None, "dir": None, "dir/a.bin": b"abcdef", "link": ("->", "dir/a.bin"),
         "empty": b""}
@@ -250,6 +194,7 @@ def test_errno_table(exc, code):
     assert errno_of(exc) == code
 
 
+@pytest.mark.expect_error_log("request failed unexpectedly")
 def test_an_unexpected_error_is_eio_and_the_filesystem_keeps_serving():
     fs, ufs, clock = make(ttl=0)
 

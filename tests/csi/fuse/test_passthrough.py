@@ -34,7 +34,7 @@ from csi.fuse.passthrough import Passthrough, pyfuse3_has_passthrough
 from csi.mounts import is_mount_point
 from eddy import log
 from eddy.errors import Unavailable
-from tests.csi.fuse.mounts import fuse_problem
+from tests.support.fuse import fuse_problem
 
 REPO = Path(__file__).resolve().parents[3]
 BIG = 8 << 20
