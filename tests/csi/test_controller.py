@@ -348,6 +348,7 @@ def test_get_capacity(controller, state_dir, tmp_path):
         assert other.GetCapacity(csi_pb2.GetCapacityRequest()).available_capacity == 0
 
 
+@pytest.mark.expect_error_log("Exception calling application: Method not implemented!")
 def test_unimplemented_calls_say_so(controller):
     err = rpc_error(controller.ControllerPublishVolume,
                     csi_pb2.ControllerPublishVolumeRequest(volume_id="eddy-x", node_id="n"))

@@ -103,6 +103,7 @@ def test_a_connection_whose_init_was_not_kept_is_mounted_anew(tmp_path, fakes):
         mounter.close()
 
 
+@pytest.mark.expect_error_log("mount_record.unreadable")
 def test_an_unreadable_record_is_moved_aside_and_the_rest_start(tmp_path, fakes):
     records = MountRecords(str(tmp_path / "state"))
     records.save(MountRecord("good", str(tmp_path / "mnt" / "good"), {"source": "local:///a"},
