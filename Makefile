@@ -31,18 +31,16 @@ $(STAMP): pyproject.toml $(PASSTHROUGH)
 	scripts/build-pyfuse3.sh $(PY) $(VENV)/opt/libfuse
 	touch $(STAMP)
 
-# Generated code lives in eddy/pb and imports itself as `eddy.pb.*` (the -I mapping does that).
+# Generated code lives in eddy/base/pb and imports itself as `eddy.base.pb.*` (the -I mapping).
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Ieddy/pb=proto --python_out=. --pyi_out=. --grpc_python_out=. \
+	$(PY) -m grpc_tools.protoc -Ieddy/base/pb=proto --python_out=. --pyi_out=. --grpc_python_out=. \
 	  $(PROTOS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports
+test: lint
 	$(PY) -m pytest -q
 
 # One command to see eddy work: local S3, the driver, CSI calls as a cluster makes them.

@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import grpc
 
-from eddy.errors import InvalidArgument
-from eddy.pb import cache_pb2, cache_pb2_grpc
-from eddy.rpc import ERRNO_KEY, ERROR_KEY
+from eddy.base.errors import InvalidArgument
+from eddy.base.pb import cache_pb2, cache_pb2_grpc
+from eddy.base.rpc import ERRNO_KEY, ERROR_KEY
 
 from .engine import DatasetInfo, Location
 from .spec import DatasetSpec

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
-from eddy import log
-from eddy.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from eddy.base import log
+from eddy.base.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from . import ufs as ufsmod
 from .blocks import DIR_MODE, Block, BlockKey, block_path, checksum

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from eddy import log
+from eddy.base import log
 
 from .blocks import (
     Block,

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from eddy import log
+from eddy.base import log
 
 _log = log.get("cache_engine.prefetch")
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from eddy import log
+from eddy.base import log
 
 from .blocks import BlockKey
 from .ufs.base import Entry, Kind, clean_path, walk_files

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from eddy import log
+from eddy.base import log
 
 from . import spec as specmod
 from .ufs.base import Entry, Kind, UfsBackend, VersionChanged

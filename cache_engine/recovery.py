@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from eddy import log
+from eddy.base import log
 
 from .blocks import DIR_MODE, Block, is_extent, remove_quietly
 from .index import BlockIndex

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from eddy.errors import InvalidArgument, NotFound
-from eddy.pb import cache_pb2, cache_pb2_grpc
-from eddy.rpc import Servicer, require
+from eddy.base.errors import InvalidArgument, NotFound
+from eddy.base.pb import cache_pb2, cache_pb2_grpc
+from eddy.base.rpc import Servicer, require
 
 from .engine import CacheEngine
 from .preload import DEFAULT_WORKERS

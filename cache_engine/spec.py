@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
-from eddy.errors import InvalidParameter
+from eddy.base.errors import InvalidParameter
 
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 SOURCE_SCHEMES = ("local", "s3", "pvc", "nfs", "http", "https")

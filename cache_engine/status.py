@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from eddy import log
+from eddy.base import log
 
 from .preload import JobState, PreloadProgress
 from .ufs.base import walk_files

@@ -14,8 +14,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from eddy.errors import InvalidArgument
-from eddy.mounttable import mount_table
+from eddy.base.errors import InvalidArgument
+from eddy.base.mounttable import mount_table
 
 from .spec import parse_quantity
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eddy.errors import FailedPrecondition
-from eddy.pb import cache_pb2
+from eddy.base.errors import FailedPrecondition
+from eddy.base.pb import cache_pb2
 
 from .engine import Location
 from .preload import PreloadProgress

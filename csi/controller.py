@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable
 
 from cache_engine.spec import MIN_CACHE_CAPACITY, DatasetSpec, format_bytes, parse_parameters
 from csi.inflight import InFlight
-from csi.state import VolumeRecord, VolumeStore
-from eddy import log
-from eddy.errors import (
+from csi.state.volumes import VolumeRecord, VolumeStore
+from eddy.base import log
+from eddy.base.errors import (
     Aborted,
     AlreadyExists,
     InvalidArgument,
@@ -27,8 +27,8 @@ from eddy.errors import (
     OutOfRange,
     Unavailable,
 )
-from eddy.pb import csi_pb2, csi_pb2_grpc
-from eddy.rpc import Servicer, require
+from eddy.base.pb import csi_pb2, csi_pb2_grpc
+from eddy.base.rpc import Servicer, require
 
 VOLUME_ID = re.compile(r"^eddy-[0-9a-f]{32}$")
 RPC = csi_pb2.ControllerServiceCapability.RPC
@@ -48,7 +48,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
     """Controller RPCs over a `VolumeStore`; `capacity()` answers GetCapacity (bytes).
 
     `resolve` turns a pvc:// source into the source its PersistentVolume's data really is
-    (csi/pvc.py); the volume records and returns the resolved one, so nodes never need the API.
+    (csi/kube/pvc.py); the volume records and returns the resolved one, so nodes never need the API.
     """
 
     def __init__(self, store: VolumeStore, capacity: Callable[[], int] | None = None,

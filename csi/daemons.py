@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from eddy.errors import Unavailable
+from eddy.base.errors import Unavailable
 
 from . import mounts
 

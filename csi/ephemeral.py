@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cache_engine.spec import DatasetSpec, Source, parse_source
-from eddy.errors import InvalidArgument, InvalidParameter
+from eddy.base.errors import InvalidArgument, InvalidParameter
 
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
 _ENCODED = ("%2e", "%2f", "%5c")  # an encoded dot or slash could walk out of an allowed prefix
@@ -43,6 +43,11 @@ def _split(values: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class EphemeralPolicy:
+    """Which sources, S3 endpoints and tiers pod authors may name in an inline volume on this node.
+
+    Built once from the node plugin's --ephemeral-* flags (`from_flags`); NodeService asks it
+    at NodePublishVolume of an inline volume, before anything is mounted. Empty: none allowed."""
+
     sources: tuple[Source, ...] = ()
     endpoints: tuple[str, ...] = ()
     tiers: tuple[str, ...] = ()  # empty: every node tier

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from eddy import __version__
-from eddy.pb import csi_pb2, csi_pb2_grpc
-from eddy.rpc import Servicer
+from eddy.base.pb import csi_pb2, csi_pb2_grpc
+from eddy.base.rpc import Servicer
 
 Service = csi_pb2.PluginCapability.Service
 
 
 class IdentityService(Servicer, csi_pb2_grpc.IdentityServicer):
+    """CSI Identity: the driver's name and version, its capabilities, and readiness (Probe).
+
+    Served by every mode of `eddy serve`; `controller` says whether the Controller service is
+    offered, `ready` is asked at each Probe."""
+
     def __init__(self, driver_name: str, controller: bool,
                  ready: Callable[[], bool] = lambda: True):
         self.driver_name = driver_name

@@ -10,10 +10,15 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from eddy.errors import Aborted
+from eddy.base.errors import Aborted
 
 
 class InFlight:
+    """The keys (volume ids, paths) an operation is running on, to refuse a concurrent second one.
+
+    The node and controller services hold a volume's keys for the length of one RPC; a
+    second call on any held key gets ABORTED, which the CO retries later."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._keys: set[str] = set()

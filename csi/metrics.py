@@ -7,6 +7,7 @@ volume definitions; no label ever holds a path, a source URI with a key, or a se
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import start_http_server
 from prometheus_client.core import (
@@ -16,10 +17,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from cache_engine.engine import CacheEngine
 from cache_engine.preload import JobState
 
-from .mounter.mounter import MountState, Phase
+from .mounter.states import MountState, Phase
+
+if TYPE_CHECKING:  # for annotations only: csi gets its engine from cache_engine.host
+    from cache_engine.host import CacheEngine
 
 # engine counter -> (metric name without _total, help)
 COUNTERS = {
@@ -41,6 +44,9 @@ COUNTERS = {
 
 
 class NodeCollector:
+    """The Prometheus collector of a node plugin: reads the engine's statistics, preload jobs and
+    the mounter's mount states at each scrape, so no counter is kept twice. `serve` registers it."""
+
     def __init__(self, engine: CacheEngine,
                  mount_states: Callable[[], list[MountState]] | None = None):
         self.engine = engine

@@ -1,15 +1,15 @@
 """Which paths are mounts, and the bind/unmount calls the node service needs.
 
-The mount table is read from /proc/self/mountinfo (`eddy.mounttable`) rather than by stat(),
+The mount table is read from /proc/self/mountinfo (`eddy.base.mounttable`) rather than by stat(),
 because a FUSE mount whose daemon died answers stat() with ENOTCONN ("transport endpoint is not
 connected") and must still be recognised - and removed - as a mount.
 """
 
 from __future__ import annotations
 
-from eddy import mounttable
-from eddy.errors import EddyError
-from eddy.mounttable import MountInfo, mount_at
+from eddy.base import mounttable
+from eddy.base.errors import EddyError
+from eddy.base.mounttable import MountInfo, mount_at
 
 
 class MountError(EddyError):

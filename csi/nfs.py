@@ -1,7 +1,7 @@
 """nfs:// sources: the node plugin mounts the export read-only and mount daemons read it locally.
 
 A pvc:// source on an NFS PersistentVolume becomes `nfs://server/export/path` at CreateVolume
-(csi/pvc.py). At NodeStageVolume the node turns it into a local:// source under its state
+(csi/kube/pvc.py). At NodeStageVolume the node turns it into a local:// source under its state
 directory, `<state-dir>/nfs/<server>/<export path, %-quoted into one name>`, mounts
 `server:/export/path` there with `mount -t nfs -o ro,nolock` (the kernel's NFS client;
 `nolock` because nothing here takes locks and no statd runs in the plugin's container), and
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote
 
 from cache_engine.spec import DatasetSpec, parse_source
-from eddy import log
+from eddy.base import log
 
 from . import mounts
 

@@ -19,8 +19,8 @@ import re
 import threading
 
 from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
-from eddy import log
-from eddy.errors import (
+from eddy.base import log
+from eddy.base.errors import (
     Aborted,
     AlreadyExists,
     EddyError,
@@ -29,16 +29,17 @@ from eddy.errors import (
     NotFound,
     ResourceExhausted,
 )
-from eddy.pb import csi_pb2, csi_pb2_grpc
-from eddy.rpc import Servicer, require
+from eddy.base.pb import csi_pb2, csi_pb2_grpc
+from eddy.base.rpc import Servicer, require
 
 from . import daemons, mounts
 from .ephemeral import EphemeralPolicy, is_ephemeral
 from .inflight import InFlight
-from .mounter.mounter import Mounter, MountState
+from .mount_health import MountHealth
+from .mounter.mounter import Mounter
 from .mounter.service import MounterClient
 from .nfs import NfsMounts
-from .staging import StagedVolume, StagingRecords
+from .state.staging import StagedVolume, StagingRecords
 from .volume_cache import VolumeCache, condition
 
 AccessMode = csi_pb2.VolumeCapability.AccessMode
@@ -57,6 +58,13 @@ def _check_capability(cap: csi_pb2.VolumeCapability) -> None:
 
 
 class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
+    """CSI Node: stage a volume as one FUSE mount (through the mounter), publish it by bind mounts,
+    report its stats and condition.
+
+    Owns the node's staging records and a watcher thread that binds targets again over a volume
+    mounted anew and stages again what the mounter lost. `csi.server.Driver` creates it for the
+    node modes; tests create it directly with fakes for the mounter and the cache."""
+
     def __init__(self, node_id: str, state_dir: str, max_volumes: int = 0,
                  log_level: str = "info", mounter: Mounter | MounterClient | None = None,
                  engine_endpoint: str | None = None, tier_names: tuple[str, ...] = (),
@@ -77,9 +85,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         self._inflight = InFlight()
         self._lock = threading.Lock()
         self._volumes: dict[str, StagedVolume] = {}
-        self._mounts: dict[str, MountState] = {}  # the mounter's last word on each volume
-        self._problems: dict[str, str] = {}  # volume id -> what went wrong keeping it mounted
-        self._mounter_error = ""  # why the mounter did not answer, while it does not
+        self.health = MountHealth(self.mounter)
         self._watch_interval = watch_interval
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="node-watch", daemon=True)
@@ -101,7 +107,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
             try:
                 self._nfs.ensure(vol.parameters)
             except (EddyError, OSError) as e:
-                self._problem(vol.volume_id, f"cannot mount its NFS export: {e}")
+                self.health.problem(vol.volume_id, f"cannot mount its NFS export: {e}")
         self.mounter.start()
         self._watcher.start()
 
@@ -119,13 +125,6 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                                     engine={"endpoint": self.engine_endpoint}
                                     if self.engine_endpoint else {})
 
-    def _problem(self, volume_id: str, message: str | None) -> None:
-        if message is None:
-            self._problems.pop(volume_id, None)
-        elif self._problems.get(volume_id) != message:
-            self._problems[volume_id] = message
-            self._log.warning("volume.problem", volume_id=volume_id, problem=message)
-
     def _watch(self) -> None:
         while not self._stop.is_set():
             try:
@@ -134,21 +133,9 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                 self._log.exception("watch failed")
             self._stop.wait(self._watch_interval)
 
-    def _refresh(self) -> bool:
-        """Ask the mounter how its mounts are; False when it does not answer."""
-        try:
-            self._mounts = {s.volume_id: s for s in self.mounter.states()}
-        except EddyError as e:
-            if not self._mounter_error:
-                self._log.warning("mounter.unavailable", error=str(e))
-            self._mounter_error = str(e)
-            return False
-        self._mounter_error = ""
-        return True
-
     def _sync(self) -> None:
         """Bring every staged volume in line with what the mounter says of its mount."""
-        if not self._refresh():
+        if not self.health.refresh():
             return
         with self._lock:
             volumes = list(self._volumes.values())
@@ -160,16 +147,17 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
             except Aborted:
                 continue  # a CSI call on it is running: next round
             except (EddyError, OSError) as e:
-                self._problem(vol.volume_id, str(e))
+                self.health.problem(vol.volume_id, str(e))
 
     def _reconcile(self, vol: StagedVolume) -> None:
         """Stage again what the mounter lost; bind the targets again over a new mount."""
-        state = self._mounts.get(vol.volume_id)
+        state = self.health.state(vol.volume_id)
         if state is None:
             self._log.warning("volume.restaging", volume_id=vol.volume_id,
                               reason="the mounter does not know it")
             self._nfs.ensure(vol.parameters)
-            state = self._mounts[vol.volume_id] = self.mounter.stage(self._config(vol))
+            state = self.mounter.stage(self._config(vol))
+            self.health.staged(state)
         if state.device and state.device != vol.device:
             for target, read_only in vol.targets.items():
                 mounts.unmount_all(target)
@@ -179,7 +167,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                                   targets=sorted(vol.targets), device=state.device)
             vol.device, vol.pid = state.device, state.pid
             self._records.save(vol)
-        self._problem(vol.volume_id, None)
+        self.health.problem(vol.volume_id, None)
 
     # -- staging -------------------------------------------------------------------------------
 
@@ -230,7 +218,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
             self._nfs.release(vol.parameters, self._others(vol))
             raise
         vol.pid, vol.device = state.pid, state.device
-        self._mounts[volume_id] = state
+        self.health.staged(state)
         self._records.save(vol, secrets)
         with self._lock:
             self._volumes[vol.volume_id] = vol
@@ -243,8 +231,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         self.mounter.unstage(vol.volume_id)
         mounts.unmount_all(vol.staging_path)
         self._records.remove(vol.volume_id)
-        self._mounts.pop(vol.volume_id, None)
-        self._problem(vol.volume_id, None)
+        self.health.unstaged(vol.volume_id)
         if self.cache is not None:
             self.cache.forget(vol.volume_id)
         with self._lock:
@@ -366,8 +353,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         path = os.path.normpath(request.volume_path)
         if vol is None or (path != vol.staging_path and path not in vol.targets):
             raise NotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
-        self._refresh()
-        abnormal, message = self.mount_condition(vol.volume_id)
+        self.health.refresh()
+        abnormal, message = self.health.condition(vol.volume_id)
         usage = []
         if self.cache is not None:
             try:
@@ -387,28 +374,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def volume_mounts(self) -> list[tuple[str, bool, str]]:
         """(volume id, abnormal, message) of every staged volume's mount (for `eddy status`)."""
-        self._refresh()
-        return [(v, *self.mount_condition(v)) for v in self.volume_ids()]
-
-    def mount_states(self) -> list[MountState]:
-        """The mounter's last word on each mount (for metrics)."""
-        return list(self._mounts.values())
-
-    def mount_condition(self, volume_id: str) -> tuple[bool, str]:
-        """(abnormal, message) of a staged volume's mount, from what the mounter last said
-        (never from the mount itself: a stat of a mount nobody serves would wait)."""
-        problem = self._problems.get(volume_id)
-        if problem is not None:
-            return True, problem
-        if self._mounter_error:
-            return True, f"the mounter does not answer: {self._mounter_error}"
-        state = self._mounts.get(volume_id)
-        if state is None:
-            return True, "the mounter does not know this volume; it is being staged again"
-        if state.abnormal:
-            return True, f"mount {state.phase.value}: {state.message}"
-        restarted = f" (daemon restarted {state.restarts} times)" if state.restarts else ""
-        return False, f"mount daemon running{restarted}"
+        self.health.refresh()
+        return [(v, *self.health.condition(v)) for v in self.volume_ids()]
 
     def NodeGetCapabilities(self, request):
         caps = [NodeCap.STAGE_UNSTAGE_VOLUME, NodeCap.GET_VOLUME_STATS, NodeCap.VOLUME_CONDITION]

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from cache_engine.engine import CacheEngine
 from cache_engine.spec import parse_parameters
 from cache_engine.status import DatasetStatus, Phase
-from eddy import log
+from eddy.base import log
 
-from .staging import StagedVolume
+from .state.staging import StagedVolume
+
+if TYPE_CHECKING:  # for annotations only: csi gets its engine from cache_engine.host
+    from cache_engine.host import CacheEngine
 
 
 class VolumeCache:
+    """What the node service asks the cache engine about one staged volume: open its dataset,
+    start the preload its parameters ask for, and the cache's view of it for volume stats."""
+
     def __init__(self, engine: CacheEngine):
         self.engine = engine
         self._log = log.get("csi.node")

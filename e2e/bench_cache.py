@@ -1,4 +1,4 @@
-"""Benchmark: how fast a cached dataset reads through an `eddy mount` (issue 3's figures).
+"""Benchmark: how fast a cached dataset reads through an `eddy mount`, against its targets.
 
 On one file of --size bytes kept on tmpfs, in one run, it reports MB/s for
 
@@ -29,7 +29,7 @@ from cache_engine.spec import parse_quantity
 from e2e.bench.measure import drop_caches, peak_rss_mib, read_file
 from e2e.bench.source import make_big_file
 
-TARGETS = {  # issue 3: figures a 2-core machine must reach
+TARGETS = {  # figures a 2-core machine must reach
     "warm_mb_s_min": 1000.0, "warm_over_direct_min": 0.25, "hot_over_direct_min": 0.8,
     "daemon_peak_rss_mib_max": 200.0,
 }

@@ -8,7 +8,7 @@ In one run, on one SeaweedFS server on loopback with --size bytes in --files obj
            number of workers: source reads, checksums, tier writes and the index
 
 The raw figure is measured before and after the preload and averaged, so a drift of the
-shared machine does not favour either side. Prints a table and writes --out (JSON); issue 4's
+shared machine does not favour either side. Prints a table and writes --out (JSON); the
 target is preload >= 0.8 x raw. Run: `python -m e2e.bench_preload --size 1Gi`.
 """
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from eddy.pb import csi_pb2
+from eddy.base.pb import csi_pb2
 from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mount_capability
 from tests.support.node import Pod
 from tests.support.s3server import S3Server

@@ -17,7 +17,7 @@ import threading
 import grpc
 import pytest
 
-from eddy.pb import csi_pb2
+from eddy.base.pb import csi_pb2
 from tests.support.driver import (
     DriverProcess,
     cleanup_mounts,

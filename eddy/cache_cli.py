@@ -15,9 +15,9 @@ import time
 
 import grpc
 
-from eddy.errors import EddyError
-from eddy.pb import cache_pb2, cache_pb2_grpc
-from eddy.rpc import ERROR_KEY
+from eddy.base.errors import EddyError
+from eddy.base.pb import cache_pb2, cache_pb2_grpc
+from eddy.base.rpc import ERROR_KEY
 
 MOUNT_SOCKET_DIR = "/run/eddy"
 POLL_SECONDS = 0.5

@@ -12,8 +12,9 @@ import threading
 
 import yaml
 
-from eddy import __version__, log
-from eddy.errors import EddyError
+from eddy import __version__
+from eddy.base import log
+from eddy.base.errors import EddyError
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "accessKeyId", "AWS_SECRET_ACCESS_KEY": "secretAccessKey",
            "AWS_SESSION_TOKEN": "sessionToken"}
@@ -188,10 +189,10 @@ def _secrets(path: str | None) -> dict[str, str]:
 
 
 def _mount(args) -> int:
+    from cache_engine.host import default_tiers
     from cache_engine.spec import parse_parameters, parse_secrets
     from cache_engine.tiers import parse_tiers
     from csi import daemons
-    from csi.server import default_tiers
     from eddy import cache_cli
 
     params = {"source": args.source}

@@ -1,6 +1,6 @@
 """Generated protobuf code is fresh, and csi.proto keeps the upstream CSI wire contract.
 
-Why: eddy/pb is checked in and produced by `make proto`; a .proto edited without regenerating
+Why: eddy/base/pb is checked in and produced by `make proto`; a .proto edited without regenerating
 ships a driver whose code disagrees with its own schema. And csi.proto is a copy of the upstream
 spec: a renumbered or retyped field still compiles but silently breaks every CO and sidecar.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor as pbd
 
-from eddy.pb import csi_pb2
+from eddy.base.pb import csi_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
-PB_DIR = ROOT / "eddy" / "pb"
+PB_DIR = ROOT / "eddy" / "base" / "pb"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 F = pbd.FieldDescriptor
@@ -34,7 +34,7 @@ def _regenerate(out: Path) -> None:
     bundled = importlib.resources.files("grpc_tools") / "_proto"
     args = [
         "grpc_tools.protoc",
-        f"-Ieddy/pb={PROTO_DIR}",
+        f"-Ieddy/base/pb={PROTO_DIR}",
         f"-I{bundled}",
         f"--python_out={out}",
         f"--pyi_out={out}",
@@ -53,7 +53,7 @@ def _regenerate(out: Path) -> None:
 def test_every_proto_has_generated_modules():
     assert _protos(), f"no .proto files under {PROTO_DIR}"
     missing = [
-        f"eddy/pb/{p.stem}{suffix}"
+        f"eddy/base/pb/{p.stem}{suffix}"
         for p in _protos()
         for suffix in GENERATED_SUFFIXES
         if not (PB_DIR / f"{p.stem}{suffix}").is_file()
@@ -75,7 +75,7 @@ def test_no_generated_module_without_a_proto():
 
 def test_generated_code_is_fresh(tmp_path):
     _regenerate(tmp_path)
-    fresh_dir = tmp_path / "eddy" / "pb"
+    fresh_dir = tmp_path / "eddy" / "base" / "pb"
     stale = []
     for p in _protos():
         for suffix in GENERATED_SUFFIXES:
@@ -83,7 +83,7 @@ def test_generated_code_is_fresh(tmp_path):
             fresh = (fresh_dir / name).read_bytes()
             checked_in = PB_DIR / name
             if not checked_in.is_file() or checked_in.read_bytes() != fresh:
-                stale.append(f"eddy/pb/{name}")
+                stale.append(f"eddy/base/pb/{name}")
     assert not stale, f"generated code is stale, run make proto: {stale}"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
-from eddy.errors import Unavailable
+from eddy.base.errors import Unavailable
 
 
 class Kind(str, Enum):

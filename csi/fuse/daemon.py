@@ -33,7 +33,6 @@ Logs are JSON lines on stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -48,8 +47,9 @@ import trio
 
 from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
 from cache_engine.ufs import Kind, UfsBackend, open_ufs
-from eddy import log
-from eddy.errors import EddyError, InvalidArgument, NotFound, Unavailable
+from eddy.base import log
+from eddy.base.errors import EddyError, InvalidArgument, NotFound, Unavailable
+from eddy.base.sockets import socket_path
 
 from . import device
 from .fs import DatasetFs
@@ -174,9 +174,8 @@ class _Reader:
 
     def __init__(self, spec: DatasetSpec, secrets: dict[str, str], engine: dict | None,
                  volume_id: str):
-        self.engine = None
+        self.host = None
         self.client = None
-        self.server = None
         engine = engine or {}
         if engine.get("endpoint"):
             from cache_engine.client import EngineClient
@@ -191,61 +190,45 @@ class _Reader:
                 self.client.close()
                 raise
         elif engine.get("state_dir"):
-            from cache_engine.engine import CacheEngine, StateDirBusy
+            from cache_engine.host import EngineHost, StateDirBusy
             from cache_engine.reader import DatasetReader
-            from cache_engine.tiers import parse_tiers
 
             try:
-                self.engine = CacheEngine(parse_tiers(engine.get("tiers") or []),
-                                          engine["state_dir"])
+                self.host = EngineHost(engine.get("tiers") or [], engine["state_dir"], threads=4)
             except StateDirBusy as e:
                 raise StateDirBusy(
                     f"{e} (another mount is using it: give this one its own --state-dir)"
                 ) from None
             try:
-                self.backend = DatasetReader(self.engine, spec, secrets, volume_id=volume_id)
+                self.backend = DatasetReader(self.host.engine, spec, secrets,
+                                             volume_id=volume_id)
                 if engine.get("socket"):
-                    self.socket_path = engine["socket"]
-                    self.server = _serve_engine(self.engine, engine["socket"], volume_id,
-                                                spec, secrets)
+                    self.host.serve(socket_path(engine["socket"]),
+                                    _own_volume(self.host.engine, volume_id, spec, secrets))
             except BaseException:
-                self.engine.close()
+                self.host.close()
                 raise
         else:
             self.backend = open_ufs(spec, secrets)
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.stop(1).wait()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
         self.backend.close()
         if self.client is not None:
             self.client.close()
-        if self.engine is not None:
-            self.engine.close()
+        if self.host is not None:
+            self.host.close()
 
 
-def _serve_engine(engine, endpoint: str, volume_id: str, spec: DatasetSpec,
-                  secrets: dict[str, str]):
-    """Serve this mount's engine to `eddy status` and `eddy preload --mountpoint`."""
-    from cache_engine.service import CacheEngineService, Volumes
-    from eddy.pb import cache_pb2_grpc
-
-    from ..server import engine_server, socket_path, start_private
+def _own_volume(engine, volume_id: str, spec: DatasetSpec, secrets: dict[str, str]):
+    """The one volume `eddy status` and `eddy preload --mountpoint` may name on this mount."""
+    from cache_engine.host import Volumes
 
     def dataset_of(name: str) -> str:
         if name != volume_id:
             raise NotFound(f"volume {name} is not this mount's ({volume_id})")
         return engine.open_dataset(spec, secrets, volume_id).dataset_id
 
-    server = engine_server(threads=4)
-    service = CacheEngineService(engine, Volumes(lambda: [volume_id], dataset_of))
-    cache_pb2_grpc.add_CacheEngineServicer_to_server(service, server)
-    path = socket_path(endpoint)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    start_private(server, path)
-    return server
+    return Volumes(lambda: [volume_id], dataset_of)
 
 
 def run(mountpoint: str, volume_id: str, parameters: dict[str, str],

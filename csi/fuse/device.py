@@ -15,9 +15,9 @@ import select
 import stat
 import struct
 
-from eddy import mounttable
-from eddy.errors import Unavailable
-from eddy.mounttable import mount_at
+from eddy.base import mounttable
+from eddy.base.errors import Unavailable
+from eddy.base.mounttable import mount_at
 
 FUSE_NOTIFY_RESEND = 7  # Linux 6.9+: requests read but not answered go back to the queue
 

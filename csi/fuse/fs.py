@@ -32,8 +32,8 @@ import pyfuse3
 import trio
 
 from cache_engine.ufs.base import Entry, Kind, UfsBackend, VersionChanged, join
-from eddy import log
-from eddy.errors import EddyError
+from eddy.base import log
+from eddy.base.errors import EddyError
 
 from .metadata import MetadataCache
 from .passthrough import BackingFiles, Passthrough, pyfuse3_has_passthrough

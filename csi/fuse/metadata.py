@@ -36,6 +36,8 @@ class Cached:
 
 @dataclass(frozen=True, slots=True)
 class Listing:
+    """One directory's entries, in listing order and by name, and when they stop being fresh."""
+
     entries: list[Entry]
     by_name: dict[str, Entry]
     expiry: float

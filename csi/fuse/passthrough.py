@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from eddy.errors import EddyError
+from eddy.base.errors import EddyError
 
 BACKING_OPEN = 0x4010E501  # FUSE_DEV_IOC_BACKING_OPEN: struct {int32 fd; uint32 flags; u64}
 BACKING_CLOSE = 0x4004E502  # FUSE_DEV_IOC_BACKING_CLOSE: the uint32 backing id

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from cache_engine.ufs.base import Entry, Kind
-from eddy import log
+from eddy.base import log
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 COMPACT_MIN_RECORDS = 4096  # the journal is rewritten past this many records (and 4x the live)
@@ -39,6 +39,9 @@ COMPACT_MIN_RECORDS = 4096  # the journal is rewritten past this many records (a
 
 @dataclass(frozen=True, slots=True)
 class OpenFile:
+    """What the kernel's file handle (fh) stands for: the inode, its path and the file version it
+    opened, and whether its open went through FUSE passthrough (with the kernel's backing id)."""
+
     inode: int
     path: str
     version: str
@@ -48,6 +51,9 @@ class OpenFile:
 
 @dataclass(slots=True)
 class OpenDir:
+    """What the kernel's directory handle stands for: the directory and the listing its readdir
+    offsets index (None after a resume: listed again at the next readdir)."""
+
     inode: int
     path: str
     entries: list[Entry] | None  # the listing readdir offsets index; None: list it again

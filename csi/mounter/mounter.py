@@ -28,15 +28,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field
 
-from eddy import log
-from eddy.errors import AlreadyExists, EddyError, InvalidArgument, NotFound
+from eddy.base import log
+from eddy.base.errors import AlreadyExists, EddyError, InvalidArgument, NotFound
 
 from .. import daemons, mounts
 from ..fuse import device
 from .records import MountRecord, MountRecords
+from .states import MountState, Phase
 
 TICK = 0.2  # how often daemons are checked
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # seconds between failed starts, doubling
@@ -44,37 +44,6 @@ RESUME_ATTEMPTS = 5  # failed resumes in a row before the connection is mounted 
 HOLDER_GRACE = 5.0  # how long a mount whose descriptor is elsewhere waits for it
 ABANDON_AFTER = 60.0  # a connection nobody hands back in this long is aborted and remounted
 UNMOUNT_GRACE = 2.0  # how long an unmounted volume's daemon may take to notice and exit
-
-
-class Phase(str, Enum):
-    SERVING = "serving"  # a daemon serves the connection
-    RESTARTING = "restarting"  # its daemon died: a successor is being started
-    WAITING = "waiting"  # no copy of the descriptor here: waiting for the node plugin's
-
-
-@dataclass(frozen=True)
-class MountState:
-    """One volume's mount as the mounter sees it (what NodeGetVolumeStats and status show)."""
-
-    volume_id: str
-    mountpoint: str
-    device: str  # "major:minor" of the connection: a new one means the targets must be re-bound
-    pid: int
-    phase: Phase
-    message: str
-    restarts: int  # daemons started after the first (resumed or mounted anew)
-    held: bool  # the mounter holds a copy of the connection's descriptor
-
-    @property
-    def abnormal(self) -> bool:
-        return self.phase is not Phase.SERVING
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "phase": self.phase.value}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MountState:
-        return cls(**{**data, "phase": Phase(data["phase"])})
 
 
 @dataclass(eq=False)

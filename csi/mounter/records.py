@@ -20,11 +20,15 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 
-from ..staging import write_json
+from ..state.staging import write_json
 
 
 @dataclass
 class MountRecord:
+    """What the mounter keeps of one staged volume to serve it again after a restart: its
+    mountpoint, parameters, engine settings, the connection's device and the daemon's
+    descriptor number. Secrets are kept beside it in a file of their own (0600)."""
+
     volume_id: str
     mountpoint: str
     parameters: dict[str, str]
@@ -37,6 +41,11 @@ class MountRecord:
 
 
 class MountRecords:
+    """The mounter's records on disk: one directory per volume (`v-<sha256>`, so ids that differ
+    only in punctuation never share one) with record.json, secrets.json and the daemon's
+    session directory. Written atomically; an unreadable record is moved aside and reported,
+    never fatal. Only `Mounter` uses it."""
+
     def __init__(self, state_dir: str):
         self.dir = os.path.join(os.path.abspath(state_dir), "volumes")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)

@@ -9,7 +9,7 @@ One request per frame (wire.py), one answer each:
     {"op": "hold", "volume_id": ID, "device": D}  + the descriptor -> {}
 
 Every answer carries "ok"; a failure carries {"error": {"kind": K, "message": M}}, and the
-client raises the `eddy.errors` kind K again, so the node plugin answers CSI calls as if the
+client raises the `eddy.base.errors` kind K again, so the node plugin answers CSI calls as if the
 mounter ran in its own process. The socket is the mounter's whole API and hands out mount
 descriptors: only root may use it (0600).
 
@@ -25,13 +25,14 @@ import os
 import socket
 import threading
 
-from eddy import errors, log
-from eddy.errors import EddyError, InvalidArgument, Unavailable
-from eddy.sockets import claim_socket_path, socket_path
+from eddy.base import errors, log
+from eddy.base.errors import EddyError, InvalidArgument, Unavailable
+from eddy.base.sockets import claim_socket_path, socket_path
 
 from ..daemons import DaemonConfig
 from . import wire
-from .mounter import Mounter, MountState
+from .mounter import Mounter
+from .states import MountState
 
 CALL_TIMEOUT = 30.0
 STAGE_TIMEOUT = 180.0  # a stage waits for the daemon's READY (60 s) and may mount NFS first

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 
 from csi import mounts as hostmounts
-from eddy.mounttable import mount_table
+from eddy.base.mounttable import mount_table
 
 from .measure import peak_rss_mib
 from .source import BUCKET, Source

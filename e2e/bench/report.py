@@ -47,7 +47,7 @@ def table(results: Results, meta: dict) -> str:
             lines.append(f"  eddy {phase:<17}" + "".join(
                 f"{_num(c, '.2f') + ('x' if c is not None else ''):>14}" for c in cells))
         lines.append("")
-    lines.append("targets (issue 6)")
+    lines.append("targets")
     for t in results.targets():
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         got = f"{t['ratio']:.2f}x" if t["ratio"] is not None else t["not_measured_because"]

@@ -15,7 +15,7 @@ from .measure import Timing
 DATASETS = ("big", "small")
 PHASES = ("cold", "warm", "hot")  # eddy's
 PEERS = ("rclone", "s3fs")
-PEER_PHASES = ("cold", "warm")  # what the issue compares; a peer's hot read adds only time
+PEER_PHASES = ("cold", "warm")  # what the targets compare; a peer's hot read adds only time
 REFERENCES = (("tmpfs", "direct"), ("s3", "raw"))
 
 
@@ -65,7 +65,7 @@ def expected_rows() -> list[Row]:
 
 @dataclass(frozen=True)
 class Target:
-    """A ratio the issue asks for: eddy's `phase` over `other`'s row, at least `minimum`
+    """A ratio eddy must reach: eddy's `phase` over `other`'s row, at least `minimum`
     (more than it, when `strictly`)."""
 
     dataset: str
@@ -83,7 +83,7 @@ class Target:
         return f"{what}: eddy {self.phase} >= {self.minimum:g}x {other}"
 
 
-TARGETS = (  # issue 6, "Targets the bench will be judged on"
+TARGETS = (  # what the bench is judged on
     Target("big", "warm", "rclone/warm", 3.0),
     Target("big", "warm", "s3fs/warm", 3.0),
     Target("big", "cold", "s3/raw", 0.8),

@@ -31,8 +31,8 @@ from .mounts import Eddy, Rclone, S3fs, System, installed, sweep
 from .results import Results
 from .source import Source
 
-BUDGET_SECONDS = 15 * 60  # issue 6: the whole bench on a 2-core machine
-FULL = {"size": "2Gi", "small_files": 10000}  # issue 6's datasets
+BUDGET_SECONDS = 15 * 60  # the whole bench on a 2-core machine
+FULL = {"size": "2Gi", "small_files": 10000}  # the datasets the targets are set for
 QUICK = {"size": "64Mi", "small_files": 500}
 
 

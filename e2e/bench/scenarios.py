@@ -9,7 +9,7 @@
                       timed on two fresh mounts, the faster kept (on a shared machine one
                       warm read can be off by a third)
                 hot:  (eddy only) the same read again on the last of those mounts, page
-                      cache kept; best of 2, as the tmpfs reference. The issue compares the
+                      cache kept; best of 2, as the tmpfs reference. The targets compare the
                       peers cold and warm only, and their hot reads would add a minute to a
                       bench that must fit in 15
 

@@ -36,7 +36,7 @@ def test_quick_bench_writes_every_row(tmp_path):
          "--no-peers", "--out-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "targets (issue 6)" in proc.stdout
+    assert "\ntargets\n" in proc.stdout
 
     results = json.loads((tmp_path / "bench-results.json").read_text())
     rows = {row["id"]: row for row in results["rows"]}

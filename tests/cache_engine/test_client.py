@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from cache_engine.client import EngineClient
+from cache_engine.host import engine_server, start_private
 from cache_engine.reader import DatasetReader
 from cache_engine.service import CacheEngineService
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
-from csi.server import engine_server, start_private
-from eddy.pb import cache_pb2_grpc
+from eddy.base.pb import cache_pb2_grpc
 from tests.support.engine import blob, make_spec
 from tests.support.fake_source import FakeUfs
 

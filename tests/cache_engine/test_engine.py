@@ -14,7 +14,7 @@ import pytest
 
 from cache_engine.engine import CacheEngine
 from cache_engine.tiers import Tier
-from eddy.errors import FailedPrecondition, InvalidArgument, NotFound
+from eddy.base.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.support.engine import (
     BS,
     FakeClock,

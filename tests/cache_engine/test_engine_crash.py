@@ -34,7 +34,7 @@ import json, random, sys, threading
 from cache_engine.engine import CacheEngine
 from cache_engine.spec import parse_parameters
 from cache_engine.tiers import Tier
-from eddy import log
+from eddy.base import log
 from tests.support.engine import read_location
 
 log.configure("error")
@@ -153,7 +153,7 @@ import json, random, sys
 from cache_engine.engine import CacheEngine
 from cache_engine.spec import parse_parameters
 from cache_engine.tiers import Tier
-from eddy import log
+from eddy.base import log
 from tests.support.engine import read_location
 
 log.configure("error")

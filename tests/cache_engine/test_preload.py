@@ -9,7 +9,7 @@ import pytest
 from cache_engine.preload import JobState
 from cache_engine.status import Phase
 from cache_engine.ufs.base import UfsUnavailable
-from eddy.errors import NotFound
+from eddy.base.errors import NotFound
 from tests.support.engine import BS, blob, make_spec, read_location
 from tests.support.fake_source import FakeUfs
 

@@ -13,9 +13,9 @@ from cache_engine.spec import (
     parse_secrets,
 )
 from csi.controller import ControllerService
-from csi.state import SqliteVolumeStore
-from eddy.errors import InvalidParameter
-from eddy.pb import csi_pb2, csi_pb2_grpc
+from csi.state.volumes import SqliteVolumeStore
+from eddy.base.errors import InvalidParameter
+from eddy.base.pb import csi_pb2, csi_pb2_grpc
 from tests.support.grpc_server import serve
 
 MiB, GiB = 1 << 20, 1 << 30

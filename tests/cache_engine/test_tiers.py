@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cache_engine.tiers import Tier, parse_tier, parse_tiers
-from eddy.errors import InvalidArgument
+from eddy.base.errors import InvalidArgument
 
 
 def test_tier_with_defaults_and_with_watermarks():

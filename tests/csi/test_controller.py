@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from csi.controller import ControllerService
-from csi.state import SqliteVolumeStore
-from eddy.pb import csi_pb2, csi_pb2_grpc
+from csi.state.volumes import SqliteVolumeStore
+from eddy.base.pb import csi_pb2, csi_pb2_grpc
 from tests.support.grpc_server import serve
 
 GiB = 1 << 30

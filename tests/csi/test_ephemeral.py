@@ -17,8 +17,8 @@ import pytest
 
 from cache_engine.spec import parse_parameters
 from csi.ephemeral import EphemeralPolicy, is_ephemeral
-from eddy.errors import InvalidArgument
-from eddy.pb import csi_pb2
+from eddy.base.errors import InvalidArgument
+from eddy.base.pb import csi_pb2
 from tests.support.driver import (
     AccessMode,
     DriverProcess,

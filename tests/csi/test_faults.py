@@ -27,7 +27,7 @@ import pytest
 
 from csi.fuse.daemon import pyfuse3_can_resume
 from csi.fuse.passthrough import pyfuse3_has_passthrough
-from eddy.pb import csi_pb2
+from eddy.base.pb import csi_pb2
 from tests.support.driver import (
     cleanup_mounts,
     create,

@@ -13,11 +13,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from csi.controller import ControllerService
-from csi.kube import LazyCoreApi
-from csi.kube_state import ID_LABEL, KubernetesVolumeStore, object_name
-from csi.state import SqliteVolumeStore, VolumeRecord
-from eddy.errors import Aborted, AlreadyExists, Unavailable
-from eddy.pb import csi_pb2
+from csi.kube.api import LazyCoreApi
+from csi.kube.volume_store import ID_LABEL, KubernetesVolumeStore, object_name
+from csi.state.volumes import SqliteVolumeStore, VolumeRecord
+from eddy.base.errors import Aborted, AlreadyExists, Unavailable
+from eddy.base.pb import csi_pb2
 from tests.support.kube import FakeCoreApi
 from tests.support.kustomize import validate
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from csi import mounts
-from eddy.pb import csi_pb2
+from eddy.base.pb import csi_pb2
 from tests.support.driver import (
     AccessMode,
     DriverProcess,

@@ -15,10 +15,10 @@ import pytest
 from cache_engine.spec import parse_parameters
 from csi import mounts
 from csi.daemons import DaemonConfig
-from csi.mounter.mounter import MountState, Phase
+from csi.mounter.states import MountState, Phase
 from csi.nfs import NfsMounts
 from csi.node import NodeService
-from eddy.pb import csi_pb2
+from eddy.base.pb import csi_pb2
 from tests.support.driver import cleanup_mounts, mount_capability
 from tests.support.wait import wait_for
 

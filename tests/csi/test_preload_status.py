@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from eddy.pb import cache_pb2, cache_pb2_grpc, csi_pb2
+from eddy.base.pb import cache_pb2, cache_pb2_grpc, csi_pb2
 from tests.support.driver import (
     DriverProcess,
     cleanup_mounts,

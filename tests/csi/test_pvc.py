@@ -13,11 +13,11 @@ import pytest
 
 from cache_engine.spec import parse_parameters, parse_source
 from csi.controller import ControllerService
-from csi.kube import LazyCoreApi
-from csi.pvc import PvcResolver
-from csi.state import SqliteVolumeStore
-from eddy.errors import FailedPrecondition, InvalidArgument, Unavailable
-from eddy.pb import csi_pb2
+from csi.kube.api import LazyCoreApi
+from csi.kube.pvc import PvcResolver
+from csi.state.volumes import SqliteVolumeStore
+from eddy.base.errors import FailedPrecondition, InvalidArgument, Unavailable
+from eddy.base.pb import csi_pb2
 from tests.support.kube import FakeCoreApi, load_models
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claims.yaml"

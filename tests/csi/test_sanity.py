@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from eddy import __version__
-from eddy.pb import csi_pb2
+from eddy.base.pb import csi_pb2
 from tests.support.driver import DriverProcess, cleanup_mounts, mount_capability
 
 Code = grpc.StatusCode

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(renderer() is None,
 PACKAGES = ("eddy", "csi", "cache_engine")
 # Modules whose namespaced calls stay in the controller's own namespace (--state-namespace
 # defaults to it); any other namespaced call may go to any namespace and needs a ClusterRole.
-OWN_NAMESPACE = {"csi/kube_state.py"}
+OWN_NAMESPACE = {"csi/kube/volume_store.py"}
 CONTROLLER = ("eddy", "eddy-controller")
 NODE = ("eddy", "eddy-node")
 HTTP_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
@@ -119,9 +119,9 @@ def allows(rules: list[dict], group: str, resource: str, verb: str) -> bool:
 
 def test_the_scan_finds_the_calls_we_know_of():
     calls = set(api_calls())
-    assert ("csi/pvc.py", "read_namespaced_persistent_volume_claim") in calls
-    assert ("csi/pvc.py", "read_persistent_volume") in calls
-    assert ("csi/kube_state.py", "create_namespaced_config_map") in calls
+    assert ("csi/kube/pvc.py", "read_namespaced_persistent_volume_claim") in calls
+    assert ("csi/kube/pvc.py", "read_persistent_volume") in calls
+    assert ("csi/kube/volume_store.py", "create_namespaced_config_map") in calls
     methods = api_methods()
     assert permission("read_namespaced_persistent_volume_claim", methods[
         "read_namespaced_persistent_volume_claim"]) == ("", "persistentvolumeclaims", "get", True)

@@ -11,8 +11,8 @@ import time
 
 import grpc
 
-from eddy.mounttable import mount_table
-from eddy.pb import csi_pb2, csi_pb2_grpc
+from eddy.base.mounttable import mount_table
+from eddy.base.pb import csi_pb2, csi_pb2_grpc
 
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 

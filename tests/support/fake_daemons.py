@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from csi.daemons import DaemonConfig, MountDaemon
-from eddy.errors import Unavailable
+from eddy.base.errors import Unavailable
 
 
 class FakeDaemon(MountDaemon):

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from eddy.mounttable import mount_table
+from eddy.base.mounttable import mount_table
 
 from .driver import DriverProcess
 from .wait import wait_for

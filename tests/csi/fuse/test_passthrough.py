@@ -32,8 +32,8 @@ from cache_engine.ufs.local import LocalUfs
 from csi.fuse.fs import DatasetFs
 from csi.fuse.passthrough import Passthrough, pyfuse3_has_passthrough
 from csi.mounts import is_mount_point
-from eddy import log
-from eddy.errors import Unavailable
+from eddy.base import log
+from eddy.base.errors import Unavailable
 from tests.support.fuse import fuse_problem
 
 REPO = Path(__file__).resolve().parents[3]

@@ -18,9 +18,10 @@ import pytest
 
 from csi import daemons
 from csi.daemons import is_daemon_of, process_start
-from csi.mounter.mounter import Mounter, Phase
+from csi.mounter.mounter import Mounter
 from csi.mounter.records import MountRecord, MountRecords
-from eddy.errors import AlreadyExists, Unavailable
+from csi.mounter.states import Phase
+from eddy.base.errors import AlreadyExists, Unavailable
 from tests.support.fake_daemons import Fakes, config
 from tests.support.wait import wait_for
 

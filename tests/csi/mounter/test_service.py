@@ -11,9 +11,10 @@ import pytest
 
 from csi.fuse import device
 from csi.mounter import wire
-from csi.mounter.mounter import Mounter, Phase
+from csi.mounter.mounter import Mounter
 from csi.mounter.service import MounterClient, MounterServer
-from eddy.errors import AlreadyExists, InvalidArgument, Unavailable
+from csi.mounter.states import Phase
+from eddy.base.errors import AlreadyExists, InvalidArgument, Unavailable
 from tests.support.driver import cleanup_mounts
 from tests.support.fake_daemons import Fakes, config
 from tests.support.node import mounts_at

@@ -6,7 +6,7 @@ import os
 import socket
 import stat
 
-from eddy.errors import InvalidArgument
+from eddy.base.errors import InvalidArgument
 
 
 def socket_path(endpoint: str) -> str:

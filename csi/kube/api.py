@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 
-from eddy.errors import AlreadyExists, NotFound, Unavailable
+from eddy.base.errors import AlreadyExists, NotFound, Unavailable
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 REQUEST_TIMEOUT = 30.0  # seconds, for every API call

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from eddy.pb import cache_pb2 as eddy_dot_pb_dot_cache__pb2
+from eddy.base.pb import cache_pb2 as eddy_dot_base_dot_pb_dot_cache__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in eddy/pb/cache_pb2_grpc.py depends on'
+        + ' but the generated code in eddy/base/pb/cache_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,53 +36,53 @@ class CacheEngineStub:
         """
         self.OpenDataset = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/OpenDataset',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.OpenDatasetRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.OpenDatasetResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.OpenDatasetRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.OpenDatasetResponse.FromString,
                 _registered_method=True)
         self.Stat = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/Stat',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.StatRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.StatResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatResponse.FromString,
                 _registered_method=True)
         self.List = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/List',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.ListRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.ListResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ListRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ListResponse.FromString,
                 _registered_method=True)
         self.Locate = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/Locate',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.LocateRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.LocateResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.LocateRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.LocateResponse.FromString,
                 _registered_method=True)
         self.ReportCorrupt = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/ReportCorrupt',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
                 _registered_method=True)
         self.Extent = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/Extent',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.ExtentRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.ExtentResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ExtentRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ExtentResponse.FromString,
                 _registered_method=True)
         self.Preload = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/Preload',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.PreloadRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.FromString,
                 _registered_method=True)
         self.GetPreload = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/GetPreload',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.FromString,
                 _registered_method=True)
         self.CancelPreload = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/CancelPreload',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/Status',
-                request_serializer=eddy_dot_pb_dot_cache__pb2.StatusRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_cache__pb2.StatusResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatusRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -164,53 +164,53 @@ def add_CacheEngineServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'OpenDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenDataset,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.OpenDatasetRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.OpenDatasetResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.OpenDatasetRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.OpenDatasetResponse.SerializeToString,
             ),
             'Stat': grpc.unary_unary_rpc_method_handler(
                     servicer.Stat,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.StatRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.StatResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatResponse.SerializeToString,
             ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.ListRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.ListResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ListRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ListResponse.SerializeToString,
             ),
             'Locate': grpc.unary_unary_rpc_method_handler(
                     servicer.Locate,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.LocateRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.LocateResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.LocateRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.LocateResponse.SerializeToString,
             ),
             'ReportCorrupt': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportCorrupt,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptResponse.SerializeToString,
             ),
             'Extent': grpc.unary_unary_rpc_method_handler(
                     servicer.Extent,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.ExtentRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.ExtentResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ExtentRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ExtentResponse.SerializeToString,
             ),
             'Preload': grpc.unary_unary_rpc_method_handler(
                     servicer.Preload,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
             ),
             'GetPreload': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPreload,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadTarget.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
             ),
             'CancelPreload': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelPreload,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.PreloadTarget.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadTarget.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=eddy_dot_pb_dot_cache__pb2.StatusRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_cache__pb2.StatusResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatusRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -238,8 +238,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/OpenDataset',
-            eddy_dot_pb_dot_cache__pb2.OpenDatasetRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.OpenDatasetResponse.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.OpenDatasetRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.OpenDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -265,8 +265,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/Stat',
-            eddy_dot_pb_dot_cache__pb2.StatRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.StatResponse.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.StatRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.StatResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -292,8 +292,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/List',
-            eddy_dot_pb_dot_cache__pb2.ListRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.ListResponse.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.ListRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -319,8 +319,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/Locate',
-            eddy_dot_pb_dot_cache__pb2.LocateRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.LocateResponse.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.LocateRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.LocateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -346,8 +346,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/ReportCorrupt',
-            eddy_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -373,8 +373,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/Extent',
-            eddy_dot_pb_dot_cache__pb2.ExtentRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.ExtentResponse.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.ExtentRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.ExtentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -400,8 +400,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/Preload',
-            eddy_dot_pb_dot_cache__pb2.PreloadRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.PreloadRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.FromString,
             options,
             channel_credentials,
             insecure,
@@ -427,8 +427,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/GetPreload',
-            eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,8 +454,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/CancelPreload',
-            eddy_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.PreloadJob.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.PreloadTarget.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.PreloadJob.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,8 +481,8 @@ class CacheEngine:
             request,
             target,
             '/eddy.cache.v1.CacheEngine/Status',
-            eddy_dot_pb_dot_cache__pb2.StatusRequest.SerializeToString,
-            eddy_dot_pb_dot_cache__pb2.StatusResponse.FromString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.StatusRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,9 +18,9 @@ import dataclasses
 import posixpath
 
 from cache_engine.spec import DatasetSpec, Source, parse_source
-from eddy.errors import FailedPrecondition, InvalidArgument, NotFound
+from eddy.base.errors import FailedPrecondition, InvalidArgument, NotFound
 
-from .kube import REQUEST_TIMEOUT, LazyCoreApi, api_errors
+from .api import REQUEST_TIMEOUT, LazyCoreApi, api_errors
 
 SUPPORTED = "hostPath, local and nfs"
 # PersistentVolumeSpec fields that describe the volume rather than say where its data lives.

@@ -26,6 +26,8 @@ _OCTAL = re.compile(r"\\([0-7]{3})")
 
 @dataclass(frozen=True)
 class MountInfo:
+    """One line of /proc/self/mountinfo: where, what is mounted there, and its device number."""
+
     mount_point: str
     root: str
     fstype: str

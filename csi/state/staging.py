@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 @dataclass
 class StagedVolume:
+    """The node's record of one staged volume: where it is staged, the parameters it was staged
+    with, its published targets and the FUSE connection (device) they are bound to."""
+
     volume_id: str
     staging_path: str
     parameters: dict[str, str]
@@ -42,6 +45,10 @@ def write_json(path: str, data: dict) -> None:
 
 
 class StagingRecords:
+    """The node's staged volumes on disk: one JSON file per volume under <state-dir>/node, written
+    with a temp file and rename. NodeService reads them at start (to carry on after a restart)
+    and writes one at each stage, publish and unpublish."""
+
     def __init__(self, state_dir: str):
         self.dir = os.path.join(state_dir, "node")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)

@@ -22,11 +22,11 @@ import hashlib
 import json
 import re
 
-from eddy import log
-from eddy.errors import Aborted, NotFound, Unavailable
+from eddy.base import log
+from eddy.base.errors import Aborted, NotFound, Unavailable
 
-from .kube import REQUEST_TIMEOUT, LazyCoreApi, api_errors
-from .state import VolumeRecord, VolumeStore
+from ..state.volumes import VolumeRecord, VolumeStore
+from .api import REQUEST_TIMEOUT, LazyCoreApi, api_errors
 
 PREFIX = "eddy-vol-"
 RECORD_LABEL = "eddy.csi.io/record"
@@ -48,7 +48,7 @@ class KubernetesVolumeStore(VolumeStore):
         self._api = api
         self.namespace = namespace
         self._page_size = page_size  # records per list request
-        self._log = log.get("csi.kube_state")
+        self._log = log.get("csi.kube.volume_store")
 
     def get(self, volume_id: str) -> VolumeRecord | None:
         found = self._find(volume_id)

@@ -22,7 +22,8 @@ import time
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from eddy import errors, log
+from eddy.base import errors, log
+from eddy.base.sockets import claim_socket_path
 
 # Ordered: the first matching class wins, so subclasses come before their bases.
 ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -121,3 +122,9 @@ def require(request, *fields: str) -> None:
                 raise errors.InvalidArgument(f"{field} is required")
         elif not value:
             raise errors.InvalidArgument(f"{field} is required")
+
+
+def bind_unix(server: grpc.Server, path: str) -> None:
+    """Bind `server` to a unix socket at `path`, replacing a stale socket from a crash."""
+    claim_socket_path(path)
+    server.add_insecure_port(f"unix://{path}")

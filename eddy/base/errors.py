@@ -1,7 +1,7 @@
 """The error kinds every layer raises; the gRPC boundary maps them to status codes.
 
 Domain code (cache_engine, volume state, mounts) raises these or subclasses of them and never
-imports grpc. `eddy.rpc` holds the single table from these classes to gRPC codes.
+imports grpc. `eddy.base.rpc` holds the single table from these classes to gRPC codes.
 Messages are shown to users: they name the problem (the parameter key, the volume id) and
 never contain a secret.
 """

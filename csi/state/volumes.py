@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eddy.errors import AlreadyExists
+from eddy.base.errors import AlreadyExists
 
 DB_NAME = "controller.db"
 

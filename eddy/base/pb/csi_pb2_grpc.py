@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from eddy.pb import csi_pb2 as eddy_dot_pb_dot_csi__pb2
+from eddy.base.pb import csi_pb2 as eddy_dot_base_dot_pb_dot_csi__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in eddy/pb/csi_pb2_grpc.py depends on'
+        + ' but the generated code in eddy/base/pb/csi_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -40,18 +40,18 @@ class IdentityStub:
         """
         self.GetPluginInfo = channel.unary_unary(
                 '/csi.v1.Identity/GetPluginInfo',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.GetPluginInfoRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.GetPluginInfoResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginInfoRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginInfoResponse.FromString,
                 _registered_method=True)
         self.GetPluginCapabilities = channel.unary_unary(
                 '/csi.v1.Identity/GetPluginCapabilities',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.GetPluginCapabilitiesRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.GetPluginCapabilitiesResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginCapabilitiesRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.Probe = channel.unary_unary(
                 '/csi.v1.Identity/Probe',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ProbeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ProbeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ProbeResponse.FromString,
                 _registered_method=True)
 
 
@@ -85,18 +85,18 @@ def add_IdentityServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetPluginInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPluginInfo,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.GetPluginInfoRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.GetPluginInfoResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginInfoRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginInfoResponse.SerializeToString,
             ),
             'GetPluginCapabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPluginCapabilities,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.GetPluginCapabilitiesRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.GetPluginCapabilitiesResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginCapabilitiesRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginCapabilitiesResponse.SerializeToString,
             ),
             'Probe': grpc.unary_unary_rpc_method_handler(
                     servicer.Probe,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ProbeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ProbeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ProbeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ProbeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -128,8 +128,8 @@ class Identity:
             request,
             target,
             '/csi.v1.Identity/GetPluginInfo',
-            eddy_dot_pb_dot_csi__pb2.GetPluginInfoRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.GetPluginInfoResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginInfoRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -155,8 +155,8 @@ class Identity:
             request,
             target,
             '/csi.v1.Identity/GetPluginCapabilities',
-            eddy_dot_pb_dot_csi__pb2.GetPluginCapabilitiesRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.GetPluginCapabilitiesResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginCapabilitiesRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetPluginCapabilitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -182,8 +182,8 @@ class Identity:
             request,
             target,
             '/csi.v1.Identity/Probe',
-            eddy_dot_pb_dot_csi__pb2.ProbeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ProbeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ProbeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ProbeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -206,73 +206,73 @@ class ControllerStub:
         """
         self.CreateVolume = channel.unary_unary(
                 '/csi.v1.Controller/CreateVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeResponse.FromString,
                 _registered_method=True)
         self.DeleteVolume = channel.unary_unary(
                 '/csi.v1.Controller/DeleteVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeResponse.FromString,
                 _registered_method=True)
         self.ControllerPublishVolume = channel.unary_unary(
                 '/csi.v1.Controller/ControllerPublishVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ControllerPublishVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerPublishVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerPublishVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerPublishVolumeResponse.FromString,
                 _registered_method=True)
         self.ControllerUnpublishVolume = channel.unary_unary(
                 '/csi.v1.Controller/ControllerUnpublishVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeResponse.FromString,
                 _registered_method=True)
         self.ValidateVolumeCapabilities = channel.unary_unary(
                 '/csi.v1.Controller/ValidateVolumeCapabilities',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.ListVolumes = channel.unary_unary(
                 '/csi.v1.Controller/ListVolumes',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ListVolumesRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ListVolumesResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListVolumesResponse.FromString,
                 _registered_method=True)
         self.GetCapacity = channel.unary_unary(
                 '/csi.v1.Controller/GetCapacity',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.GetCapacityRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.GetCapacityResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetCapacityRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetCapacityResponse.FromString,
                 _registered_method=True)
         self.ControllerGetCapabilities = channel.unary_unary(
                 '/csi.v1.Controller/ControllerGetCapabilities',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.CreateSnapshot = channel.unary_unary(
                 '/csi.v1.Controller/CreateSnapshot',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.CreateSnapshotRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.CreateSnapshotResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateSnapshotResponse.FromString,
                 _registered_method=True)
         self.DeleteSnapshot = channel.unary_unary(
                 '/csi.v1.Controller/DeleteSnapshot',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.DeleteSnapshotRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.DeleteSnapshotResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteSnapshotResponse.FromString,
                 _registered_method=True)
         self.ListSnapshots = channel.unary_unary(
                 '/csi.v1.Controller/ListSnapshots',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ListSnapshotsRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ListSnapshotsResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListSnapshotsResponse.FromString,
                 _registered_method=True)
         self.ControllerExpandVolume = channel.unary_unary(
                 '/csi.v1.Controller/ControllerExpandVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ControllerExpandVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerExpandVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerExpandVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerExpandVolumeResponse.FromString,
                 _registered_method=True)
         self.ControllerGetVolume = channel.unary_unary(
                 '/csi.v1.Controller/ControllerGetVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ControllerGetVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerGetVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetVolumeResponse.FromString,
                 _registered_method=True)
         self.ControllerModifyVolume = channel.unary_unary(
                 '/csi.v1.Controller/ControllerModifyVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.ControllerModifyVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerModifyVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerModifyVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerModifyVolumeResponse.FromString,
                 _registered_method=True)
 
 
@@ -368,73 +368,73 @@ def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeResponse.SerializeToString,
             ),
             'DeleteVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeResponse.SerializeToString,
             ),
             'ControllerPublishVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.ControllerPublishVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerPublishVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ControllerPublishVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerPublishVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerPublishVolumeResponse.SerializeToString,
             ),
             'ControllerUnpublishVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.ControllerUnpublishVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeResponse.SerializeToString,
             ),
             'ValidateVolumeCapabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.ValidateVolumeCapabilities,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesResponse.SerializeToString,
             ),
             'ListVolumes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVolumes,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ListVolumesRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ListVolumesResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListVolumesRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListVolumesResponse.SerializeToString,
             ),
             'GetCapacity': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCapacity,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.GetCapacityRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.GetCapacityResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetCapacityRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetCapacityResponse.SerializeToString,
             ),
             'ControllerGetCapabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.ControllerGetCapabilities,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesResponse.SerializeToString,
             ),
             'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSnapshot,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.CreateSnapshotRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.CreateSnapshotResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateSnapshotResponse.SerializeToString,
             ),
             'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSnapshot,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.DeleteSnapshotRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.DeleteSnapshotResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteSnapshotResponse.SerializeToString,
             ),
             'ListSnapshots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSnapshots,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ListSnapshotsRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ListSnapshotsResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ListSnapshotsResponse.SerializeToString,
             ),
             'ControllerExpandVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.ControllerExpandVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerExpandVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ControllerExpandVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerExpandVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerExpandVolumeResponse.SerializeToString,
             ),
             'ControllerGetVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.ControllerGetVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerGetVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ControllerGetVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetVolumeResponse.SerializeToString,
             ),
             'ControllerModifyVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.ControllerModifyVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.ControllerModifyVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.ControllerModifyVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerModifyVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.ControllerModifyVolumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,8 +462,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/CreateVolume',
-            eddy_dot_pb_dot_csi__pb2.CreateVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.CreateVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -489,8 +489,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/DeleteVolume',
-            eddy_dot_pb_dot_csi__pb2.DeleteVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.DeleteVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -516,8 +516,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ControllerPublishVolume',
-            eddy_dot_pb_dot_csi__pb2.ControllerPublishVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ControllerPublishVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerPublishVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerPublishVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -543,8 +543,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ControllerUnpublishVolume',
-            eddy_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerUnpublishVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -570,8 +570,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ValidateVolumeCapabilities',
-            eddy_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ValidateVolumeCapabilitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -597,8 +597,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ListVolumes',
-            eddy_dot_pb_dot_csi__pb2.ListVolumesRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ListVolumesResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ListVolumesRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ListVolumesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -624,8 +624,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/GetCapacity',
-            eddy_dot_pb_dot_csi__pb2.GetCapacityRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.GetCapacityResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetCapacityRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetCapacityResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -651,8 +651,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ControllerGetCapabilities',
-            eddy_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetCapabilitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -678,8 +678,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/CreateSnapshot',
-            eddy_dot_pb_dot_csi__pb2.CreateSnapshotRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.CreateSnapshotResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.CreateSnapshotRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.CreateSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -705,8 +705,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/DeleteSnapshot',
-            eddy_dot_pb_dot_csi__pb2.DeleteSnapshotRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.DeleteSnapshotResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.DeleteSnapshotRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.DeleteSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -732,8 +732,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ListSnapshots',
-            eddy_dot_pb_dot_csi__pb2.ListSnapshotsRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ListSnapshotsResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ListSnapshotsRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ListSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -759,8 +759,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ControllerExpandVolume',
-            eddy_dot_pb_dot_csi__pb2.ControllerExpandVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ControllerExpandVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerExpandVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerExpandVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -786,8 +786,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ControllerGetVolume',
-            eddy_dot_pb_dot_csi__pb2.ControllerGetVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ControllerGetVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerGetVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -813,8 +813,8 @@ class Controller:
             request,
             target,
             '/csi.v1.Controller/ControllerModifyVolume',
-            eddy_dot_pb_dot_csi__pb2.ControllerModifyVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.ControllerModifyVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerModifyVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.ControllerModifyVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -837,23 +837,23 @@ class GroupControllerStub:
         """
         self.GroupControllerGetCapabilities = channel.unary_unary(
                 '/csi.v1.GroupController/GroupControllerGetCapabilities',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.CreateVolumeGroupSnapshot = channel.unary_unary(
                 '/csi.v1.GroupController/CreateVolumeGroupSnapshot',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotResponse.FromString,
                 _registered_method=True)
         self.DeleteVolumeGroupSnapshot = channel.unary_unary(
                 '/csi.v1.GroupController/DeleteVolumeGroupSnapshot',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotResponse.FromString,
                 _registered_method=True)
         self.GetVolumeGroupSnapshot = channel.unary_unary(
                 '/csi.v1.GroupController/GetVolumeGroupSnapshot',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotResponse.FromString,
                 _registered_method=True)
 
 
@@ -889,23 +889,23 @@ def add_GroupControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GroupControllerGetCapabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.GroupControllerGetCapabilities,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesResponse.SerializeToString,
             ),
             'CreateVolumeGroupSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVolumeGroupSnapshot,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotResponse.SerializeToString,
             ),
             'DeleteVolumeGroupSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteVolumeGroupSnapshot,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotResponse.SerializeToString,
             ),
             'GetVolumeGroupSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVolumeGroupSnapshot,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -933,8 +933,8 @@ class GroupController:
             request,
             target,
             '/csi.v1.GroupController/GroupControllerGetCapabilities',
-            eddy_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GroupControllerGetCapabilitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -960,8 +960,8 @@ class GroupController:
             request,
             target,
             '/csi.v1.GroupController/CreateVolumeGroupSnapshot',
-            eddy_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.CreateVolumeGroupSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -987,8 +987,8 @@ class GroupController:
             request,
             target,
             '/csi.v1.GroupController/DeleteVolumeGroupSnapshot',
-            eddy_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.DeleteVolumeGroupSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1014,8 +1014,8 @@ class GroupController:
             request,
             target,
             '/csi.v1.GroupController/GetVolumeGroupSnapshot',
-            eddy_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetVolumeGroupSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1038,13 +1038,13 @@ class SnapshotMetadataStub:
         """
         self.GetMetadataAllocated = channel.unary_stream(
                 '/csi.v1.SnapshotMetadata/GetMetadataAllocated',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.GetMetadataAllocatedRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.GetMetadataAllocatedResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataAllocatedRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataAllocatedResponse.FromString,
                 _registered_method=True)
         self.GetMetadataDelta = channel.unary_stream(
                 '/csi.v1.SnapshotMetadata/GetMetadataDelta',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.GetMetadataDeltaRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.GetMetadataDeltaResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataDeltaRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataDeltaResponse.FromString,
                 _registered_method=True)
 
 
@@ -1068,13 +1068,13 @@ def add_SnapshotMetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetMetadataAllocated': grpc.unary_stream_rpc_method_handler(
                     servicer.GetMetadataAllocated,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.GetMetadataAllocatedRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.GetMetadataAllocatedResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataAllocatedRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataAllocatedResponse.SerializeToString,
             ),
             'GetMetadataDelta': grpc.unary_stream_rpc_method_handler(
                     servicer.GetMetadataDelta,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.GetMetadataDeltaRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.GetMetadataDeltaResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataDeltaRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataDeltaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1102,8 +1102,8 @@ class SnapshotMetadata:
             request,
             target,
             '/csi.v1.SnapshotMetadata/GetMetadataAllocated',
-            eddy_dot_pb_dot_csi__pb2.GetMetadataAllocatedRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.GetMetadataAllocatedResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataAllocatedRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataAllocatedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1129,8 +1129,8 @@ class SnapshotMetadata:
             request,
             target,
             '/csi.v1.SnapshotMetadata/GetMetadataDelta',
-            eddy_dot_pb_dot_csi__pb2.GetMetadataDeltaRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.GetMetadataDeltaResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataDeltaRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.GetMetadataDeltaResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1153,43 +1153,43 @@ class NodeStub:
         """
         self.NodeStageVolume = channel.unary_unary(
                 '/csi.v1.Node/NodeStageVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodeStageVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodeStageVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeStageVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeStageVolumeResponse.FromString,
                 _registered_method=True)
         self.NodeUnstageVolume = channel.unary_unary(
                 '/csi.v1.Node/NodeUnstageVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodeUnstageVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodeUnstageVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnstageVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnstageVolumeResponse.FromString,
                 _registered_method=True)
         self.NodePublishVolume = channel.unary_unary(
                 '/csi.v1.Node/NodePublishVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodePublishVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodePublishVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodePublishVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodePublishVolumeResponse.FromString,
                 _registered_method=True)
         self.NodeUnpublishVolume = channel.unary_unary(
                 '/csi.v1.Node/NodeUnpublishVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodeUnpublishVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodeUnpublishVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnpublishVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnpublishVolumeResponse.FromString,
                 _registered_method=True)
         self.NodeGetVolumeStats = channel.unary_unary(
                 '/csi.v1.Node/NodeGetVolumeStats',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodeGetVolumeStatsRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodeGetVolumeStatsResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetVolumeStatsRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetVolumeStatsResponse.FromString,
                 _registered_method=True)
         self.NodeExpandVolume = channel.unary_unary(
                 '/csi.v1.Node/NodeExpandVolume',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodeExpandVolumeRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodeExpandVolumeResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeExpandVolumeRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeExpandVolumeResponse.FromString,
                 _registered_method=True)
         self.NodeGetCapabilities = channel.unary_unary(
                 '/csi.v1.Node/NodeGetCapabilities',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodeGetCapabilitiesRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodeGetCapabilitiesResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetCapabilitiesRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.NodeGetInfo = channel.unary_unary(
                 '/csi.v1.Node/NodeGetInfo',
-                request_serializer=eddy_dot_pb_dot_csi__pb2.NodeGetInfoRequest.SerializeToString,
-                response_deserializer=eddy_dot_pb_dot_csi__pb2.NodeGetInfoResponse.FromString,
+                request_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetInfoRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -1249,43 +1249,43 @@ def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'NodeStageVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeStageVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodeStageVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodeStageVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeStageVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeStageVolumeResponse.SerializeToString,
             ),
             'NodeUnstageVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeUnstageVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodeUnstageVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodeUnstageVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnstageVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnstageVolumeResponse.SerializeToString,
             ),
             'NodePublishVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.NodePublishVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodePublishVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodePublishVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodePublishVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodePublishVolumeResponse.SerializeToString,
             ),
             'NodeUnpublishVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeUnpublishVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodeUnpublishVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodeUnpublishVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnpublishVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnpublishVolumeResponse.SerializeToString,
             ),
             'NodeGetVolumeStats': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeGetVolumeStats,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodeGetVolumeStatsRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodeGetVolumeStatsResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetVolumeStatsRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetVolumeStatsResponse.SerializeToString,
             ),
             'NodeExpandVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeExpandVolume,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodeExpandVolumeRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodeExpandVolumeResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeExpandVolumeRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeExpandVolumeResponse.SerializeToString,
             ),
             'NodeGetCapabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeGetCapabilities,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodeGetCapabilitiesRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodeGetCapabilitiesResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetCapabilitiesRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetCapabilitiesResponse.SerializeToString,
             ),
             'NodeGetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeGetInfo,
-                    request_deserializer=eddy_dot_pb_dot_csi__pb2.NodeGetInfoRequest.FromString,
-                    response_serializer=eddy_dot_pb_dot_csi__pb2.NodeGetInfoResponse.SerializeToString,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetInfoRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1313,8 +1313,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodeStageVolume',
-            eddy_dot_pb_dot_csi__pb2.NodeStageVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodeStageVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeStageVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeStageVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1340,8 +1340,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodeUnstageVolume',
-            eddy_dot_pb_dot_csi__pb2.NodeUnstageVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodeUnstageVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnstageVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnstageVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1367,8 +1367,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodePublishVolume',
-            eddy_dot_pb_dot_csi__pb2.NodePublishVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodePublishVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodePublishVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodePublishVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1394,8 +1394,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodeUnpublishVolume',
-            eddy_dot_pb_dot_csi__pb2.NodeUnpublishVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodeUnpublishVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnpublishVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeUnpublishVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1421,8 +1421,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodeGetVolumeStats',
-            eddy_dot_pb_dot_csi__pb2.NodeGetVolumeStatsRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodeGetVolumeStatsResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetVolumeStatsRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetVolumeStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1448,8 +1448,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodeExpandVolume',
-            eddy_dot_pb_dot_csi__pb2.NodeExpandVolumeRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodeExpandVolumeResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeExpandVolumeRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeExpandVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1475,8 +1475,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodeGetCapabilities',
-            eddy_dot_pb_dot_csi__pb2.NodeGetCapabilitiesRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodeGetCapabilitiesResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetCapabilitiesRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetCapabilitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1502,8 +1502,8 @@ class Node:
             request,
             target,
             '/csi.v1.Node/NodeGetInfo',
-            eddy_dot_pb_dot_csi__pb2.NodeGetInfoRequest.SerializeToString,
-            eddy_dot_pb_dot_csi__pb2.NodeGetInfoResponse.FromString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetInfoRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_csi__pb2.NodeGetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
