@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
-from ..state.staging import write_json
+from ..state.files import read_record, write_json
 
 
 @dataclass
@@ -85,18 +85,12 @@ class MountRecords:
 
     def load_all(self) -> tuple[list[MountRecord], list[str]]:
         """Every readable record, and one line for each that is not (moved aside)."""
-        known = {f.name for f in fields(MountRecord)}
         records, problems = [], []
         for name in sorted(os.listdir(self.dir)):
             path = os.path.join(self.dir, name, "record.json")
-            if not os.path.exists(path):
-                continue
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-                records.append(MountRecord(**{k: v for k, v in data.items() if k in known}))
-            except (OSError, ValueError, TypeError) as e:
-                os.replace(path, path + ".broken")
-                problems.append(f"mount record {path} cannot be read ({e}); moved aside")
+            if os.path.exists(path):
+                record = read_record(path, MountRecord, "mount record", problems)
+                if record is not None:
+                    records.append(record)
         return records, problems
 

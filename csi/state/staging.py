@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+
+from .files import read_record, write_json
 
 
 @dataclass
@@ -26,22 +28,6 @@ class StagedVolume:
     pid: int = 0  # its mount daemon's, as the mounter last said (for people reading this)
     ephemeral: bool = False  # an inline volume: staged by NodePublish, unstaged by NodeUnpublish
     device: str = ""  # "major:minor" of the FUSE connection the targets are bound to
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write `data` as JSON to `path` (0600) so that a crash leaves the old file or the new."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class StagingRecords:
@@ -80,18 +66,13 @@ class StagingRecords:
 
     def load_all(self) -> tuple[list[StagedVolume], list[str]]:
         """Every readable record, and one line for each that is not (moved aside)."""
-        known = {f.name for f in fields(StagedVolume)}
         out, problems = [], []
         for name in sorted(os.listdir(self.dir)):
             path = os.path.join(self.dir, name)
             if name.endswith(".tmp"):
                 os.unlink(path)  # torn write from a crash
             elif name.endswith(".json"):
-                try:
-                    with open(path) as f:
-                        data = json.load(f)
-                    out.append(StagedVolume(**{k: v for k, v in data.items() if k in known}))
-                except (OSError, ValueError, TypeError) as e:
-                    os.replace(path, path + ".broken")
-                    problems.append(f"staging record {path} cannot be read ({e}); moved aside")
+                vol = read_record(path, StagedVolume, "staging record", problems)
+                if vol is not None:
+                    out.append(vol)
         return out, problems
