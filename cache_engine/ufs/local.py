@@ -2,7 +2,11 @@
 
 Reads use `os.pread` on a file opened with O_NOFOLLOW below a root directory fd, and every path
 component is opened relative to its parent without following symlinks, so neither a `..` nor a
-symlink can make eddy read outside the root.
+symlink can make eddy read outside the root. The root itself is opened the same way, one
+component at a time from `/`: an allowlist of source directories means nothing if
+`/srv/shared/up/etc` with `up -> /` may name /etc. Files are opened O_NONBLOCK and must still be
+regular files once open, so a file swapped for a FIFO or a device fails at once instead of
+blocking a reader forever.
 """
 
 from __future__ import annotations
@@ -23,6 +27,36 @@ from .base import (
 )
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_root(root: str) -> int:
+    """An fd of the directory `root` (absolute), reached from / without following a symlink."""
+    fd = os.open("/", _DIR_FLAGS)
+    walked = ""
+    try:
+        for part in [p for p in root.split("/") if p]:
+            walked += "/" + part
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise UfsUnavailable(f"source directory {root} does not exist") from None
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(walked):
+                    raise UfsUnavailable(
+                        f"source {root}: {walked} is a symlink, and eddy follows none on the "
+                        f"way to a source; give the directory's real path "
+                        f"({os.path.realpath(root)})") from None
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UfsUnavailable(f"source {root} is not a directory") from None
+                raise UfsUnavailable(
+                    f"cannot open source directory {root}: {e.strerror}") from None
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def version_of(st: os.stat_result) -> str:
@@ -34,15 +68,7 @@ class LocalUfs(UfsBackend):
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.description = f"local://{self.root}"
-        try:
-            self._root_fd = os.open(self.root, _DIR_FLAGS)
-        except FileNotFoundError:
-            raise UfsUnavailable(f"source directory {self.root} does not exist") from None
-        except NotADirectoryError:
-            raise UfsUnavailable(f"source {self.root} is not a directory") from None
-        except OSError as e:
-            raise UfsUnavailable(
-                f"cannot open source directory {self.root}: {e.strerror}") from None
+        self._root_fd = _open_root(self.root)
 
     def _parent_fd(self, rel: str) -> tuple[int, str]:
         """An fd of the directory holding `rel` (caller closes unless it is the root fd)."""
@@ -119,24 +145,35 @@ class LocalUfs(UfsBackend):
         rel = clean_path(path)
         fd, name = self._parent_fd(rel)
         try:
-            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            ffd = os.open(name, _FILE_FLAGS, dir_fd=fd)
         finally:
             if fd != self._root_fd:
                 os.close(fd)
         try:
-            if version is not None and version_of(os.fstat(ffd)) != version:
+            st = os.fstat(ffd)
+            if not statmod.S_ISREG(st.st_mode):
+                raise FileNotFoundError(errno.ENOENT, "not a regular file any more", rel)
+            if version is not None and version_of(st) != version:
                 raise VersionChanged(errno.ESTALE, "file changed at the source", rel)
-            chunks = []
-            while length > 0:
-                chunk = os.pread(ffd, length, offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
-                length -= len(chunk)
-            return b"".join(chunks)
+            data = self._pread_all(ffd, offset, length)
+            if version is not None and version_of(os.fstat(ffd)) != version:
+                # Changed while we read: these bytes may mix two contents.
+                raise VersionChanged(errno.ESTALE, "file changed at the source", rel)
+            return data
         finally:
             os.close(ffd)
+
+    def _pread_all(self, fd: int, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset`, fewer only at the end of the file."""
+        chunks = []
+        while length > 0:
+            chunk = os.pread(fd, length, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        return b"".join(chunks)
 
     def close(self) -> None:
         if self._root_fd >= 0:

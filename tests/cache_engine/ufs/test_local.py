@@ -177,6 +177,52 @@ def test_missing_or_non_directory_root_is_unavailable(tmp_path):
         LocalUfs(str(tmp_path / "file"))
 
 
+@pytest.mark.parametrize("via", ["middle", "last"])
+def test_a_root_reached_through_a_symlink_is_refused_and_named(tmp_path, via):
+    (tmp_path / "real" / "etc").mkdir(parents=True)
+    (tmp_path / "real" / "etc" / "passwd").write_bytes(b"root:x:0:0")
+    (tmp_path / "allowed").mkdir()
+    if via == "middle":  # local:///allowed/up/etc with up -> the real tree
+        os.symlink(tmp_path / "real", tmp_path / "allowed" / "up")
+        root, link = tmp_path / "allowed" / "up" / "etc", tmp_path / "allowed" / "up"
+    else:  # the root itself is a link
+        os.symlink(tmp_path / "real" / "etc", tmp_path / "allowed" / "etc")
+        root = link = tmp_path / "allowed" / "etc"
+    with pytest.raises(UfsUnavailable, match=f"{link} is a symlink.*real path") as e:
+        LocalUfs(str(root))
+    assert str(tmp_path / "real" / "etc") in str(e.value)
+
+
+def test_a_file_swapped_for_a_fifo_fails_at_once_instead_of_blocking(tree):
+    ufs, root = tree
+    version = ufs.stat("data.bin").version
+    os.unlink(root / "data.bin")
+    os.mkfifo(root / "data.bin")  # nobody will ever write to it
+    with pytest.raises(FileNotFoundError, match="not a regular file"):
+        ufs.read("data.bin", 0, 100, version)
+
+
+def test_a_file_that_changes_during_the_read_is_not_served_as_its_old_version(tree):
+    _, root = tree
+
+    class ChangedMidRead(LocalUfs):
+        """The file is appended to after it was opened and checked, while it is being read."""
+
+        def _pread_all(self, fd, offset, length):
+            data = super()._pread_all(fd, offset, length)
+            with open(root / "data.bin", "ab") as f:
+                f.write(b"more")
+            return data
+
+    ufs = ChangedMidRead(str(root))
+    try:
+        version = ufs.stat("data.bin").version
+        with pytest.raises(VersionChanged):
+            ufs.read("data.bin", 0, 100, version)
+    finally:
+        ufs.close()
+
+
 def test_open_ufs_builds_a_local_backend(tree):
     _, root = tree
     ufs = open_ufs(parse_parameters({"source": f"local://{root}"}))
