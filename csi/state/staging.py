@@ -9,11 +9,26 @@ plugin itself restarted; they are removed at unstage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from urllib.parse import quote
 
 from .files import read_record, write_json
+
+MAX_PLAIN_NAME = 200  # longer encodings are hashed: a file name holds at most 255 bytes
+
+
+def file_name(volume_id: str) -> str:
+    """The record's file name stem: a different one for every volume id, none with a `/`.
+
+    Ids are percent-encoded (`a/b` -> `v-a%2Fb`, `a_b` -> `v-a_b`); one whose encoding is too
+    long for a file name is named by its SHA-256 (`h-...`), which no encoded id can look like."""
+    plain = "v-" + quote(volume_id, safe="")
+    if len(plain) <= MAX_PLAIN_NAME:
+        return plain
+    return "h-" + hashlib.sha256(volume_id.encode()).hexdigest()
 
 
 @dataclass
@@ -41,9 +56,7 @@ class StagingRecords:
         os.chmod(self.dir, 0o700)
 
     def _path(self, volume_id: str, suffix: str) -> str:
-        # Volume ids come from the controller; keep them from naming paths outside the dir.
-        safe = volume_id.replace("/", "_").replace("\0", "_")
-        return os.path.join(self.dir, f"{safe}{suffix}")
+        return os.path.join(self.dir, file_name(volume_id) + suffix)
 
     def save(self, volume: StagedVolume, secrets: dict[str, str] | None = None) -> None:
         if secrets:
@@ -74,5 +87,18 @@ class StagingRecords:
             elif name.endswith(".json"):
                 vol = read_record(path, StagedVolume, "staging record", problems)
                 if vol is not None:
+                    self._rename_to_encoding(vol.volume_id, name)
                     out.append(vol)
         return out, problems
+
+    def _rename_to_encoding(self, volume_id: str, name: str) -> None:
+        """A record written under an older naming rule moves to its current name (with its
+        secrets), so that unstaging removes it."""
+        stem = name[:-len(".json")]
+        if stem == file_name(volume_id):
+            return
+        for suffix in (".secrets", ".json"):
+            try:
+                os.replace(os.path.join(self.dir, stem + suffix), self._path(volume_id, suffix))
+            except FileNotFoundError:
+                pass
