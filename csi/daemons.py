@@ -65,8 +65,10 @@ def is_daemon_of(pid: int, started: int, volume_id: str) -> bool:
             argv = f.read().split(b"\0")
     except OSError:
         return False
-    wanted = [b"--volume-id", os.fsencode(volume_id)]
-    return b"csi.fuse" in argv and any(argv[i:i + 2] == wanted for i in range(len(argv)))
+    name = os.fsencode(volume_id)
+    wanted = [b"--volume-id", name]  # as eddy before --volume-id=ID started its daemons
+    return b"csi.fuse" in argv and (b"--volume-id=" + name in argv or
+                                    any(argv[i:i + 2] == wanted for i in range(len(argv))))
 
 
 _SYS_PIDFD_GETFD = 438  # the same number on every architecture Linux added it to
@@ -142,8 +144,9 @@ class MountDaemon:
 
 
 def daemon_command(config: DaemonConfig) -> list[str]:
-    return [sys.executable, "-m", "csi.fuse", "--mountpoint", config.mountpoint,
-            "--volume-id", config.volume_id, "--log-level", config.log_level]
+    """The daemon's argv; `--flag=value`, so that a value starting with `-` stays a value."""
+    return [sys.executable, "-m", "csi.fuse", f"--mountpoint={config.mountpoint}",
+            f"--volume-id={config.volume_id}", f"--log-level={config.log_level}"]
 
 
 def start(config: DaemonConfig, timeout: float = READY_TIMEOUT) -> MountDaemon:

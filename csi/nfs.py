@@ -30,7 +30,7 @@ MOUNT_OPTIONS = "ro,nolock"
 
 def mount_nfs(export: str, mountpoint: str) -> None:
     """`mount -t nfs -o ro,nolock server:/path MOUNTPOINT` (needs mount.nfs from nfs-common)."""
-    proc = subprocess.run(["mount", "-t", "nfs", "-o", MOUNT_OPTIONS, export, mountpoint],
+    proc = subprocess.run(["mount", "-t", "nfs", "-o", MOUNT_OPTIONS, "--", export, mountpoint],
                           capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise mounts.MountError(f"mounting NFS export {export} failed: "

@@ -1,7 +1,7 @@
 """The per-volume mount daemon: one process, one FUSE mount, served until unmounted.
 
 pyfuse3 allows one mount per process, so the node plugin starts one daemon per staged volume
-(`python -m csi.fuse --mountpoint PATH --volume-id ID`). Parameters and secrets arrive as one
+(`python -m csi.fuse --mountpoint=PATH --volume-id=ID`). Parameters and secrets arrive as one
 JSON object on stdin, never on argv, which any user can read in /proc:
 
     {"parameters": {...}, "secrets": {...}, "engine": {...}}
@@ -359,13 +359,17 @@ def _json_stdlib_logs() -> None:
         handler.setFormatter(formatter)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m csi.fuse", description=__doc__.split("\n")[0])
     parser.add_argument("--mountpoint", required=True)
     parser.add_argument("--volume-id", required=True)
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     log.configure(args.log_level)
     _json_stdlib_logs()
     logger = log.get("csi.fuse", volume_id=args.volume_id)

@@ -98,7 +98,8 @@ def daemon_pids(volume_id: str) -> list[int]:
                 args = f.read().split(b"\0")
         except OSError:
             continue
-        if b"csi.fuse" in args and volume_id.encode() in args:
+        name = volume_id.encode()
+        if b"csi.fuse" in args and (name in args or b"--volume-id=" + name in args):
             pids.append(int(entry))
     return pids
 
