@@ -48,7 +48,6 @@ def start_private(server: grpc.Server, path: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     bind_unix(server, path)
     server.start()
-    os.chmod(path, 0o600)
 
 
 class EngineHost:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -48,6 +49,15 @@ def _controller(config: DriverConfig) -> ControllerService:
     return ControllerService(store, resolve=PvcResolver(api))
 
 
+def _group_id(name: str) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise InvalidArgument(f"--socket-group {name!r}: no such group on this host") from None
+
+
 def _mounter(config: DriverConfig) -> Mounter | MounterClient:
     """The node's mounter: `eddy mounter` over its socket, or one in this process."""
     if config.mounter:
@@ -76,6 +86,7 @@ class DriverConfig:
     ephemeral_endpoints: list[str] = field(default_factory=list)  # S3 endpoints they may use
     ephemeral_tiers: list[str] = field(default_factory=list)  # node tiers they may use
     mounter: str = ""  # unix:///PATH of `eddy mounter`; "" runs the mounter in this process
+    socket_group: str = ""  # the CSI socket is 0660 for this group ("" : 0600, root's alone)
 
 
 class Driver:
@@ -129,7 +140,8 @@ class Driver:
             self.host.serve(socket_path(self.engine_endpoint), self.volumes)
         if self.node is not None:
             self.node.start()
-        bind_unix(self.server, self.path)
+        group = _group_id(self.config.socket_group)
+        bind_unix(self.server, self.path, 0o660 if group is not None else 0o600, group)
         self.server.start()
         if self.host is not None and self.config.metrics_port:
             self.metrics_server = metrics.serve(self.host.engine, self.node.health.states,

@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the CSI driver (node plugin, controller, or both)")
     s.add_argument("--mode", choices=["all", "controller", "node"], default="all")
     s.add_argument("--endpoint", default="unix:///csi/csi.sock",
-                   help="CSI socket, unix:///path (default: %(default)s)")
+                   help="CSI socket, unix:///path (default: %(default)s); it is made 0600")
+    s.add_argument("--socket-group", default="", metavar="GROUP",
+                   help="make the CSI socket 0660 for this group, for sidecars that run as it")
     s.add_argument("--node-id", default=socket.gethostname(),
                    help="this node's id, usually the Kubernetes node name (default: hostname)")
     s.add_argument("--state-dir", default="/var/lib/eddy",
@@ -143,7 +145,7 @@ def _serve(args) -> int:
         metrics_address=args.metrics_address, state_store=args.state_store,
         state_namespace=args.state_namespace, ephemeral_allow=args.ephemeral_allow,
         ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers,
-        mounter=args.mounter))
+        mounter=args.mounter, socket_group=args.socket_group))
     stopping = _stop_signals()
     driver.start()
     stopping.wait()

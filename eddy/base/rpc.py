@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 
 import grpc
@@ -124,7 +125,18 @@ def require(request, *fields: str) -> None:
             raise errors.InvalidArgument(f"{field} is required")
 
 
-def bind_unix(server: grpc.Server, path: str) -> None:
-    """Bind `server` to a unix socket at `path`, replacing a stale socket from a crash."""
+def bind_unix(server: grpc.Server, path: str, mode: int = 0o600, group: int | None = None) -> None:
+    """Bind `server` to a unix socket at `path`, replacing a stale socket from a crash.
+
+    The socket is born 0600 whatever the process's umask (no moment at which others may
+    connect), then given `mode` (0660 with a `group`, for a CO whose sidecars run as that group).
+    """
     claim_socket_path(path)
-    server.add_insecure_port(f"unix://{path}")
+    old = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix://{path}")
+    finally:
+        os.umask(old)
+    if group is not None:
+        os.chown(path, -1, group)
+    os.chmod(path, mode)
