@@ -15,12 +15,11 @@ import re
 from dataclasses import dataclass
 
 from eddy.base.errors import InvalidArgument
-from eddy.base.mounttable import mount_table
+from eddy.base.mounttable import in_memory  # noqa: F401 - TODO-MERGE: engine imports it from here
 
 from .spec import parse_quantity
 
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 DEFAULT_HIGH = 0.95
 DEFAULT_LOW = 0.85
 
@@ -101,18 +100,3 @@ def _nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
-def in_memory(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
-    """Whether `path` is on a filesystem held in RAM (tmpfs, ramfs): its files cannot rot on
-    a medium, and a power loss takes them all rather than tearing some. False if unknown."""
-    real = os.path.realpath(path)
-    try:
-        mounts = mount_table(mountinfo)
-    except OSError:
-        return False
-    best, kind = "", ""
-    for m in mounts:  # the deepest mount holding `path`; of several there, the last
-        point = m.mount_point
-        if (real == point or real.startswith(point.rstrip("/") + "/")) \
-                and len(point) >= len(best):
-            best, kind = point, m.fstype
-    return kind in MEMORY_FILESYSTEMS

@@ -39,6 +39,7 @@ from .mount_health import MountHealth
 from .mounter.mounter import Mounter
 from .mounter.service import MounterClient
 from .nfs import NfsMounts
+from .state.secrets import DEFAULT_SECRETS_DIR
 from .state.staging import StagedVolume, StagingRecords
 from .volume_cache import VolumeCache, condition
 
@@ -69,16 +70,18 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                  log_level: str = "info", mounter: Mounter | MounterClient | None = None,
                  engine_endpoint: str | None = None, tier_names: tuple[str, ...] = (),
                  cache: VolumeCache | None = None, ephemeral: EphemeralPolicy | None = None,
-                 nfs: NfsMounts | None = None, watch_interval: float = WATCH_INTERVAL):
+                 nfs: NfsMounts | None = None, watch_interval: float = WATCH_INTERVAL,
+                 secrets_dir: str = DEFAULT_SECRETS_DIR):
         self.node_id = node_id
         # Without a mounter process of its own, the node runs one here (`eddy serve` alone).
-        self.mounter = mounter or Mounter(os.path.join(state_dir, "mounter"), others_hold=False)
+        self.mounter = mounter or Mounter(os.path.join(state_dir, "mounter"), others_hold=False,
+                                          secrets_dir=secrets_dir)
         self.engine_endpoint = engine_endpoint  # the node's cache engine, for mount daemons
         self.tier_names = tuple(tier_names)
         self.cache = cache  # the same engine, in this process: preload, usage
         self.max_volumes = max_volumes
         self._log_level = log_level
-        self._records = StagingRecords(state_dir)
+        self._records = StagingRecords(state_dir, secrets_dir)
         self.ephemeral = ephemeral or EphemeralPolicy()  # default: no inline volumes at all
         self._ephemeral_dir = os.path.join(os.path.abspath(state_dir), "ephemeral")
         self._nfs = nfs or NfsMounts(state_dir)

@@ -23,6 +23,7 @@ from .identity import IdentityService
 from .mounter.mounter import Mounter
 from .mounter.service import MounterClient
 from .node import NodeService
+from .state.secrets import DEFAULT_SECRETS_DIR
 from .state.volumes import SqliteVolumeStore
 from .volume_cache import VolumeCache
 
@@ -62,7 +63,8 @@ def _mounter(config: DriverConfig) -> Mounter | MounterClient:
     """The node's mounter: `eddy mounter` over its socket, or one in this process."""
     if config.mounter:
         return MounterClient(config.mounter)
-    return Mounter(os.path.join(config.state_dir, "mounter"), others_hold=False)
+    return Mounter(os.path.join(config.state_dir, "mounter"), others_hold=False,
+                   secrets_dir=config.secrets_dir)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class DriverConfig:
     ephemeral_endpoints: list[str] = field(default_factory=list)  # S3 endpoints they may use
     ephemeral_tiers: list[str] = field(default_factory=list)  # node tiers they may use
     mounter: str = ""  # unix:///PATH of `eddy mounter`; "" runs the mounter in this process
+    secrets_dir: str = DEFAULT_SECRETS_DIR  # node-stage secrets, on tmpfs only
     socket_group: str = ""  # the CSI socket is 0660 for this group ("" : 0600, root's alone)
 
 
@@ -115,6 +118,7 @@ class Driver:
                                    os.path.join(config.state_dir, "engine"))
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
                                     config.log_level, mounter=_mounter(config),
+                                    secrets_dir=config.secrets_dir,
                                     engine_endpoint=self.engine_endpoint,
                                     tier_names=self.host.tier_names,
                                     cache=VolumeCache(self.host.engine),

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--mounter", default="", metavar="unix:///PATH",
                    help="the socket of `eddy mounter`, which mounts the volumes and keeps their "
                         "daemons (default: run the mounter in this process)")
+    _secrets_dir_argument(s)
 
     mt = sub.add_parser("mounter", help="mount the node's volumes and keep their daemons "
                         "serving (for `eddy serve --mounter`)")
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="the socket to serve, unix:///path (default: %(default)s)")
     mt.add_argument("--state-dir", default="/var/lib/eddy/mounter",
                     help="where the mounts' records and sessions live (default: %(default)s)")
+    _secrets_dir_argument(mt)
 
     m = sub.add_parser("mount", help="mount a dataset at a directory, without Kubernetes")
     m.add_argument("source", help="s3://bucket/prefix, local:///abs/dir, ...")
@@ -124,6 +126,12 @@ def _tier_argument(p: argparse.ArgumentParser, default: str) -> None:
                         f"(default: one SSD tier in {default})")
 
 
+def _secrets_dir_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--secrets-dir", default="/run/eddy/secrets", metavar="DIR",
+                   help="where node-stage secrets are kept while their volume is staged; it "
+                        "must be on tmpfs, or eddy mounts one there (default: %(default)s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.configure(args.log_level)
@@ -145,7 +153,7 @@ def _serve(args) -> int:
         metrics_address=args.metrics_address, state_store=args.state_store,
         state_namespace=args.state_namespace, ephemeral_allow=args.ephemeral_allow,
         ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers,
-        mounter=args.mounter, socket_group=args.socket_group))
+        mounter=args.mounter, socket_group=args.socket_group, secrets_dir=args.secrets_dir))
     stopping = _stop_signals()
     driver.start()
     stopping.wait()
@@ -157,7 +165,7 @@ def _mounter(args) -> int:
     from csi.mounter.mounter import Mounter
     from csi.mounter.service import MounterServer
 
-    mounter = Mounter(args.state_dir)
+    mounter = Mounter(args.state_dir, secrets_dir=args.secrets_dir)
     server = MounterServer(mounter, args.endpoint)
     stopping = _stop_signals()
     mounter.start()

@@ -35,6 +35,7 @@ from eddy.base.errors import AlreadyExists, EddyError, InvalidArgument, NotFound
 
 from .. import daemons, mounts
 from ..fuse import device
+from ..state.secrets import DEFAULT_SECRETS_DIR
 from .records import MountRecord, MountRecords
 from .states import MountState, Phase
 
@@ -85,8 +86,9 @@ class Mounter:
                  start_daemon: Callable[[daemons.DaemonConfig], daemons.MountDaemon] =
                  daemons.start,
                  mount: Callable[[str, str], tuple[int, str]] = device.mount,
-                 clock: Callable[[], float] = time.monotonic):
-        self._records = MountRecords(state_dir)
+                 clock: Callable[[], float] = time.monotonic,
+                 secrets_dir: str = DEFAULT_SECRETS_DIR):
+        self._records = MountRecords(state_dir, secrets_dir)
         self._others_hold = others_hold
         self._start_daemon = start_daemon
         self._mount = mount

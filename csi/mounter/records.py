@@ -15,12 +15,12 @@ Records are written by temp file + fsync + rename. One that cannot be read is mo
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 
 from ..state.files import read_record, write_json
+from ..state.secrets import DEFAULT_SECRETS_DIR, SecretStore
 
 
 @dataclass
@@ -43,16 +43,18 @@ class MountRecord:
 class MountRecords:
     """The mounter's records on disk: one directory per volume (`v-<sha256>`, so ids that differ
     only in punctuation never share one) with record.json, secrets.json and the daemon's
-    session directory. Written atomically; an unreadable record is moved aside and reported,
-    never fatal. Only `Mounter` uses it."""
+    session directory, and the volume's secrets in a `SecretStore` on tmpfs. Written
+    atomically; an unreadable record is moved aside and reported, never fatal. Only `Mounter`
+    uses it."""
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, secrets_dir: str = DEFAULT_SECRETS_DIR):
         self.dir = os.path.join(os.path.abspath(state_dir), "volumes")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        self._secrets = SecretStore(state_dir, secrets_dir)
 
     def _volume_dir(self, volume_id: str) -> str:
-        return os.path.join(self.dir, "v-" + hashlib.sha256(volume_id.encode()).hexdigest()[:32])
+        return os.path.join(self.dir, _stem(volume_id))
 
     def session_dir(self, volume_id: str, fresh: bool = False) -> str:
         """The volume's session directory; `fresh` empties it for a new connection."""
@@ -70,17 +72,14 @@ class MountRecords:
         directory = self._volume_dir(record.volume_id)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if secrets is not None:
-            write_json(os.path.join(directory, "secrets.json"), secrets)
+            self._secrets.save(_stem(record.volume_id), secrets)
         write_json(os.path.join(directory, "record.json"), asdict(record))
 
     def secrets(self, volume_id: str) -> dict[str, str]:
-        try:
-            with open(os.path.join(self._volume_dir(volume_id), "secrets.json")) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return self._secrets.load(_stem(volume_id))
 
     def remove(self, volume_id: str) -> None:
+        self._secrets.remove(_stem(volume_id))
         shutil.rmtree(self._volume_dir(volume_id), ignore_errors=True)
 
     def load_all(self) -> tuple[list[MountRecord], list[str]]:
@@ -89,8 +88,14 @@ class MountRecords:
         for name in sorted(os.listdir(self.dir)):
             path = os.path.join(self.dir, name, "record.json")
             if os.path.exists(path):
+                # Secrets an older eddy kept beside the record move to tmpfs.
+                self._secrets.adopt(name, os.path.join(self.dir, name, "secrets.json"))
                 record = read_record(path, MountRecord, "mount record", problems)
                 if record is not None:
                     records.append(record)
         return records, problems
 
+
+def _stem(volume_id: str) -> str:
+    """The volume's directory name: `v-` and 32 hex digits of its id's SHA-256."""
+    return "v-" + hashlib.sha256(volume_id.encode()).hexdigest()[:32]

@@ -2,20 +2,20 @@
 
 One JSON file per staged volume under `<state-dir>/node/`, written by temp file + fsync +
 rename, so a node plugin that restarts (or is killed) knows which mounts are its own, which
-daemons to re-adopt, and which targets to re-bind. Secrets, when a volume has them, sit in a
-separate 0600 file beside it (the directory is 0700) so a daemon can be restarted after the
-plugin itself restarted; they are removed at unstage.
+daemons to re-adopt, and which targets to re-bind. Secrets, when a volume has them, are kept
+apart on tmpfs (secrets.py), so a volume can be staged again after the plugin itself
+restarted without a secret ever reaching a disk; they are removed at unstage.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from .files import read_record, write_json
+from .secrets import DEFAULT_SECRETS_DIR, SecretStore
 
 MAX_PLAIN_NAME = 200  # longer encodings are hashed: a file name holds at most 255 bytes
 
@@ -50,32 +50,29 @@ class StagingRecords:
     with a temp file and rename. NodeService reads them at start (to carry on after a restart)
     and writes one at each stage, publish and unpublish."""
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, secrets_dir: str = DEFAULT_SECRETS_DIR):
         self.dir = os.path.join(state_dir, "node")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        self._secrets = SecretStore(self.dir, secrets_dir)
 
     def _path(self, volume_id: str, suffix: str) -> str:
         return os.path.join(self.dir, file_name(volume_id) + suffix)
 
     def save(self, volume: StagedVolume, secrets: dict[str, str] | None = None) -> None:
         if secrets:
-            write_json(self._path(volume.volume_id, ".secrets"), secrets)
+            self._secrets.save(file_name(volume.volume_id), secrets)
         write_json(self._path(volume.volume_id, ".json"), asdict(volume))
 
     def secrets(self, volume_id: str) -> dict[str, str]:
-        try:
-            with open(self._path(volume_id, ".secrets")) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return {}
+        return self._secrets.load(file_name(volume_id))
 
     def remove(self, volume_id: str) -> None:
-        for suffix in (".json", ".secrets"):
-            try:
-                os.unlink(self._path(volume_id, suffix))
-            except FileNotFoundError:
-                pass
+        self._secrets.remove(file_name(volume_id))
+        try:
+            os.unlink(self._path(volume_id, ".json"))
+        except FileNotFoundError:
+            pass
 
     def load_all(self) -> tuple[list[StagedVolume], list[str]]:
         """Every readable record, and one line for each that is not (moved aside)."""
@@ -84,6 +81,9 @@ class StagingRecords:
             path = os.path.join(self.dir, name)
             if name.endswith(".tmp"):
                 os.unlink(path)  # torn write from a crash
+            elif name.endswith(".secrets") and os.path.exists(path) \
+                    and not os.path.exists(path[:-len(".secrets")] + ".json"):
+                os.unlink(path)  # an older eddy's secrets of a volume no longer staged
             elif name.endswith(".json"):
                 vol = read_record(path, StagedVolume, "staging record", problems)
                 if vol is not None:
@@ -92,13 +92,9 @@ class StagingRecords:
         return out, problems
 
     def _rename_to_encoding(self, volume_id: str, name: str) -> None:
-        """A record written under an older naming rule moves to its current name (with its
-        secrets), so that unstaging removes it."""
+        """A record an older eddy wrote moves to its current name, and the secrets it kept on
+        disk beside it move to tmpfs, so that unstaging removes both."""
         stem = name[:-len(".json")]
-        if stem == file_name(volume_id):
-            return
-        for suffix in (".secrets", ".json"):
-            try:
-                os.replace(os.path.join(self.dir, stem + suffix), self._path(volume_id, suffix))
-            except FileNotFoundError:
-                pass
+        self._secrets.adopt(file_name(volume_id), os.path.join(self.dir, stem + ".secrets"))
+        if stem != file_name(volume_id):
+            os.replace(os.path.join(self.dir, name), self._path(volume_id, ".json"))

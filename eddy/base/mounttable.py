@@ -97,3 +97,23 @@ def umount(target: str, flags: int = 0) -> None:
 def remount_flags(entry: MountInfo) -> int:
     """The per-mount flags `entry` has, to keep them across a remount of its bind."""
     return sum(flag for name, flag in _FLAGS.items() if name in entry.options)
+
+
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def in_memory(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether `path` is on a filesystem held in RAM (tmpfs, ramfs): its files cannot rot on
+    a medium, and a power loss takes them all rather than tearing some. False if unknown."""
+    real = os.path.realpath(path)
+    try:
+        mounts = mount_table(mountinfo)
+    except OSError:
+        return False
+    best, kind = "", ""
+    for m in mounts:  # the deepest mount holding `path`; of several there, the last
+        point = m.mount_point
+        if (real == point or real.startswith(point.rstrip("/") + "/")) \
+                and len(point) >= len(best):
+            best, kind = point, m.fstype
+    return kind in MEMORY_FILESYSTEMS

@@ -227,6 +227,9 @@ def test_the_mounter_shares_socket_kubelet_dir_tiers_and_engine_with_the_node_pl
     assert mount_of(mounter_eddy, plugin.state_dir)["mountPropagation"] in (
         "HostToContainer", "Bidirectional")
     assert host_path(mounter, mounter_eddy, parsed.state_dir).startswith("/var/lib/eddy/")
+    # Node-stage secrets live on the host's tmpfs /run, in both processes.
+    for workload, c, args in ((node, eddy, plugin), (mounter, mounter_eddy, parsed)):
+        assert host_path(workload, c, args.secrets_dir).startswith("/run/"), args.secrets_dir
 
 
 # -- privilege, priority, images --------------------------------------------------------------
