@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from csi import daemons
+from tests.support.wait import wait_for
 
 SLEEP = "import time; time.sleep(60)"
 
@@ -19,6 +20,12 @@ def process():
     def start(*argv: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", SLEEP, *argv])
         procs.append(proc)
+
+        def exec_done() -> bool:  # until then /proc shows the parent's command line
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                return SLEEP.encode() in f.read()
+
+        wait_for(exec_done, timeout=10, what="the process to start")
         return proc
 
     yield start
