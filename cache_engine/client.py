@@ -18,8 +18,8 @@ from eddy.errors import InvalidArgument
 from eddy.pb import cache_pb2, cache_pb2_grpc
 from eddy.rpc import ERRNO_KEY, ERROR_KEY
 
-from .engine import DatasetInfo, Location
 from .spec import DatasetSpec
+from .types import DatasetInfo, Location
 from .ufs.base import Entry, UfsUnavailable
 from .wire import DatasetNotOpen, EngineUnreachable, entry_from_pb, location_from_pb
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from eddy import log
 from eddy.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -41,6 +41,7 @@ from .spec import DatasetSpec
 from .status import DatasetStatus, Histogram, SizeScan, phase_of
 from .table import BlockTable
 from .tiers import Tier, check_tiers, in_memory
+from .types import CachedBlock, DatasetInfo, Location, StateDirBusy
 from .ufs.base import Entry, UfsBackend, VersionChanged, clean_path
 
 ACCESS_FLUSH_INTERVAL = 5.0  # seconds between batched writes of LRU access counters
@@ -50,47 +51,6 @@ PIN_SECONDS = 1.0
 # Seconds to read one block from a source: local disk, a LAN object store, a far region.
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _log = log.get("cache_engine")
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetInfo:
-    dataset_id: str
-    block_size: int
-    metadata_ttl: float | None
-    read_ahead: int
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a block's bytes are: its tier file (pread `length` bytes at `offset`) and/or `data`.
-
-    `data` is set when no tier took the block, and also when this very call fetched it from the
-    source: a caller in the engine's process then needs no pread and no second checksum.
-    """
-
-    file: str | None = None
-    offset: int = 0
-    length: int = 0
-    checksum: int = 0
-    data: bytes | None = None
-    following: tuple[Location, ...] = ()  # cached blocks right after it, when asked for
-    next_files: tuple[tuple[str, str, Location], ...] = ()  # (path, version, block 0)
-
-
-@dataclass(frozen=True, slots=True)
-class CachedBlock:
-    """A read-only view of one cached block, for status and tests."""
-
-    key: BlockKey
-    tier: str
-    file: str
-    length: int
-    checksum: int
-    offset: int = 0  # in `file`: an extent holds many blocks
-
-
-class StateDirBusy(FailedPrecondition):
-    """Another engine holds this state directory's lock."""
 
 
 class CacheEngine:

@@ -21,18 +21,15 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import xxhash
 
 from eddy import log
 
 from . import spec as specmod
+from .types import Location
 from .ufs.base import Entry, Kind, UfsBackend, VersionChanged
 from .wire import DatasetNotOpen, EngineUnreachable
-
-if TYPE_CHECKING:
-    from .engine import Location
 
 RECENT_BLOCK_BYTES = 64 << 20  # memory for recently read blocks, whatever the block size
 AHEAD_BLOCKS = 4  # blocks loaded ahead of a sequential reader

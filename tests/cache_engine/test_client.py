@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from cache_engine.client import EngineClient
@@ -98,3 +102,20 @@ def test_errors_keep_their_meaning_across_the_socket(served, tmp_path):
             nobody.stat("any", "x")
     finally:
         nobody.close()
+
+
+def test_a_mount_daemon_loads_no_engine_machinery():
+    """A daemon imports the client and the reader only: the engine's index, table, placement
+    and preload stay out of its memory and its start-up time."""
+    code = ("import cache_engine.client, cache_engine.reader; import sys; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('cache_engine'))))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=root, env=env).stdout.split()
+    assert "cache_engine.types" in out
+    heavy = {"cache_engine.engine", "cache_engine.index", "cache_engine.placement",
+             "cache_engine.preload", "cache_engine.table", "cache_engine.status",
+             "cache_engine.recovery", "cache_engine.dataset"}
+    assert heavy.isdisjoint(out), sorted(heavy.intersection(out))
