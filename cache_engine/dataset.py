@@ -17,12 +17,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from .metadata import MetadataCache
+from .sequential import SequentialTracker
 from .spec import DatasetSpec
 from .tiers import Tier
 from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 
 ID_HEX_CHARS = 24
-MAX_TRACKED_FILES = 4096  # read-ahead remembers the last block of this many files
 MAX_TRACKED_DIRS = 64  # directories whose scan (files opened in listing order) is followed
 
 
@@ -58,7 +58,7 @@ class Dataset:
         self.meta = MetadataCache(spec.metadata_ttl, clock)
         self._lock = threading.Lock()
         self._lease = _Lease(ufs)
-        self._last_block: OrderedDict[str, int] = OrderedDict()
+        self._sequential = SequentialTracker()  # by path
         self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
         self.volumes: set[str] = set()  # volumes that opened it, for status
         self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
@@ -118,12 +118,7 @@ class Dataset:
     def sequential(self, path: str, index: int) -> bool:
         """Record a block request; True when it continues a sequential run of `path`."""
         with self._lock:
-            last = self._last_block.get(path)
-            self._last_block[path] = index
-            self._last_block.move_to_end(path)
-            if len(self._last_block) > MAX_TRACKED_FILES:
-                self._last_block.popitem(last=False)
-        return last is not None and index in (last, last + 1)
+            return self._sequential.note(path, index)
 
     def next_files(self, path: str, count: int) -> list[Entry]:
         """Record that `path` is being read from its start; the next `count` files of its

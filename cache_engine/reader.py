@@ -27,6 +27,7 @@ import xxhash
 from eddy import log
 
 from . import spec as specmod
+from .sequential import SequentialTracker
 from .types import Location
 from .ufs.base import Entry, Kind, UfsBackend, VersionChanged
 from .wire import DatasetNotOpen, EngineUnreachable
@@ -36,7 +37,6 @@ AHEAD_BLOCKS = 4  # blocks loaded ahead of a sequential reader
 AHEAD_THREADS = 4  # threads loading them, for all readers of the mount
 LOCATE_RUN = 8  # blocks (or a folder's next files) one engine call locates: fewer trips
 MAX_LOCATED = 256  # locations kept for blocks not loaded yet
-MAX_TRACKED_FILES = 1024  # files whose last block is remembered to detect sequential reads
 
 
 class CorruptBlock(OSError):
@@ -65,7 +65,7 @@ class DatasetReader(UfsBackend):
         # Where the engine said blocks not loaded yet live (it counted them as hits then).
         self._located: collections.OrderedDict[tuple, Location] = collections.OrderedDict()
         self._sizes: dict[tuple[str, str], int] = {}
-        self._last_demanded: dict[tuple[str, str], int] = {}  # (path, version) -> block index
+        self._sequential = SequentialTracker()  # by (path, version)
         self._buffers = _Buffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
         self._ahead = ThreadPoolExecutor(ahead_threads, thread_name_prefix="block-ahead")
 
@@ -252,12 +252,7 @@ class DatasetReader(UfsBackend):
         kernel keeps only a request or two in flight per reader, so without this every block
         would wait for its own pread and checksum.
         """
-        file = (path, version)
-        last = self._last_demanded.pop(file, None)
-        self._last_demanded[file] = index
-        if len(self._last_demanded) > MAX_TRACKED_FILES:
-            self._last_demanded.pop(next(iter(self._last_demanded)))
-        if last not in (index - 1, index) and not (last is None and index == 0):
+        if not self._sequential.note((path, version), index, from_start=True):
             return []  # random access
         bs = self.info.block_size
         todo = [i for i in range(index + 1, index + 1 + AHEAD_BLOCKS)
