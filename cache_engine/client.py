@@ -59,6 +59,13 @@ def translate(err: grpc.RpcError) -> Exception:
 
 
 class EngineClient:
+    """The engine's API over its unix socket, for mount daemons of a node plugin.
+
+    Owns one gRPC channel. A `reader.DatasetReader` calls it exactly as it would call an
+    in-process `CacheEngine` (open_dataset, stat, list, locate, report_corrupt, extent);
+    errors come back as the exceptions the engine raised (see `translate`).
+    """
+
     def __init__(self, endpoint: str):
         target = endpoint if endpoint.startswith("unix:") else f"unix://{endpoint}"
         self.channel = grpc.insecure_channel(target, options=[

@@ -50,6 +50,14 @@ class _Lease:
 
 
 class Dataset:
+    """One open dataset on this node: its spec, allowed tiers, source backend and metadata.
+
+    The engine makes one per dataset id (`CacheEngine.open_dataset`) and calls it on every
+    lookup: `source()` leases the backend (a rotated secret replaces it; the old one closes
+    when idle), `meta` answers stat and list within the TTL, `sequential` and `next_files`
+    decide read-ahead. `hits` and `misses` are counted under the engine's lock.
+    """
+
     def __init__(self, id: str, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend,
                  clock: Callable[[], float]):
         self.id = id

@@ -44,6 +44,14 @@ class CorruptBlock(OSError):
 
 
 class DatasetReader(UfsBackend):
+    """A dataset read through the cache engine, shaped like a `UfsBackend`.
+
+    Owns a mount's recent blocks, their buffers, the read-ahead threads and the fallback to
+    the source while the engine is away. The mount daemon's `DatasetFs` calls it (stat,
+    list, read, read_cached, extent); it calls a `CacheEngine` in-process (`eddy mount`) or
+    an `EngineClient` to the node's engine.
+    """
+
     def __init__(self, engine, spec: specmod.DatasetSpec, secrets: dict[str, str],
                  direct: Callable[[], UfsBackend] | None = None, volume_id: str = "",
                  recent_bytes: int = RECENT_BLOCK_BYTES, ahead_threads: int = AHEAD_THREADS):

@@ -56,7 +56,7 @@ def test_a_reader_over_the_socket_gets_the_source_bytes(served, source):
         finally:
             reader.close()
     stats = engine.statistics()
-    assert stats["hits"] >= 10 and stats["source_bytes"] == sum(
+    assert stats.hits >= 10 and stats.source_bytes == sum(
         len(source.data(p)) for p in ("data/a.bin", "data/b.bin", "small.txt"))
 
 
