@@ -85,6 +85,14 @@ class Dataset:
     def read_ahead(self) -> int:
         return self.spec.read_ahead
 
+    def capacity(self) -> int:
+        """Bytes the dataset can keep cached at rest: its `cacheCapacity`, bounded by what its
+        tiers hold without maintenance pushing blocks out (low watermark above the last tier,
+        high watermark in the last)."""
+        tiers, cap = self.tiers, self.spec.cache_capacity
+        held = sum(int(t.size * t.low) for t in tiers[:-1]) + int(tiers[-1].size * tiers[-1].high)
+        return held if cap is None else min(cap, held)
+
     def update(self, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend) -> None:
         """Take the newest spec's TTL, read-ahead, tiers and backend (secrets may rotate)."""
         with self._lock:
@@ -138,7 +146,8 @@ class Dataset:
         never lists a directory by itself.
         """
         parent = posixpath.dirname(path)
-        entries = self.meta.list(parent)
+        listing = self.meta.listing(parent)
+        entries = listing.entries if listing is not None else None
         if not entries:
             return []
         with self._lock:

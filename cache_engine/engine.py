@@ -170,24 +170,31 @@ class CacheEngine:
         return ds.tiers if ds is not None else None
 
     def stat(self, dataset_id: str, path: str) -> Entry:
-        ds = self._dataset(dataset_id)
-        path = clean_path(path)
-        entry = ds.meta.stat(path)
-        if entry is None:
-            with ds.source() as ufs:
-                entry = ufs.stat(path)
-            ds.meta.put_stat(entry)
-        return entry
+        return self.stat_fresh(dataset_id, path)[0]
 
     def list(self, dataset_id: str, path: str) -> list[Entry]:
+        return self.list_fresh(dataset_id, path)[0]
+
+    def stat_fresh(self, dataset_id: str, path: str) -> tuple[Entry, float]:
+        """The entry at `path`, and the seconds it stays fresh (inf: immutable dataset): a
+        cache that keeps it keeps it no longer, so a change shows within one TTL."""
         ds = self._dataset(dataset_id)
         path = clean_path(path)
-        entries = ds.meta.list(path)
-        if entries is None:
+        cached = ds.meta.entry(path)
+        if cached is None or cached.entry is None:  # absence is never cached here
             with ds.source() as ufs:
-                entries = ufs.list(path)
-            ds.meta.put_list(path, entries)
-        return list(entries)
+                cached = ds.meta.put_entry(path, ufs.stat(path))
+        return cached.entry, ds.meta.remaining(cached.expiry)
+
+    def list_fresh(self, dataset_id: str, path: str) -> tuple[list[Entry], float]:
+        """A directory's entries, and the seconds they stay fresh (as `stat_fresh`)."""
+        ds = self._dataset(dataset_id)
+        path = clean_path(path)
+        listing = ds.meta.listing(path)
+        if listing is None:
+            with ds.source() as ufs:
+                listing = ds.meta.put_listing(path, ufs.list(path))
+        return list(listing.entries), ds.meta.remaining(listing.expiry)
 
     # --- blocks -----------------------------------------------------------------------------
 
@@ -299,14 +306,8 @@ class CacheEngine:
     # --- preload -----------------------------------------------------------------------------
 
     def capacity(self, dataset_id: str) -> int:
-        """Bytes the dataset can keep cached at rest: its `cacheCapacity`, bounded by what its
-        tiers hold without maintenance pushing blocks out (low watermark above the last tier,
-        high watermark in the last)."""
-        ds = self._dataset(dataset_id)
-        tiers = ds.tiers
-        held = sum(int(t.size * t.low) for t in tiers[:-1]) + int(tiers[-1].size * tiers[-1].high)
-        cap = self._table.capacity.get(dataset_id)
-        return held if cap is None else min(cap, held)
+        """Bytes the dataset can keep cached at rest (see `Dataset.capacity`)."""
+        return self._dataset(dataset_id).capacity()
 
     def preload(self, dataset_id: str, paths: tuple[str, ...] = (),
                 workers: int = DEFAULT_WORKERS) -> PreloadProgress:

@@ -118,13 +118,23 @@ class DatasetReader(UfsBackend):
         return result
 
     def stat(self, path: str) -> Entry:
-        return self._through_engine(lambda: self._remember(self._call(self._engine.stat, path)),
-                                    lambda src: src.stat(path))
+        return self.stat_fresh(path)[0]
 
     def list(self, path: str) -> list[Entry]:
-        return self._through_engine(
-            lambda: [self._remember(e) for e in self._call(self._engine.list, path)],
-            lambda src: src.list(path))
+        return self.list_fresh(path)[0]
+
+    def stat_fresh(self, path: str) -> tuple[Entry, float | None]:
+        """The entry and the seconds it stays fresh (None: as long as the TTL, read now)."""
+        def engine() -> tuple[Entry, float | None]:
+            entry, fresh_for = self._call(self._engine.stat_fresh, path)
+            return self._remember(entry), fresh_for
+        return self._through_engine(engine, lambda src: (src.stat(path), None))
+
+    def list_fresh(self, path: str) -> tuple[list[Entry], float | None]:
+        def engine() -> tuple[list[Entry], float | None]:
+            entries, fresh_for = self._call(self._engine.list_fresh, path)
+            return [self._remember(e) for e in entries], fresh_for
+        return self._through_engine(engine, lambda src: (src.list(path), None))
 
     def read(self, path: str, offset: int, length: int,
              version: str | None = None) -> bytes | memoryview:

@@ -60,13 +60,14 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
 
     def Stat(self, request):
         require(request, "dataset_id")
-        entry = self._call(self.engine.stat, request.dataset_id, request.path)
-        return cache_pb2.StatResponse(entry=entry_to_pb(entry))
+        entry, fresh_for = self._call(self.engine.stat_fresh, request.dataset_id, request.path)
+        return cache_pb2.StatResponse(entry=entry_to_pb(entry), fresh_for=fresh_for)
 
     def List(self, request):
         require(request, "dataset_id")
-        entries = self._call(self.engine.list, request.dataset_id, request.path)
-        return cache_pb2.ListResponse(entries=[entry_to_pb(e) for e in entries])
+        entries, fresh_for = self._call(self.engine.list_fresh, request.dataset_id, request.path)
+        return cache_pb2.ListResponse(entries=[entry_to_pb(e) for e in entries],
+                                      fresh_for=fresh_for)
 
     def Locate(self, request):
         require(request, "dataset_id", "path")

@@ -14,7 +14,7 @@ from cache_engine.service import CacheEngineService
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
 from csi.server import engine_server, start_private
 from eddy.pb import cache_pb2_grpc
-from tests.support.engine import blob, make_spec
+from tests.support.engine import FakeClock, blob, make_spec
 from tests.support.fake_source import FakeUfs
 
 
@@ -119,3 +119,17 @@ def test_a_mount_daemon_loads_no_engine_machinery():
              "cache_engine.preload", "cache_engine.table", "cache_engine.status",
              "cache_engine.recovery", "cache_engine.dataset"}
     assert heavy.isdisjoint(out), sorted(heavy.intersection(out))
+
+
+def test_metadata_answers_over_the_socket_say_how_long_they_stay_fresh(serve):
+    clock = FakeClock()
+    _engine, client = serve(clock=clock)
+    ds = client.open_dataset(make_spec(metadataTTL="30"), {}).dataset_id
+    assert client.stat_fresh(ds, "data/a.bin")[1] == 30
+    clock.advance(12)
+    assert client.stat_fresh(ds, "data/a.bin")[1] == pytest.approx(18)  # read 12 s ago
+    entries, fresh_for = client.list_fresh(ds, "data")
+    assert fresh_for == 30 and {e.path for e in entries} == {"data/a.bin", "data/b.bin"}
+    assert client.stat_fresh(ds, "data/a.bin")[1] == 30  # the newer listing answers it
+    immutable = client.open_dataset(make_spec(metadataTTL="immutable"), {}).dataset_id
+    assert client.stat_fresh(immutable, "small.txt")[1] == float("inf")
