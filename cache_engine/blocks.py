@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import xxhash
 
+from eddy.base.errors import FailedPrecondition
+
 from .tiers import Tier
 
 FILE_MODE = 0o600  # tier files hold dataset bytes: readable by the node plugin only
@@ -63,6 +65,8 @@ class Block:
 
 
 class CopyResult(enum.Enum):
+    """How a copy of a block between tiers ended; `Placement` decides what follows from it."""
+
     COPIED = "copied"
     CORRUPT = "corrupt"  # the source file's length or checksum is wrong
     GONE = "gone"  # the source file vanished
@@ -171,3 +175,14 @@ def remove_quietly(path: str) -> None:
     """Unlink if present; a failure (EROFS...) only leaves an orphan that reconcile removes."""
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def prepare_tiers(tiers: list[Tier]) -> None:
+    """Create each tier's block and temporary directories; FailedPrecondition if it cannot."""
+    for tier in tiers:
+        try:
+            os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
+            os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
+        except OSError as e:
+            raise FailedPrecondition(
+                f"tier {tier.name}: cannot use {tier.path}: {e.strerror}") from None

@@ -18,8 +18,8 @@ from eddy.base.errors import InvalidArgument
 from eddy.base.pb import cache_pb2, cache_pb2_grpc
 from eddy.base.rpc import ERRNO_KEY, ERROR_KEY
 
-from .engine import DatasetInfo, Location
 from .spec import DatasetSpec
+from .types import DatasetInfo, Location
 from .ufs.base import Entry, UfsUnavailable
 from .wire import DatasetNotOpen, EngineUnreachable, entry_from_pb, location_from_pb
 
@@ -58,7 +58,18 @@ def translate(err: grpc.RpcError) -> Exception:
     return OSError(_errno(err, errno.EIO), f"cache engine: {code.name}: {details}")
 
 
+def _fresh_for(resp: cache_pb2.StatResponse | cache_pb2.ListResponse) -> float | None:
+    return resp.fresh_for if resp.HasField("fresh_for") else None
+
+
 class EngineClient:
+    """The engine's API over its unix socket, for mount daemons of a node plugin.
+
+    Owns one gRPC channel. A `reader.DatasetReader` calls it exactly as it would call an
+    in-process `CacheEngine` (open_dataset, stat, list, locate, report_corrupt, extent);
+    errors come back as the exceptions the engine raised (see `translate`).
+    """
+
     def __init__(self, endpoint: str):
         target = endpoint if endpoint.startswith("unix:") else f"unix://{endpoint}"
         self.channel = grpc.insecure_channel(target, options=[
@@ -84,14 +95,21 @@ class EngineClient:
                            None if resp.immutable else resp.metadata_ttl, resp.read_ahead)
 
     def stat(self, dataset_id: str, path: str) -> Entry:
-        resp = self._call(self._stub.Stat, cache_pb2.StatRequest(dataset_id=dataset_id,
-                                                                 path=path))
-        return entry_from_pb(resp.entry)
+        return self.stat_fresh(dataset_id, path)[0]
 
     def list(self, dataset_id: str, path: str) -> list[Entry]:
+        return self.list_fresh(dataset_id, path)[0]
+
+    def stat_fresh(self, dataset_id: str, path: str) -> tuple[Entry, float | None]:
+        """The entry and the seconds it stays fresh (None: the engine did not say)."""
+        resp = self._call(self._stub.Stat, cache_pb2.StatRequest(dataset_id=dataset_id,
+                                                                 path=path))
+        return entry_from_pb(resp.entry), _fresh_for(resp)
+
+    def list_fresh(self, dataset_id: str, path: str) -> tuple[list[Entry], float | None]:
         resp = self._call(self._stub.List, cache_pb2.ListRequest(dataset_id=dataset_id,
                                                                  path=path))
-        return [entry_from_pb(e) for e in resp.entries]
+        return [entry_from_pb(e) for e in resp.entries], _fresh_for(resp)
 
     def locate(self, dataset_id: str, path: str, version: str, index: int,
                file_size: int, following: int = 0, next_files: int = 0) -> Location:

@@ -17,12 +17,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from .metadata import MetadataCache
+from .sequential import SequentialTracker
 from .spec import DatasetSpec
 from .tiers import Tier
 from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 
 ID_HEX_CHARS = 24
-MAX_TRACKED_FILES = 4096  # read-ahead remembers the last block of this many files
 MAX_TRACKED_DIRS = 64  # directories whose scan (files opened in listing order) is followed
 
 
@@ -50,6 +50,14 @@ class _Lease:
 
 
 class Dataset:
+    """One open dataset on this node: its spec, allowed tiers, source backend and metadata.
+
+    The engine makes one per dataset id (`CacheEngine.open_dataset`) and calls it on every
+    lookup: `source()` leases the backend (a rotated secret replaces it; the old one closes
+    when idle), `meta` answers stat and list within the TTL, `sequential` and `next_files`
+    decide read-ahead. `hits` and `misses` are counted under the engine's lock.
+    """
+
     def __init__(self, id: str, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend,
                  clock: Callable[[], float]):
         self.id = id
@@ -58,7 +66,7 @@ class Dataset:
         self.meta = MetadataCache(spec.metadata_ttl, clock)
         self._lock = threading.Lock()
         self._lease = _Lease(ufs)
-        self._last_block: OrderedDict[str, int] = OrderedDict()
+        self._sequential = SequentialTracker()  # by path
         self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
         self.volumes: set[str] = set()  # volumes that opened it, for status
         self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
@@ -76,6 +84,14 @@ class Dataset:
     @property
     def read_ahead(self) -> int:
         return self.spec.read_ahead
+
+    def capacity(self) -> int:
+        """Bytes the dataset can keep cached at rest: its `cacheCapacity`, bounded by what its
+        tiers hold without maintenance pushing blocks out (low watermark above the last tier,
+        high watermark in the last)."""
+        tiers, cap = self.tiers, self.spec.cache_capacity
+        held = sum(int(t.size * t.low) for t in tiers[:-1]) + int(tiers[-1].size * tiers[-1].high)
+        return held if cap is None else min(cap, held)
 
     def update(self, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend) -> None:
         """Take the newest spec's TTL, read-ahead, tiers and backend (secrets may rotate)."""
@@ -118,12 +134,7 @@ class Dataset:
     def sequential(self, path: str, index: int) -> bool:
         """Record a block request; True when it continues a sequential run of `path`."""
         with self._lock:
-            last = self._last_block.get(path)
-            self._last_block[path] = index
-            self._last_block.move_to_end(path)
-            if len(self._last_block) > MAX_TRACKED_FILES:
-                self._last_block.popitem(last=False)
-        return last is not None and index in (last, last + 1)
+            return self._sequential.note(path, index)
 
     def next_files(self, path: str, count: int) -> list[Entry]:
         """Record that `path` is being read from its start; the next `count` files of its
@@ -135,7 +146,8 @@ class Dataset:
         never lists a directory by itself.
         """
         parent = posixpath.dirname(path)
-        entries = self.meta.list(parent)
+        listing = self.meta.listing(parent)
+        entries = listing.entries if listing is not None else None
         if not entries:
             return []
         with self._lock:

@@ -7,7 +7,9 @@ once however many threads ask (single-flight), writes it into the fastest allowe
 records it in the index. No lock is held across source I/O or file copies; space is reserved
 before a write, so tier sizes and dataset capacities hold as hard limits. When no tier can take
 a block the bytes are returned inline and the failure is counted: a full cache never fails a
-read. Placement, demotion, promotion and eviction live in `placement.Placement`.
+read. The engine keeps datasets and lookups; its parts do the rest: `fetch` (misses,
+read-ahead), `placement` (store, demote, promote, evict), `extents` (whole files for the
+kernel), `maintenance`, `preload`, `status` rows and `statedir` (one engine per state dir).
 
     engine = CacheEngine([parse_tier("MEM:/dev/shm/eddy:4Gi")], "/var/lib/eddy")
     info = engine.open_dataset(parse_parameters({"source": "local:///data"}), {})
@@ -17,83 +19,62 @@ read. Placement, demotion, promotion and eviction live in `placement.Placement`.
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from eddy.base import log
-from eddy.base.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from eddy.base.errors import InvalidArgument, NotFound, Unavailable
+from eddy.base.mounttable import in_memory
 
 from . import ufs as ufsmod
-from .blocks import DIR_MODE, Block, BlockKey, block_path, checksum
+from .blocks import Block, BlockKey, block_path, prepare_tiers
 from .dataset import Dataset, dataset_id
+from .extents import Extents
+from .fetch import BlockFetcher, block_length
 from .index import BlockIndex
+from .maintenance import Maintenance
 from .placement import Placement
 from .prefetch import Prefetcher
-from .preload import DEFAULT_WORKERS, BlockOutcome, PreloadJob, PreloadProgress
+from .preload import (
+    DEFAULT_WORKERS,
+    BlockOutcome,
+    PreloadJob,
+    PreloadRoom,
+    Preloads,
+    PreloadSource,
+)
 from .recovery import node_key, reconcile
 from .spec import DatasetSpec
-from .status import DatasetStatus, Histogram, SizeScan, phase_of
+from .statedir import StateDirLock
+from .statistics import EngineStatistics, dataset_statistics, tier_statistics
+from .status import DatasetStatus, DatasetStatuses
 from .table import BlockTable
-from .tiers import Tier, check_tiers, in_memory
-from .ufs.base import Entry, UfsBackend, VersionChanged, clean_path
+from .tiers import Tier, check_tiers
+from .types import CachedBlock, DatasetInfo, Location, PreloadProgress
+from .ufs.base import Entry, UfsBackend, clean_path
 
-ACCESS_FLUSH_INTERVAL = 5.0  # seconds between batched writes of LRU access counters
 # A block handed out this recently is not evicted or demoted, so the reader that asked can
 # still open its file: a cache too small for its concurrent readers serves uncached instead.
 PIN_SECONDS = 1.0
-# Seconds to read one block from a source: local disk, a LAN object store, a far region.
-FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# What the engine itself counts (lookups); its parts count the rest.
+COUNTERS = ("hits", "misses")
 _log = log.get("cache_engine")
 
 
-@dataclass(frozen=True, slots=True)
-class DatasetInfo:
-    dataset_id: str
-    block_size: int
-    metadata_ttl: float | None
-    read_ahead: int
+class CacheEngine:
+    """The node's block cache: datasets, their metadata, block lookups and fetches.
 
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a block's bytes are: its tier file (pread `length` bytes at `offset`) and/or `data`.
-
-    `data` is set when no tier took the block, and also when this very call fetched it from the
-    source: a caller in the engine's process then needs no pread and no second checksum.
+    Called by the engine service (`service.py`, for mount daemons and the CLI), by a mount's
+    `reader.DatasetReader` in-process (`eddy mount`), and by the node plugin (`csi/`) for
+    volume stats, metrics and preload. It owns the datasets, the hit path of lookups, the
+    lock that guards the block table, and the parts it is made of (fetch.BlockFetcher for
+    misses and read-ahead, and those the module docstring names).
     """
 
-    file: str | None = None
-    offset: int = 0
-    length: int = 0
-    checksum: int = 0
-    data: bytes | None = None
-    following: tuple[Location, ...] = ()  # cached blocks right after it, when asked for
-    next_files: tuple[tuple[str, str, Location], ...] = ()  # (path, version, block 0)
-
-
-@dataclass(frozen=True, slots=True)
-class CachedBlock:
-    """A read-only view of one cached block, for status and tests."""
-
-    key: BlockKey
-    tier: str
-    file: str
-    length: int
-    checksum: int
-    offset: int = 0  # in `file`: an extent holds many blocks
-
-
-class StateDirBusy(FailedPrecondition):
-    """Another engine holds this state directory's lock."""
-
-
-class CacheEngine:
     def __init__(self, tiers: list[Tier], state_dir: str,
                  open_ufs: Callable[[DatasetSpec, dict], UfsBackend] = ufsmod.open_ufs,
                  clock: Callable[[], float] = time.monotonic, prefetch_workers: int = 8,
@@ -106,60 +87,43 @@ class CacheEngine:
         self._open_ufs = open_ufs
         self._clock = clock
         os.makedirs(state_dir, 0o700, exist_ok=True)
-        self._lock_fd = _lock_state_dir(state_dir)
+        self._state_lock = StateDirLock(state_dir)
         try:
-            _prepare_tiers(self.tiers)
+            prepare_tiers(self.tiers)
             self._node_key = node_key(state_dir)
             self._index = BlockIndex(os.path.join(state_dir, "index.db"))
         except BaseException:
-            os.close(self._lock_fd)
+            self._state_lock.release()
             raise
         recovered = reconcile(self._index, self.tiers)
         self._lock = threading.Condition(threading.Lock())  # notified when a claim ends
         self._table = BlockTable(self.tiers)
         self._datasets: dict[str, Dataset] = {}
-        self._inflight: dict[BlockKey, Future] = {}
-        self._queued: set[BlockKey] = set()  # handed to the prefetcher, not started yet
-        self._jobs: dict[str, PreloadJob] = {}  # dataset id -> its latest preload job
-        # dataset id -> the blocks preload is loading now, and their lengths
-        self._preloading: dict[str, dict[BlockKey, int]] = {}
-        self._scans: dict[str, SizeScan] = {}  # dataset id -> its latest size walk
-        self._counters = dict.fromkeys(
-            ("hits", "misses", "source_reads", "source_bytes", "uncached_reads",
-             "tier_write_failures", "evictions", "demotions", "promotions",
-             "checksum_failures", "prefetches", "extents_built", "extents_served"), 0)
-        self.fetch_seconds = Histogram(FETCH_BUCKETS)  # source reads of whole blocks
-        self.served_bytes = {t.name: 0 for t in self.tiers}  # block bytes located in each tier
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._served_bytes = {t.name: 0 for t in self.tiers}  # block bytes located per tier
         for block in recovered.blocks:
             if block.tier in self._tier:
                 self._table.add(block)
         for (tier, file), n in recovered.held.items():
             self._table.hold_file(tier, file, n)
-        self._wake = threading.Event()
+        self._maintenance = Maintenance(self.tiers, self._table, self._index, self._lock, clock)
         self._places = Placement(self.tiers, self._table, self._index, self._lock,
-                                 self._counters, self._datasets, self._wake.set, clock,
-                                 pin_seconds)
+                                 self._tiers_of, self._maintenance.wake, clock, pin_seconds)
         self._prefetcher = Prefetcher(prefetch_workers)
-        self._compactor = Prefetcher(1)  # one extent built at a time, in the background
-        self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
-        # Only tiers held in RAM get extents: the kernel reads an extent unchecked, and in RAM
-        # nothing rots on a medium, and a power loss empties the tier rather than tearing a
-        # file. A disk tier keeps every read checked, block by block.
-        self._in_memory = {t.name for t in self.tiers if held_in_ram(t.path)}
-        self._maintain_lock = threading.Lock()
-        self._last_flush = clock()
+        self._extents = Extents(self.tiers, self._table, self._lock, self._places, held_in_ram)
+        self._fetcher = BlockFetcher(self.tiers, self._table, self._lock, self._places,
+                                     self._prefetcher, clock, self._extents.compact_when_whole)
+        self._preloads = Preloads()
+        self._room = PreloadRoom(self._table, self._lock)
+        self._statuses = DatasetStatuses(self.tiers, self._table, self._lock, self.list,
+                                         self._preloads.progress, self.capacity)
         self._closed = False
         _log.info("engine.start", tiers=[t.name for t in self.tiers],
                   blocks=len(recovered.blocks), tmp_removed=recovered.tmp_removed,
                   orphans_removed=recovered.orphans_removed, rows_dropped=recovered.rows_dropped)
         for tier in self.tiers:  # a tier may have shrunk since the last run
             self._places.demote_until(tier, tier.size)
-        self._thread = None
-        if maintenance:
-            self._thread = threading.Thread(target=self._maintenance_loop,
-                                            args=(maintenance_interval,),
-                                            name="eddy-maintenance", daemon=True)
-            self._thread.start()
+        self._maintenance.start(self._places, maintenance_interval if maintenance else None)
 
     # --- datasets and metadata -------------------------------------------------------------
 
@@ -198,25 +162,37 @@ class CacheEngine:
             raise NotFound(f"dataset {dataset_id} is not open on this node")
         return ds
 
+    def _tiers_of(self, dataset_id: str) -> list[Tier] | None:
+        """The tiers an open dataset may use; None if it is not open (for `Placement`)."""
+        ds = self._datasets.get(dataset_id)
+        return ds.tiers if ds is not None else None
+
     def stat(self, dataset_id: str, path: str) -> Entry:
-        ds = self._dataset(dataset_id)
-        path = clean_path(path)
-        entry = ds.meta.stat(path)
-        if entry is None:
-            with ds.source() as ufs:
-                entry = ufs.stat(path)
-            ds.meta.put_stat(entry)
-        return entry
+        return self.stat_fresh(dataset_id, path)[0]
 
     def list(self, dataset_id: str, path: str) -> list[Entry]:
+        return self.list_fresh(dataset_id, path)[0]
+
+    def stat_fresh(self, dataset_id: str, path: str) -> tuple[Entry, float]:
+        """The entry at `path`, and the seconds it stays fresh (inf: immutable dataset): a
+        cache that keeps it keeps it no longer, so a change shows within one TTL."""
         ds = self._dataset(dataset_id)
         path = clean_path(path)
-        entries = ds.meta.list(path)
-        if entries is None:
+        cached = ds.meta.entry(path)
+        if cached is None or cached.entry is None:  # absence is never cached here
             with ds.source() as ufs:
-                entries = ufs.list(path)
-            ds.meta.put_list(path, entries)
-        return list(entries)
+                cached = ds.meta.put_entry(path, ufs.stat(path))
+        return cached.entry, ds.meta.remaining(cached.expiry)
+
+    def list_fresh(self, dataset_id: str, path: str) -> tuple[list[Entry], float]:
+        """A directory's entries, and the seconds they stay fresh (as `stat_fresh`)."""
+        ds = self._dataset(dataset_id)
+        path = clean_path(path)
+        listing = ds.meta.listing(path)
+        if listing is None:
+            with ds.source() as ufs:
+                listing = ds.meta.put_listing(path, ufs.list(path))
+        return list(listing.entries), ds.meta.remaining(listing.expiry)
 
     # --- blocks -----------------------------------------------------------------------------
 
@@ -231,7 +207,7 @@ class CacheEngine:
         """
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, index)
-        _block_length(ds, key, file_size)  # an index beyond the end fails before any count
+        block_length(ds, key, file_size)  # an index beyond the end fails before any count
         last = min(index + following, ds.block_count(file_size) - 1)
         ahead = max(ds.read_ahead, next_files)
         siblings = ds.next_files(key.path, ahead) if index == 0 and ahead else []
@@ -254,20 +230,18 @@ class CacheEngine:
                 first = self._table.get(BlockKey(dataset_id, entry.path, entry.version, 0))
                 if first is not None:
                     files.append((entry.path, entry.version, self._hit(ds, first, promotions)))
-        for hit, tier in promotions:
-            if not self._prefetcher.submit(self._places.promote, hit, tier):
-                self._places.cancel_promotion(hit, tier)
+        self._places.start_promotions(promotions, self._prefetcher.submit)
         if ds.sequential(key.path, index) and ds.read_ahead:
-            self._schedule(ds, key, file_size, index + max(len(run), 1), ds.read_ahead,
+            self._fetcher.schedule(ds, key, file_size, index + max(len(run), 1), ds.read_ahead,
                            limit=ds.read_ahead)
         for entry in siblings[:ds.read_ahead]:  # a folder's scan: its next files, block 0
-            self._schedule(ds, BlockKey(dataset_id, entry.path, entry.version, 0),
+            self._fetcher.schedule(ds, BlockKey(dataset_id, entry.path, entry.version, 0),
                            entry.size, 0, 1, limit=ds.read_ahead)
         if len(run) > 1:
             ds.sequential(key.path, index + len(run) - 1)  # the reader goes on from there
         if files:
             ds.scan_reached(files[-1][0])  # and from the last file it was handed
-        loc = run[0] if run else self._fetch(ds, key, file_size)
+        loc = run[0] if run else self._fetcher.fetch(ds, key, file_size)
         if len(run) > 1 or files:
             loc = replace(loc, following=tuple(run[1:]), next_files=tuple(files))
         return loc
@@ -275,12 +249,14 @@ class CacheEngine:
     def _hit(self, ds: Dataset, block: Block, promotions: list) -> Location:
         """Count a located block as a hit (under the lock); its location."""
         self._count_hit(ds, block, promotions)
-        return self._location(block)
+        return self._fetcher.location(block)
 
     def _count_hit(self, ds: Dataset, block: Block, promotions: list) -> None:
+        """Under the lock: count a hit, touch the LRU, claim a promotion if one is due (for
+        `Placement.start_promotions` once the lock is let go)."""
         self._table.touch(block, self._clock())
         self._counters["hits"] += 1
-        self.served_bytes[block.tier] += block.length
+        self._served_bytes[block.tier] += block.length
         ds.hits += 1
         tier = self._places.promotion_target(ds, block)
         if tier is not None:
@@ -291,85 +267,7 @@ class CacheEngine:
         """Load blocks [first, first+count) in the background; returns how many were queued."""
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, first)
-        return self._schedule(ds, key, file_size, first, count, limit=None)
-
-    def _schedule(self, ds: Dataset, key: BlockKey, file_size: int, first: int, count: int,
-                  limit: int | None) -> int:
-        end = min(first + count, ds.block_count(file_size))
-        with self._lock:
-            # Windows of consecutive requests overlap: a block already queued is not queued
-            # again (a duplicate would take a slot of the dataset's read-ahead limit).
-            todo = [k for k in (key._replace(index=i) for i in range(max(first, 0), end))
-                    if k not in self._table.blocks and k not in self._inflight
-                    and k not in self._queued]
-            self._queued.update(todo)
-        queued = 0
-        for k in todo:
-            if not self._prefetcher.submit(self._prefetch_one, ds, k, file_size,
-                                           owner=ds.id, limit=limit):
-                with self._lock:
-                    self._queued.difference_update(todo[queued:])
-                break
-            queued += 1
-        return queued
-
-    def _prefetch_one(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
-        with self._lock:
-            self._queued.discard(key)
-            if key in self._table.blocks:
-                return
-            self._counters["prefetches"] += 1
-        self._fetch(ds, key, file_size)
-
-    def _location(self, block: Block) -> Location:
-        return Location(block_path(self._tier[block.tier], block.file), block.offset,
-                        block.length, block.checksum)
-
-    def _fetch(self, ds: Dataset, key: BlockKey, file_size: int) -> Location:
-        """Single-flight: the first thread loads the block, the others wait for its answer."""
-        with self._lock:
-            block = self._table.get(key)
-            if block is not None:  # stored while this thread was on its way here
-                self._table.touch(block, self._clock())
-                return self._location(block)
-            future = self._inflight.get(key)
-            leader = future is None
-            if leader:
-                future = self._inflight[key] = Future()
-        if not leader:
-            return future.result()
-        try:
-            loc = self._load(ds, key, file_size)
-        except BaseException as e:
-            future.set_exception(e)
-            raise
-        else:
-            future.set_result(loc)
-            return loc
-        finally:
-            with self._lock:
-                del self._inflight[key]
-
-    def _load(self, ds: Dataset, key: BlockKey, file_size: int) -> Location:
-        length = _block_length(ds, key, file_size)
-        start = time.monotonic()
-        with ds.source() as ufs:
-            data = ufs.read(key.path, key.index * ds.block_size, length, key.version or None)
-        with self._lock:
-            self.fetch_seconds.observe(time.monotonic() - start)
-            self._counters["source_reads"] += 1
-            self._counters["source_bytes"] += len(data)
-        if len(data) != length:
-            raise VersionChanged(
-                errno.ESTALE, f"the source returned {len(data)} bytes for block {key.index}"
-                f" where {length} were expected: the file changed", key.path)
-        block = self._places.store(ds, key, data, checksum(data))
-        if block is None:
-            return Location(data=data)
-        self._compact_when_whole(ds, key, file_size)
-        return replace(self._location(block), data=data)
-
-    # --- extents: whole files for the kernel --------------------------------------------------
+        return self._fetcher.schedule(ds, key, file_size, first, count, limit=None)
 
     def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
         """The tier file whose bytes [0, file_size) are this whole file version, for a reader
@@ -382,173 +280,19 @@ class CacheEngine:
         """
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, 0)
-        count = ds.block_count(file_size)
-        if not version or count < 2:
+        if not version:
             return None
         promotions: list = []
-        with self._lock:
-            blocks = self._blocks_of(key, count)
-            if blocks is None:
-                return None
-            whole = _in_one_extent(ds, blocks)
-            if not whole or blocks[0].tier not in self._in_memory:
-                extent = None
-            else:
-                for block in blocks:
-                    self._count_hit(ds, block, promotions)
-                self._counters["extents_served"] += 1
-                extent = block_path(self._tier[blocks[0].tier], blocks[0].file)
-        if not whole:
-            self._compact_when_whole(ds, key, file_size)
-        for hit, tier in promotions:
-            if not self._prefetcher.submit(self._places.promote, hit, tier):
-                self._places.cancel_promotion(hit, tier)
+        extent = self._extents.extent(ds, key, file_size,
+                                      lambda block: self._count_hit(ds, block, promotions))
+        self._places.start_promotions(promotions, self._prefetcher.submit)
         return extent
-
-    def _blocks_of(self, key: BlockKey, count: int) -> list[Block] | None:
-        """Under the lock: blocks 0..count-1 of `key`'s file version, or None if one is not
-        cached."""
-        blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
-        return None if None in blocks else blocks
-
-    def _compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
-        """Queue the compaction of a file version of 2+ blocks once all of them are cached
-        (it happens if they all sit in one tier held in RAM)."""
-        count = ds.block_count(file_size)
-        if count < 2:
-            return  # every miss of a small file comes here: no lock for it
-        version = key[:3]
-        with self._lock:
-            if version in self._compacting or self._table.file_blocks(*version) < count:
-                return
-            self._compacting.add(version)
-        if not self._compactor.submit(self._compact, ds, key._replace(index=0), count):
-            with self._lock:
-                self._compacting.discard(version)
-
-    def _compact(self, ds: Dataset, key: BlockKey, count: int) -> None:
-        try:
-            with self._lock:
-                blocks = self._blocks_of(key, count)
-            if (blocks is None or blocks[0].tier not in self._in_memory
-                    or _in_one_extent(ds, blocks)):
-                return
-            if self._places.compact(blocks) is not None:
-                _log.info("extent.built", dataset=ds.id, path=key.path, blocks=count,
-                          tier=blocks[0].tier)
-        finally:
-            with self._lock:
-                self._compacting.discard(key[:3])
-
-    # --- preload -----------------------------------------------------------------------------
-
-    def capacity(self, dataset_id: str) -> int:
-        """Bytes the dataset can keep cached at rest: its `cacheCapacity`, bounded by what its
-        tiers hold without maintenance pushing blocks out (low watermark above the last tier,
-        high watermark in the last)."""
-        ds = self._dataset(dataset_id)
-        tiers = ds.tiers
-        held = sum(int(t.size * t.low) for t in tiers[:-1]) + int(tiers[-1].size * tiers[-1].high)
-        cap = self._table.capacity.get(dataset_id)
-        return held if cap is None else min(cap, held)
-
-    def preload(self, dataset_id: str, paths: tuple[str, ...] = (),
-                workers: int = DEFAULT_WORKERS) -> PreloadProgress:
-        """Start loading the dataset (or `paths` in it); if a job runs already, that one."""
-        ds = self._dataset(dataset_id)
-        with self._lock:
-            if self._closed:
-                raise Unavailable("the cache engine is shutting down")
-            job = self._jobs.get(dataset_id)
-            fresh = job is None or job.progress().done
-            if fresh:
-                job = self._jobs[dataset_id] = PreloadJob(self, dataset_id, ds.block_size,
-                                                          tuple(paths), workers)
-        if fresh:
-            job.start()
-        return job.progress()
-
-    def preload_progress(self, dataset_id: str) -> PreloadProgress | None:
-        """The dataset's running or latest job, or None if it never had one."""
-        self._dataset(dataset_id)
-        job = self._jobs.get(dataset_id)
-        return job.progress() if job is not None else None
-
-    def cancel_preload(self, dataset_id: str) -> PreloadProgress | None:
-        job = self._jobs.get(dataset_id)
-        if job is None:
-            return None
-        job.cancel()
-        job.wait()
-        return job.progress()
-
-    def preload_block(self, dataset_id: str, key: BlockKey, file_size: int) -> BlockOutcome:
-        """Load one block for a preload job unless it is cached or the dataset has no room."""
-        ds = self._dataset(dataset_id)
-        length = _block_length(ds, key, file_size)
-        limit = self.capacity(dataset_id)
-        with self._lock:
-            if key in self._table.blocks:
-                return BlockOutcome.CACHED
-            loading = self._preloading.setdefault(dataset_id, {})
-            # A block stored already counts in dataset_used: not twice (its loader may not
-            # have returned yet).
-            pending = sum(n for k, n in loading.items() if k not in self._table.blocks)
-            if self._table.dataset_used.get(dataset_id, 0) + pending + length > limit:
-                return BlockOutcome.FULL
-            loading[key] = length
-        try:
-            loc = self._fetch(ds, key, file_size)
-        finally:
-            with self._lock:
-                loading.pop(key, None)
-        return BlockOutcome.LOADED if loc.file is not None else BlockOutcome.FULL
 
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         """A reader found a block whose length or checksum is wrong: drop it, count it."""
         self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, index)
         self._places.drop_corrupt(key)
-
-    # --- maintenance, status, shutdown ----------------------------------------------------
-
-    def maintain(self) -> None:
-        """Demote (last tier: evict) LRU blocks of tiers above their high watermark to the low
-        watermark, and write LRU access counters when due. The maintenance thread runs this."""
-        with self._maintain_lock:
-            for tier in self.tiers:
-                with self._lock:
-                    over = self._table.tier_used[tier.name] > tier.high * tier.size
-                if over:
-                    self._places.demote_until(tier, int(tier.low * tier.size))
-            if self._clock() - self._last_flush >= ACCESS_FLUSH_INTERVAL:
-                self._flush_access()
-
-    def _flush_access(self) -> None:
-        with self._lock:
-            dirty = self._table.take_dirty()
-        self._index.update_access(dirty)
-        self._last_flush = self._clock()
-
-    def _maintenance_loop(self, interval: float) -> None:
-        while not self._closed:
-            self._wake.wait(interval)
-            self._wake.clear()
-            if self._closed:
-                break
-            try:
-                self.maintain()
-            except Exception:
-                _log.exception("maintenance.failed")
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until no read-ahead, prefetch, promotion or compaction is queued or running."""
-        # Background loads queue compactions, never the reverse.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._prefetcher.drain(timeout):
-            return False
-        return self._compactor.drain(None if deadline is None
-                                     else max(deadline - time.monotonic(), 0))
 
     def blocks(self, dataset_id: str | None = None) -> list[CachedBlock]:
         with self._lock:
@@ -557,91 +301,94 @@ class CacheEngine:
             return [CachedBlock(b.key, b.tier, block_path(self._tier[b.tier], b.file),
                                 b.length, b.checksum, b.offset) for b in found]
 
-    def statistics(self) -> dict:
-        t = self._table
+    # --- preload -----------------------------------------------------------------------------
+
+    def capacity(self, dataset_id: str) -> int:
+        """Bytes the dataset can keep cached at rest (see `Dataset.capacity`)."""
+        return self._dataset(dataset_id).capacity()
+
+    def preload(self, dataset_id: str, paths: tuple[str, ...] = (),
+                workers: int = DEFAULT_WORKERS) -> PreloadProgress:
+        """Start loading the dataset (or `paths` in it); if a job runs already, that one."""
+        ds = self._dataset(dataset_id)
+        source = PreloadSource(functools.partial(self.stat, dataset_id),
+                               functools.partial(self.list, dataset_id),
+                               functools.partial(self._preload_block, ds))
+        return self._preloads.start(dataset_id, lambda: PreloadJob(
+            source, dataset_id, ds.block_size, tuple(paths), workers))
+
+    def preload_progress(self, dataset_id: str) -> PreloadProgress | None:
+        """The dataset's running or latest job, or None if it never had one."""
+        self._dataset(dataset_id)
+        return self._preloads.progress(dataset_id)
+
+    def cancel_preload(self, dataset_id: str) -> PreloadProgress | None:
+        return self._preloads.cancel(dataset_id)
+
+    def wait_preload(self, dataset_id: str, timeout: float | None = None) -> bool:
+        """Wait for the dataset's latest preload job to end; False on timeout."""
+        return self._preloads.wait(dataset_id, timeout)
+
+    def _preload_block(self, ds: Dataset, key: BlockKey, file_size: int) -> BlockOutcome:
+        """Load one block for a preload job unless it is cached or the dataset has no room."""
+        length = block_length(ds, key, file_size)
+        return self._room.load(key, length, self.capacity(ds.id),
+                               lambda: self._fetcher.fetch(ds, key, file_size).file is not None)
+
+    # --- maintenance, status, shutdown ----------------------------------------------------
+
+    def maintain(self) -> None:
+        """One round of maintenance now (see `Maintenance.maintain`); its thread runs this."""
+        self._maintenance.maintain()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no read-ahead, prefetch, promotion or compaction is queued or running."""
+        # Background loads queue compactions, never the reverse.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._prefetcher.drain(timeout):
+            return False
+        return self._extents.drain(None if deadline is None
+                                   else max(deadline - time.monotonic(), 0))
+
+    def statistics(self) -> EngineStatistics:
+        """A snapshot of the counters since start, and of every tier and dataset now."""
         with self._lock:
-            tiers = {tier.name: {"used": t.tier_used[tier.name], "size": tier.size,
-                                 "blocks": len(t.tier_blocks(tier.name)),
-                                 "reserved": t.tier_reserved[tier.name]}
-                     for tier in self.tiers}
-            ids = set(self._datasets) | {k for k, v in t.dataset_used.items() if v}
-            datasets = {ds: {"used": t.dataset_used.get(ds, 0),
-                             "capacity": t.capacity.get(ds),
-                             "blocks": len(t.dataset_blocks(ds)),
-                             "open": ds in self._datasets} for ds in sorted(ids)}
-            return {"tiers": tiers, "datasets": datasets, **self._counters}
+            return EngineStatistics(
+                tiers=tier_statistics(self.tiers, self._table, self._served_bytes),
+                datasets=dataset_statistics(self._table, set(self._datasets)),
+                **self._counters, **self._fetcher.counts(),
+                **self._places.counts(), **self._extents.counts(),
+                fetch_seconds=tuple(self._fetcher.fetch_seconds.cumulative()),
+                fetch_seconds_sum=self._fetcher.fetch_seconds.sum)
 
     def status(self, wait: float | None = 0) -> list[DatasetStatus]:
         """One row per dataset on the node (open, or holding blocks). Size walks start in the
         background; `wait` seconds (None: until done) lets a caller wait for them."""
-        scans = [self._scan(ds) for ds in list(self._datasets.values())]
-        if wait != 0:
-            for scan in scans:
-                scan.wait(wait)
-        with self._lock:
-            ids = sorted(set(self._datasets) | {k for k, v in self._table.dataset_used.items()
-                                                if v})
-        return [self._status_of(ds_id) for ds_id in ids]
+        return self._statuses.rows(self._datasets, wait)
 
     def dataset_status(self, dataset_id: str) -> DatasetStatus:
         """One dataset's row (its size walk starts in the background if needed)."""
-        self._scan(self._dataset(dataset_id))
-        return self._status_of(dataset_id)
-
-    def _scan(self, ds: Dataset) -> SizeScan:
-        with self._lock:
-            scan = self._scans.get(ds.id)
-            if scan is None or scan.stale(ds.meta.ttl):
-                scan = self._scans[ds.id] = SizeScan(
-                    lambda path, ds_id=ds.id: self.list(ds_id, path))
-                scan.start()
-            return scan
-
-    def _status_of(self, dataset_id: str) -> DatasetStatus:
-        ds = self._datasets.get(dataset_id)  # None: blocks from before a restart, not reopened
-        scan = self._scans.get(dataset_id)
-        files = scan.files if scan is not None else None
-        tier_bytes = {t.name: 0 for t in self.tiers}
-        with self._lock:
-            for block in self._table.dataset_blocks(dataset_id).values():
-                if files is None or (block.key.path, block.key.version) in files:
-                    tier_bytes[block.tier] += block.length
-            hits, misses = (ds.hits, ds.misses) if ds is not None else (0, 0)
-        job = self._jobs.get(dataset_id)
-        preload = job.progress() if job is not None else None
-        source_error = ds.source_error if ds is not None else ""
-        return DatasetStatus(
-            dataset_id=dataset_id, source=ds.spec.source.uri if ds is not None else "",
-            volumes=tuple(sorted(ds.volumes)) if ds is not None else (),
-            ufs_total_bytes=scan.total if scan is not None else None,
-            ufs_files=len(files) if files is not None else None,
-            cached_bytes=sum(tier_bytes.values()),
-            capacity=self.capacity(dataset_id) if ds is not None else None,
-            phase=phase_of(source_error, preload, files is not None),
-            hits=hits, misses=misses, tier_bytes=tier_bytes, preload=preload,
-            message=source_error or (scan.error if scan is not None else ""))
+        ds = self._dataset(dataset_id)
+        self._statuses.scan(ds)
+        return self._statuses.row(dataset_id, ds)
 
     def close(self) -> None:
         """Stop maintenance and background loads, write LRU counters, release the state dir."""
         if self._closed:
             return
         self._closed = True
-        for job in list(self._jobs.values()):
-            job.cancel()
-            job.wait()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._preloads.close()
+        self._maintenance.stop()
         self._prefetcher.close()
-        self._compactor.close()
+        self._extents.close()
         with self._lock:
             datasets = list(self._datasets.values())
             self._datasets.clear()
         for ds in datasets:
             ds.close()
-        self._flush_access()
+        self._maintenance.flush_access()
         self._index.close()
-        os.close(self._lock_fd)
+        self._state_lock.release()
 
     def __enter__(self) -> CacheEngine:
         return self
@@ -649,39 +396,3 @@ class CacheEngine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _in_one_extent(ds: Dataset, blocks: list[Block]) -> bool:
-    """Whether a file's blocks (index 0 up) sit in one tier file, each at its own offset."""
-    first = blocks[0]
-    return all(b.tier == first.tier and b.file == first.file and b.offset == i * ds.block_size
-               for i, b in enumerate(blocks))
-
-
-def _block_length(ds: Dataset, key: BlockKey, file_size: int) -> int:
-    start = key.index * ds.block_size
-    if key.index < 0 or start >= file_size:
-        raise InvalidArgument(
-            f"block {key.index} is beyond the end of {key.path!r} ({file_size} bytes)")
-    return min(ds.block_size, file_size - start)
-
-
-def _prepare_tiers(tiers: list[Tier]) -> None:
-    for tier in tiers:
-        try:
-            os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
-            os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
-        except OSError as e:
-            raise FailedPrecondition(
-                f"tier {tier.name}: cannot use {tier.path}: {e.strerror}") from None
-
-
-def _lock_state_dir(state_dir: str) -> int:
-    """One engine per state directory: a second one would reconcile under the first's feet."""
-    fd = os.open(os.path.join(state_dir, "engine.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StateDirBusy(f"another cache engine is using {state_dir}") from None
-    return fd

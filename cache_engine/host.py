@@ -19,9 +19,10 @@ from eddy.base.pb import cache_pb2_grpc
 from eddy.base.rpc import bind_unix
 
 from .client import MAX_MESSAGE
-from .engine import CacheEngine, StateDirBusy
+from .engine import CacheEngine
 from .service import CacheEngineService, Volumes
 from .tiers import parse_tiers
+from .types import StateDirBusy
 
 DEFAULT_TIER_SIZE = "10Gi"
 __all__ = ["CacheEngine", "EngineHost", "StateDirBusy", "Volumes", "default_tiers", "engine_server",

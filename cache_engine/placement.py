@@ -19,9 +19,9 @@ reader, finding the old file gone, asks again and is sent to the new one) but is
 so a reader can always open what it was given. When a cache is too small for the blocks its
 readers hold right now, new blocks are served uncached instead of evicting those.
 
-The engine's lock (a Condition) guards the table; it is never held across file I/O. A block
-being moved or dropped is claimed (`Block.busy`) so no other thread picks it meanwhile; the
-condition is notified whenever a claim ends.
+The lock (a Condition) guards the table; it is never held across file I/O. A block being
+moved or dropped is claimed (`Block.busy`) so no other thread picks it meanwhile; the condition
+is notified whenever a claim ends.
 """
 
 from __future__ import annotations
@@ -50,12 +50,26 @@ from .table import BlockTable
 from .tiers import Tier
 
 WARN_EVERY = 60.0  # seconds between repeated warnings about one failing tier
+# What placement counts (read by the engine's `statistics`).
+COUNTERS = ("uncached_reads", "tier_write_failures", "evictions", "demotions", "promotions",
+            "checksum_failures", "extents_built")
 _log = log.get("cache_engine.placement")
 
 
 class Placement:
+    """Owns where blocks go and how room is made: store, demote, promote, compact, evict.
+
+    The engine calls it on a miss (`store`), on a hit (`promotion_target`, then
+    `start_promotions`), when a reader reports a bad block (`drop_corrupt`), when a dataset's
+    capacity changes (`shrink_dataset`); `extents.Extents` calls `compact`, and
+    `maintenance.Maintenance` calls `demote_until`. It owns its counters (`counts`). The lock
+    is shared with the engine, not owned: the engine's hit path touches the same `BlockTable`
+    rows and claims, and a claim's end must wake whoever waits on that one condition.
+    `tiers_of` answers which tiers a dataset may use (None: not open, any tier).
+    """
+
     def __init__(self, tiers: list[Tier], table: BlockTable, index: BlockIndex,
-                 lock: threading.Condition, counters: dict[str, int], datasets: dict[str, Dataset],
+                 lock: threading.Condition, tiers_of: Callable[[str], list[Tier] | None],
                  wake_maintenance: Callable[[], None], clock: Callable[[], float],
                  pin_seconds: float):
         self.tiers = tiers
@@ -64,8 +78,8 @@ class Placement:
         self._table = table
         self._index = index
         self._lock = lock
-        self._counters = counters
-        self._datasets = datasets
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._tiers_of = tiers_of
         self._wake = wake_maintenance
         self._clock = clock
         self._pin_seconds = pin_seconds
@@ -146,9 +160,13 @@ class Placement:
 
     # --- moving blocks between tiers ------------------------------------------------------
 
+    def counts(self) -> dict[str, int]:
+        """Under the lock: a copy of the counters, by name (see COUNTERS)."""
+        return dict(self._counters)
+
     def _next_tier(self, block: Block) -> Tier | None:
-        ds = self._datasets.get(block.key.dataset_id)
-        allowed = {t.name for t in (ds.tiers if ds is not None else self.tiers)}
+        tiers = self._tiers_of(block.key.dataset_id)
+        allowed = {t.name for t in (tiers if tiers is not None else self.tiers)}
         for tier in self.tiers[self._order[block.tier] + 1:]:
             if tier.name in allowed:
                 return tier
@@ -195,12 +213,17 @@ class Placement:
         self._table.claim(block)
         return top
 
-    def cancel_promotion(self, block: Block, top: Tier) -> None:
-        with self._lock:
-            self._table.unreserve_tier(top.name, block.length)
-            self._release(block)
+    def start_promotions(self, promotions: list[tuple[Block, Tier]],
+                         submit: Callable[..., bool]) -> None:
+        """Outside the lock: hand each (block, tier) that `promotion_target` claimed to
+        `submit(promote, block, tier)`; one it refuses (busy, closed) is let go at once."""
+        for block, top in promotions:
+            if not submit(self._promote, block, top):
+                with self._lock:
+                    self._table.unreserve_tier(top.name, block.length)
+                    self._release(block)
 
-    def promote(self, block: Block, top: Tier) -> None:
+    def _promote(self, block: Block, top: Tier) -> None:
         result = self._relocate(block, top)
         if result is CopyResult.COPIED:
             self._count("promotions")

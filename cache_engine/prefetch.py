@@ -19,6 +19,12 @@ _log = log.get("cache_engine.prefetch")
 
 
 class Prefetcher:
+    """A bounded pool of background jobs, with a per-owner limit and a way to wait for idle.
+
+    The engine's `fetch.BlockFetcher` queues read-ahead and prefetch loads on it, `Placement`
+    promotions, and `extents.Extents` its compactions (a pool of its own, one thread).
+    """
+
     def __init__(self, workers: int):
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="eddy-prefetch")
         self._lock = threading.Lock()

@@ -12,7 +12,10 @@ crash fetches only what is missing) and cancellable. It never claims success it 
     Cancelled        stopped on request (or by the engine shutting down)
     Failed           the source failed; `message` says how
 
-The engine runs at most one job per dataset; asking again while one runs returns that job.
+The engine runs at most one job per dataset (`Preloads`); asking again while one runs returns
+that job. A job sees its dataset only through a `PreloadSource` (stat, list, load one block),
+and every load first passes the `PreloadRoom` check, so a dataset that does not fit ends
+CapacityReached instead of evicting its own blocks.
 """
 
 from __future__ import annotations
@@ -23,52 +26,29 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from eddy.base import log
+from eddy.base.errors import Unavailable
 
 from .blocks import BlockKey
+from .types import JobState, PreloadProgress
 from .ufs.base import Entry, Kind, clean_path, walk_files
+
+if TYPE_CHECKING:
+    from .table import BlockTable
 
 DEFAULT_WORKERS = 8
 MAX_WORKERS = 64
 _log = log.get("cache_engine.preload")
 
 
-class JobState(enum.Enum):
-    RUNNING = "Running"
-    COMPLETE = "Complete"
-    CAPACITY_REACHED = "CapacityReached"
-    CANCELLED = "Cancelled"
-    FAILED = "Failed"
-
-
 class BlockOutcome(enum.Enum):
+    """What loading one block for a preload did; `PreloadRoom.load` answers it to the job."""
+
     CACHED = "cached"  # it was already there
     LOADED = "loaded"  # fetched from the source and stored
     FULL = "full"  # no room for it: the dataset is at its capacity
-
-
-@dataclass(frozen=True)
-class PreloadProgress:
-    """A snapshot of one job, safe to hand out."""
-
-    dataset_id: str
-    paths: tuple[str, ...]
-    state: JobState
-    listing: bool  # still walking the scope: the totals are not final yet
-    files_total: int
-    files_done: int
-    bytes_total: int
-    bytes_cached: int  # bytes of the scope in the cache (skipped + loaded)
-    bytes_fetched: int  # bytes this job read from the source
-    blocks_skipped: int
-    started: float
-    finished: float | None
-    message: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.state is not JobState.RUNNING
 
 
 @dataclass
@@ -89,17 +69,118 @@ class _Counters:
     files: dict[str, _File] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PreloadSource:
+    """One dataset as a preload job sees it: its metadata and a way to load one block.
+
+    The engine builds one per job (`CacheEngine.preload`) from its own stat, list and
+    room-checked fetch; tests may build one from fakes. `load_block(key, file_size)` loads a
+    block unless it is cached or the dataset has no room (see `PreloadRoom`).
+    """
+
+    stat: Callable[[str], Entry]
+    list: Callable[[str], list[Entry]]
+    load_block: Callable[[BlockKey, int], BlockOutcome]
+
+
+class PreloadRoom:
+    """The room check before each preload load: does the block fit the dataset's capacity?
+
+    Owned by the engine, shared by all its jobs. It reads the engine's `BlockTable` under the
+    engine's lock. Blocks being loaded count against the room, but only while not stored yet:
+    a stored block counts in the table's `dataset_used` already, and must not count twice
+    between its store and its loader's return (a busy machine would end a preload one block
+    short).
+    """
+
+    def __init__(self, table: BlockTable, lock: threading.Condition):
+        self._table = table
+        self._lock = lock
+        self._loading: dict[str, dict[BlockKey, int]] = {}  # dataset id -> loads, lengths
+
+    def load(self, key: BlockKey, length: int, limit: int,
+             fetch: Callable[[], bool]) -> BlockOutcome:
+        """`fetch()` the block (True: a tier stored it) unless it is cached or the dataset's
+        cached bytes, the loads in flight and it would pass `limit`."""
+        with self._lock:
+            if key in self._table.blocks:
+                return BlockOutcome.CACHED
+            loading = self._loading.setdefault(key.dataset_id, {})
+            pending = sum(n for k, n in loading.items() if k not in self._table.blocks)
+            if self._table.dataset_used.get(key.dataset_id, 0) + pending + length > limit:
+                return BlockOutcome.FULL
+            loading[key] = length
+        try:
+            stored = fetch()
+        finally:
+            with self._lock:
+                loading.pop(key, None)
+        return BlockOutcome.LOADED if stored else BlockOutcome.FULL
+
+
+class Preloads:
+    """The engine's preload jobs: at most one running per dataset, the latest kept for status.
+
+    The engine calls `start`, `progress`, `cancel`, `wait` for its API, and `close` when it
+    shuts down (every job cancelled; no new one starts).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._jobs: dict[str, PreloadJob] = {}  # dataset id -> its latest job
+        self._closed = False
+
+    def start(self, dataset_id: str, make: Callable[[], PreloadJob]) -> PreloadProgress:
+        """Start `make()` for the dataset; if a job runs already, that one."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the cache engine is shutting down")
+            job = self._jobs.get(dataset_id)
+            fresh = job is None or job.progress().done
+            if fresh:
+                job = self._jobs[dataset_id] = make()
+        if fresh:
+            job.start()
+        return job.progress()
+
+    def progress(self, dataset_id: str) -> PreloadProgress | None:
+        job = self._jobs.get(dataset_id)
+        return job.progress() if job is not None else None
+
+    def cancel(self, dataset_id: str) -> PreloadProgress | None:
+        job = self._jobs.get(dataset_id)
+        if job is None:
+            return None
+        job.cancel()
+        job.wait()
+        return job.progress()
+
+    def wait(self, dataset_id: str, timeout: float | None = None) -> bool:
+        """Wait for the dataset's latest job to end; False on timeout (True if none)."""
+        job = self._jobs.get(dataset_id)
+        return job is None or job.wait(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel()
+            job.wait()
+
+
 class PreloadJob:
     """One job: `start()` runs it in a thread; `progress()`, `cancel()`, `wait()` from others.
 
-    `engine` is the CacheEngine; the job uses its `stat`, `list` and `preload_block`.
+    `Preloads` makes and keeps them; the job reaches its dataset only through `source`.
     """
 
-    def __init__(self, engine, dataset_id: str, block_size: int, paths: tuple[str, ...],
-                 workers: int = DEFAULT_WORKERS, clock: Callable[[], float] = time.time):
+    def __init__(self, source: PreloadSource, dataset_id: str, block_size: int,
+                 paths: tuple[str, ...], workers: int = DEFAULT_WORKERS,
+                 clock: Callable[[], float] = time.time):
         self.dataset_id = dataset_id
         self.paths = tuple(clean_path(p) for p in paths)
-        self._engine = engine
+        self._source = source
         self._block_size = block_size
         self._workers = max(1, min(workers, MAX_WORKERS))
         self._clock = clock
@@ -196,7 +277,7 @@ class PreloadJob:
                 return
             length = min(self._block_size, entry.size - index * self._block_size)
             key = BlockKey(self.dataset_id, entry.path, entry.version, index)
-            outcome = self._engine.preload_block(self.dataset_id, key, entry.size)
+            outcome = self._source.load_block(key, entry.size)
             if outcome is BlockOutcome.FULL:
                 self._end(JobState.CAPACITY_REACHED, "the dataset's cache capacity is full")
                 return
@@ -230,7 +311,7 @@ class PreloadJob:
 
     def _scope(self, path: str) -> Iterator[Entry]:
         try:
-            entry = self._engine.stat(self.dataset_id, path)
+            entry = self._source.stat(path)
         except FileNotFoundError:
             yield from self._prefixed(path)
             return
@@ -243,7 +324,7 @@ class PreloadJob:
         """Entries of the parent directory whose path starts with `prefix` ("train/part-")."""
         parent = prefix.rpartition("/")[0]
         try:
-            entries = self._engine.list(self.dataset_id, parent)
+            entries = self._source.list(parent)
         except FileNotFoundError:
             raise FileNotFoundError(f"preload path {prefix!r} matches nothing") from None
         matched = [e for e in entries if e.path.startswith(prefix)]
@@ -256,5 +337,4 @@ class PreloadJob:
                 yield from self._walk(e.path)
 
     def _walk(self, top: str) -> Iterator[Entry]:
-        return walk_files(lambda path: self._engine.list(self.dataset_id, path), top,
-                          self._stop.is_set)
+        return walk_files(self._source.list, top, self._stop.is_set)

@@ -21,25 +21,22 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import xxhash
 
 from eddy.base import log
 
 from . import spec as specmod
+from .sequential import SequentialTracker
+from .types import Location
 from .ufs.base import Entry, Kind, UfsBackend, VersionChanged
 from .wire import DatasetNotOpen, EngineUnreachable
-
-if TYPE_CHECKING:
-    from .engine import Location
 
 RECENT_BLOCK_BYTES = 64 << 20  # memory for recently read blocks, whatever the block size
 AHEAD_BLOCKS = 4  # blocks loaded ahead of a sequential reader
 AHEAD_THREADS = 4  # threads loading them, for all readers of the mount
 LOCATE_RUN = 8  # blocks (or a folder's next files) one engine call locates: fewer trips
 MAX_LOCATED = 256  # locations kept for blocks not loaded yet
-MAX_TRACKED_FILES = 1024  # files whose last block is remembered to detect sequential reads
 
 
 class CorruptBlock(OSError):
@@ -47,6 +44,14 @@ class CorruptBlock(OSError):
 
 
 class DatasetReader(UfsBackend):
+    """A dataset read through the cache engine, shaped like a `UfsBackend`.
+
+    Owns a mount's recent blocks, their buffers, the read-ahead threads and the fallback to
+    the source while the engine is away. The mount daemon's `DatasetFs` calls it (stat,
+    list, read, read_cached, extent); it calls a `CacheEngine` in-process (`eddy mount`) or
+    an `EngineClient` to the node's engine.
+    """
+
     def __init__(self, engine, spec: specmod.DatasetSpec, secrets: dict[str, str],
                  direct: Callable[[], UfsBackend] | None = None, volume_id: str = "",
                  recent_bytes: int = RECENT_BLOCK_BYTES, ahead_threads: int = AHEAD_THREADS):
@@ -68,7 +73,7 @@ class DatasetReader(UfsBackend):
         # Where the engine said blocks not loaded yet live (it counted them as hits then).
         self._located: collections.OrderedDict[tuple, Location] = collections.OrderedDict()
         self._sizes: dict[tuple[str, str], int] = {}
-        self._last_demanded: dict[tuple[str, str], int] = {}  # (path, version) -> block index
+        self._sequential = SequentialTracker()  # by (path, version)
         self._buffers = _Buffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
         self._ahead = ThreadPoolExecutor(ahead_threads, thread_name_prefix="block-ahead")
 
@@ -113,13 +118,23 @@ class DatasetReader(UfsBackend):
         return result
 
     def stat(self, path: str) -> Entry:
-        return self._through_engine(lambda: self._remember(self._call(self._engine.stat, path)),
-                                    lambda src: src.stat(path))
+        return self.stat_fresh(path)[0]
 
     def list(self, path: str) -> list[Entry]:
-        return self._through_engine(
-            lambda: [self._remember(e) for e in self._call(self._engine.list, path)],
-            lambda src: src.list(path))
+        return self.list_fresh(path)[0]
+
+    def stat_fresh(self, path: str) -> tuple[Entry, float | None]:
+        """The entry and the seconds it stays fresh (None: as long as the TTL, read now)."""
+        def engine() -> tuple[Entry, float | None]:
+            entry, fresh_for = self._call(self._engine.stat_fresh, path)
+            return self._remember(entry), fresh_for
+        return self._through_engine(engine, lambda src: (src.stat(path), None))
+
+    def list_fresh(self, path: str) -> tuple[list[Entry], float | None]:
+        def engine() -> tuple[list[Entry], float | None]:
+            entries, fresh_for = self._call(self._engine.list_fresh, path)
+            return [self._remember(e) for e in entries], fresh_for
+        return self._through_engine(engine, lambda src: (src.list(path), None))
 
     def read(self, path: str, offset: int, length: int,
              version: str | None = None) -> bytes | memoryview:
@@ -255,12 +270,7 @@ class DatasetReader(UfsBackend):
         kernel keeps only a request or two in flight per reader, so without this every block
         would wait for its own pread and checksum.
         """
-        file = (path, version)
-        last = self._last_demanded.pop(file, None)
-        self._last_demanded[file] = index
-        if len(self._last_demanded) > MAX_TRACKED_FILES:
-            self._last_demanded.pop(next(iter(self._last_demanded)))
-        if last not in (index - 1, index) and not (last is None and index == 0):
+        if not self._sequential.note((path, version), index, from_start=True):
             return []  # random access
         bs = self.info.block_size
         todo = [i for i in range(index + 1, index + 1 + AHEAD_BLOCKS)

@@ -29,6 +29,9 @@ _log = log.get("cache_engine.recovery")
 
 @dataclass
 class Reconciled:
+    """What `reconcile` found at start: the rows kept (the engine's table starts with
+    them), extent bytes no row covers, and what was cleaned up."""
+
     blocks: list[Block]
     held: dict[tuple[str, str], int] = field(default_factory=dict)  # (tier, extent) -> bytes
     tmp_removed: int = 0

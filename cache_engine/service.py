@@ -34,6 +34,12 @@ class Volumes:
 
 
 class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
+    """The gRPC servicer of proto/cache.proto over one `CacheEngine`: translation only.
+
+    The node plugin serves it on its sockets (mount daemons, the CLI) and `eddy mount` on
+    its own; a dataset id the engine does not know becomes FAILED_PRECONDITION.
+    """
+
     def __init__(self, engine: CacheEngine, volumes: Volumes | None = None):
         self.engine = engine
         self.volumes = volumes
@@ -54,13 +60,14 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
 
     def Stat(self, request):
         require(request, "dataset_id")
-        entry = self._call(self.engine.stat, request.dataset_id, request.path)
-        return cache_pb2.StatResponse(entry=entry_to_pb(entry))
+        entry, fresh_for = self._call(self.engine.stat_fresh, request.dataset_id, request.path)
+        return cache_pb2.StatResponse(entry=entry_to_pb(entry), fresh_for=fresh_for)
 
     def List(self, request):
         require(request, "dataset_id")
-        entries = self._call(self.engine.list, request.dataset_id, request.path)
-        return cache_pb2.ListResponse(entries=[entry_to_pb(e) for e in entries])
+        entries, fresh_for = self._call(self.engine.list_fresh, request.dataset_id, request.path)
+        return cache_pb2.ListResponse(entries=[entry_to_pb(e) for e in entries],
+                                      fresh_for=fresh_for)
 
     def Locate(self, request):
         require(request, "dataset_id", "path")
@@ -129,11 +136,11 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
 
     def Status(self, request):
         rows = self.engine.status(wait=request.wait or 0)
-        stats = self.engine.statistics()["tiers"]
+        tiers = self.engine.statistics().tiers
         mounts = self.volumes.mounts() if self.volumes is not None else []
         return cache_pb2.StatusResponse(
             datasets=[status_to_pb(r) for r in rows],
-            tier_used={name: t["used"] for name, t in stats.items()},
-            tier_size={name: t["size"] for name, t in stats.items()},
+            tier_used={name: t.used for name, t in tiers.items()},
+            tier_size={name: t.size for name, t in tiers.items()},
             mounts=[cache_pb2.VolumeMount(volume_id=v, abnormal=a, message=m)
                     for v, a, m in mounts])

@@ -18,21 +18,31 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from eddy.base import log
 
-from .preload import JobState, PreloadProgress
+from .types import JobState, PreloadProgress
 from .ufs.base import walk_files
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+    from .table import BlockTable
+    from .tiers import Tier
+    from .ufs.base import Entry
 
 MIN_RESCAN_SECONDS = 600.0  # a walk of a big bucket is not free: at most every 10 min
 _log = log.get("cache_engine.status")
 
 
 class Phase(enum.Enum):
+    """A dataset's phase, as Fluid users know it (see the module docstring)."""
+
     PENDING = "Pending"
     LOADING = "Loading"
     READY = "Ready"
@@ -42,6 +52,9 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True)
 class DatasetStatus:
+    """One dataset's `eddy status` row: `DatasetStatuses.row` builds it, `wire.status_to_pb`
+    sends it, the CLI prints it."""
+
     dataset_id: str
     source: str  # "" for a dataset with cached blocks that no volume opened since a restart
     volumes: tuple[str, ...]
@@ -147,3 +160,69 @@ def phase_of(source_error: str, preload: PreloadProgress | None, size_known: boo
     if preload is not None and preload.state is JobState.CAPACITY_REACHED:
         return Phase.CAPACITY_REACHED
     return Phase.READY if size_known else Phase.PENDING
+
+
+
+class DatasetStatuses:
+    """Owns the size walks (one `SizeScan` per dataset) and builds the `eddy status` rows.
+
+    The engine's `status` and `dataset_status` call it. It reads the engine's `BlockTable`
+    under the engine's lock (cached bytes per tier, of the files the walk saw), and asks the
+    engine through callables: `list_dir(dataset_id, path)`, `preload(dataset_id)` (the latest
+    job's progress) and `capacity(dataset_id)`.
+    """
+
+    def __init__(self, tiers: list[Tier], table: BlockTable, lock: threading.Condition,
+                 list_dir: Callable[[str, str], list[Entry]],
+                 preload: Callable[[str], PreloadProgress | None],
+                 capacity: Callable[[str], int]):
+        self._tiers = tiers
+        self._table = table
+        self._lock = lock
+        self._list = list_dir
+        self._preload = preload
+        self._capacity = capacity
+        self._scans: dict[str, SizeScan] = {}  # dataset id -> its latest size walk
+
+    def scan(self, ds: Dataset) -> SizeScan:
+        """The dataset's size walk; a new one starts if there is none or it is stale."""
+        with self._lock:
+            scan = self._scans.get(ds.id)
+            if scan is None or scan.stale(ds.meta.ttl):
+                scan = self._scans[ds.id] = SizeScan(functools.partial(self._list, ds.id))
+                scan.start()
+            return scan
+
+    def rows(self, datasets: Mapping[str, Dataset], wait: float | None) -> list[DatasetStatus]:
+        """One row per dataset open (`datasets`) or holding blocks; `wait` seconds (None:
+        until done) for the size walks."""
+        scans = [self.scan(ds) for ds in list(datasets.values())]
+        if wait != 0:
+            for scan in scans:
+                scan.wait(wait)
+        with self._lock:
+            ids = sorted(set(datasets) | {k for k, v in self._table.dataset_used.items() if v})
+        return [self.row(ds_id, datasets.get(ds_id)) for ds_id in ids]
+
+    def row(self, dataset_id: str, ds: Dataset | None) -> DatasetStatus:
+        """One dataset's row (`ds` None: blocks from before a restart, not reopened since)."""
+        scan = self._scans.get(dataset_id)
+        files = scan.files if scan is not None else None
+        tier_bytes = {t.name: 0 for t in self._tiers}
+        with self._lock:
+            for block in self._table.dataset_blocks(dataset_id).values():
+                if files is None or (block.key.path, block.key.version) in files:
+                    tier_bytes[block.tier] += block.length
+            hits, misses = (ds.hits, ds.misses) if ds is not None else (0, 0)
+        preload = self._preload(dataset_id)
+        source_error = ds.source_error if ds is not None else ""
+        return DatasetStatus(
+            dataset_id=dataset_id, source=ds.spec.source.uri if ds is not None else "",
+            volumes=tuple(sorted(ds.volumes)) if ds is not None else (),
+            ufs_total_bytes=scan.total if scan is not None else None,
+            ufs_files=len(files) if files is not None else None,
+            cached_bytes=sum(tier_bytes.values()),
+            capacity=self._capacity(dataset_id) if ds is not None else None,
+            phase=phase_of(source_error, preload, files is not None),
+            hits=hits, misses=misses, tier_bytes=tier_bytes, preload=preload,
+            message=source_error or (scan.error if scan is not None else ""))

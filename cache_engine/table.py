@@ -25,6 +25,13 @@ _SLACK = 64  # stale heap entries tolerated beyond 2x the live ones before a reb
 
 
 class BlockTable:
+    """The in-memory mirror of the block index: rows, LRU heaps, space used and reserved.
+
+    The engine owns it and its lock; the engine's hit path, `Placement`, `Extents`,
+    `BlockFetcher`, `Maintenance`, `PreloadRoom` and the status and statistics read or change
+    it, always under that lock (see the module docstring).
+    """
+
     def __init__(self, tiers: list[Tier]):
         self.tiers = {t.name: t for t in tiers}
         self.blocks: dict[BlockKey, Block] = {}

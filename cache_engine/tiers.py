@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 
 from eddy.base.errors import InvalidArgument
-from eddy.base.mounttable import in_memory  # noqa: F401 - TODO-MERGE: engine imports it from here
 
 from .spec import parse_quantity
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eddy.base.errors import FailedPrecondition
 from eddy.base.pb import cache_pb2
 
-from .engine import Location
-from .preload import PreloadProgress
-from .status import DatasetStatus
+from .types import Location
 from .ufs.base import Entry, Kind, UfsUnavailable
+
+if TYPE_CHECKING:  # the client side never converts these: it need not load the engine's parts
+    from .status import DatasetStatus
+    from .types import PreloadProgress
 
 KIND_TO_PB = {Kind.FILE: cache_pb2.Entry.FILE, Kind.DIR: cache_pb2.Entry.DIR,
               Kind.SYMLINK: cache_pb2.Entry.SYMLINK}

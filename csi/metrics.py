@@ -17,7 +17,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from cache_engine.preload import JobState
+from cache_engine.types import JobState
 
 from .mounter.states import MountState, Phase
 
@@ -55,29 +55,28 @@ class NodeCollector:
     def collect(self):
         stats = self.engine.statistics()
         for key, (name, doc) in COUNTERS.items():
-            yield CounterMetricFamily(name, doc, value=stats[key])
+            yield CounterMetricFamily(name, doc, value=getattr(stats, key))
         served = CounterMetricFamily("eddy_cache_served_bytes",
                                      "Bytes of blocks located in each tier (cache hits).",
                                      labels=["tier"])
         used = GaugeMetricFamily("eddy_tier_used_bytes", "Bytes stored in each tier.",
                                  labels=["tier"])
         size = GaugeMetricFamily("eddy_tier_size_bytes", "Size of each tier.", labels=["tier"])
-        for tier, t in stats["tiers"].items():
-            served.add_metric([tier], self.engine.served_bytes.get(tier, 0))
-            used.add_metric([tier], t["used"])
-            size.add_metric([tier], t["size"])
+        for tier, t in stats.tiers.items():
+            served.add_metric([tier], t.served_bytes)
+            used.add_metric([tier], t.used)
+            size.add_metric([tier], t.size)
         yield from (served, used, size)
         cached = GaugeMetricFamily("eddy_dataset_cached_bytes",
                                    "Bytes cached per dataset, all tiers.", labels=["dataset"])
-        for ds, d in stats["datasets"].items():
-            cached.add_metric([ds], d["used"])
+        for ds, d in stats.datasets.items():
+            cached.add_metric([ds], d.used)
         yield cached
-        yield from self._preload(stats["datasets"])
-        h = self.engine.fetch_seconds
-        buckets = [("+Inf" if b == float("inf") else repr(b), n) for b, n in h.cumulative()]
+        yield from self._preload(stats.datasets)
+        buckets = [("+Inf" if b == float("inf") else repr(b), n) for b, n in stats.fetch_seconds]
         yield HistogramMetricFamily("eddy_block_fetch_seconds",
                                     "Time to read one block from its source.",
-                                    buckets=buckets, sum_value=h.sum)
+                                    buckets=buckets, sum_value=stats.fetch_seconds_sum)
         if self.mount_states is not None:
             states = self.mount_states()
             yield CounterMetricFamily("eddy_mount_daemon_restarts",

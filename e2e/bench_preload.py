@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 import obstore
 
 from cache_engine.engine import CacheEngine
-from cache_engine.preload import JobState
 from cache_engine.spec import parse_parameters, parse_quantity
 from cache_engine.tiers import Tier
+from cache_engine.types import JobState
 from tests.support.s3server import S3Server
 
 RANGE = 8 << 20
@@ -57,10 +57,9 @@ def preload_mb_s(s3: S3Server, bucket: str, workdir: str, size: int, workers: in
         ds = engine.open_dataset(spec, s3.secrets).dataset_id
         start = time.perf_counter()
         engine.preload(ds, (), workers)
-        job = engine._jobs[ds]
-        job.wait()
+        engine.wait_preload(ds)
         seconds = time.perf_counter() - start
-        p = job.progress()
+        p = engine.preload_progress(ds)
     if p.state is not JobState.COMPLETE:
         raise RuntimeError(f"preload ended {p.state.value}: {p.message}")
     return {"mb_s": p.bytes_fetched / seconds / 1e6, "seconds": seconds,

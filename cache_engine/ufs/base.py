@@ -20,6 +20,8 @@ from eddy.base.errors import Unavailable
 
 
 class Kind(str, Enum):
+    """What an entry is: a regular file, a directory or a symlink."""
+
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"

@@ -2,10 +2,8 @@
 
 The shape is decided once, when the backend opens: a URL that ends in "/" (after redirects) and
 answers with an HTML page is a directory, listed by the links of its index page (nginx
-autoindex, Apache mod_autoindex, Python's http.server); any other URL is a dataset of that one
-file. A link is a child when it resolves, on the same origin and without a query, to exactly one
-path segment below the page; that leaves out "../", Apache's absolute parent link, its sort
-links ("?C=N;O=D") and links to other sites.
+autoindex, Apache mod_autoindex, Python's http.server; which links count: `http_index`); any
+other URL is a dataset of that one file.
 
 Files are read with ranged GETs. The version is the ETag, or size + Last-Modified when the
 server sends none. A read of an ETag version sends If-Match and checks the answer's own
@@ -19,17 +17,13 @@ keeps at most `max_connections` connections per host, so a burst of reads stays 
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import errno
 import posixpath
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
-from email.utils import parsedate_to_datetime
-from html.parser import HTMLParser
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import urllib3
 from urllib3.exceptions import (
@@ -54,6 +48,18 @@ from .base import (
     join,
     read_path,
 )
+from .http_index import (
+    decode_page,
+    etag_of,
+    final_url,
+    header_int,
+    index_children,
+    is_etag,
+    is_html,
+    mtime_ns,
+    shown_url,
+    version_of,
+)
 
 DEFAULT_TIMEOUT = urllib3.Timeout(connect=5.0, read=30.0)
 # Retry failed connects, and a read error once: a keep-alive connection the server closed just
@@ -68,8 +74,6 @@ _DRAIN_LIMIT = 64 << 10  # unread bytes worth reading to keep a connection
 _HEADERS = {"Accept-Encoding": "identity", "User-Agent": "eddy-csi"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
-_CHARSET = re.compile(r"charset=\"?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REASONS = (  # the most specific first
     (NameResolutionError, "host name does not resolve"),
     (NewConnectionError, "cannot connect (connection refused or host unreachable)"),
@@ -81,122 +85,10 @@ _REASONS = (  # the most specific first
 )
 
 
-def _etag(headers) -> str:
-    tag = (headers.get("ETag") or "").strip()
-    if tag.startswith("W/"):
-        tag = tag[2:]
-    return tag.strip('"')
-
-
-def _mtime_ns(headers) -> int:
-    try:
-        when = parsedate_to_datetime(headers.get("Last-Modified") or "")
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return 0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp()) * 1_000_000_000
-
-
-def _version(headers, size: int | None) -> str:
-    """The ETag, else size + Last-Modified (with a space, which no ETag contains)."""
-    return _etag(headers) or f"size={size} mtime={_mtime_ns(headers)}"
-
-
-def _is_etag(version: str) -> bool:
-    return " " not in version
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text and text.strip().isdigit() else None
-
-
-def _is_html(headers) -> bool:
-    return (headers.get("Content-Type") or "").split(";")[0].strip().lower() == "text/html"
-
-
-def _origin(url: str) -> tuple:
-    parts = urlsplit(url)
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
-    except ValueError:
-        return ("invalid", url)
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
-
-
-def _shown(url: str) -> str:
-    """`url` for messages: without userinfo, and a query (maybe a signature) elided."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
-
-
-def _final_url(resp, url: str) -> str:
-    """The URL that answered, after the redirects urllib3 followed."""
-    for hop in resp.retries.history if resp.retries else ():
-        if hop.redirect_location:
-            url = urljoin(hop.url, hop.redirect_location)
-    return url
-
-
 def _reason(e: Exception) -> str:
     if isinstance(e, MaxRetryError) and e.reason is not None:
         e = e.reason
     return next((text for cls, text in _REASONS if isinstance(e, cls)), type(e).__name__)
-
-
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.extend(v.strip() for k, v in attrs if k == "href" and v)
-
-
-def index_children(page: str, page_url: str) -> dict[str, Kind]:
-    """Name -> FILE or DIR for each child an index page links to (DIR: the link ends in "/").
-
-    Names are percent-decoded; a name that is not UTF-8 or holds a "/" cannot be a path
-    segment and is left out.
-    """
-    parser = _Links()
-    parser.feed(page)
-    parser.close()
-    origin = _origin(page_url)
-    base = unquote(urlsplit(page_url).path)
-    base = base if base.endswith("/") else base + "/"
-    out: dict[str, Kind] = {}
-    for href in parser.hrefs:
-        link = urljoin(page_url, href)
-        parts = urlsplit(link)
-        if parts.query or _origin(link) != origin:
-            continue
-        try:
-            path = unquote(parts.path, errors="strict")
-        except UnicodeDecodeError:
-            continue
-        if not path.startswith(base):
-            continue
-        rest = path[len(base):]
-        is_dir = rest.endswith("/")
-        name = rest[:-1] if is_dir else rest
-        if not name or "/" in name or name in (".", "..") or "\x00" in name:
-            continue
-        if is_dir or name not in out:
-            out[name] = Kind.DIR if is_dir else Kind.FILE
-    return out
-
-
-def _decode_page(body: bytes, headers) -> str:
-    match = _CHARSET.search(headers.get("Content-Type") or "")
-    charset = match.group(1) if match else "utf-8"
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        charset = "utf-8"
-    return body.decode(charset, errors="replace")
 
 
 def _discard(resp) -> None:
@@ -226,7 +118,7 @@ class HttpUfs(UfsBackend):
         del secrets  # http(s) sources are public: nothing to sign requests with
         parts = urlsplit(spec.source.root)
         url = urlunsplit((parts.scheme.lower(), parts.netloc, parts.path or "/", parts.query, ""))
-        self.description = _shown(url)
+        self.description = shown_url(url)
         self.max_unranged = max_unranged
         self._pool = urllib3.PoolManager(
             num_pools=4, maxsize=max_connections, block=True, timeout=timeout, retries=retries
@@ -246,7 +138,7 @@ class HttpUfs(UfsBackend):
             self.close()
             raise
         final_parts = urlsplit(final)
-        if final_parts.path.endswith("/") and _is_html(headers):
+        if final_parts.path.endswith("/") and is_html(headers):
             self._base = urlunsplit(final_parts[:3] + ("", ""))
             self._file_name: str | None = None
         else:
@@ -268,7 +160,7 @@ class HttpUfs(UfsBackend):
         parent, name = posixpath.split(rel)
         kind = self._children(parent).get(name)
         if kind is None:
-            where = _shown(self._dir_url(parent))
+            where = shown_url(self._dir_url(parent))
             raise FileNotFoundError(errno.ENOENT, f"not listed in {where}", rel)
         if kind is Kind.DIR:
             return Entry(rel, Kind.DIR)
@@ -319,7 +211,7 @@ class HttpUfs(UfsBackend):
         """Bytes at `offset` (fewer than asked if the server caps ranges) and the file size."""
         while True:
             headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-            if version and _is_etag(version) and self._if_match_ok:
+            if version and is_etag(version) and self._if_match_ok:
                 headers["If-Match"] = f'"{version}"'
             resp = self._request("GET", url, rel, headers, allow=(412, 416))
             try:
@@ -335,7 +227,7 @@ class HttpUfs(UfsBackend):
     def _ranged_body(
         self, resp, url: str, rel: str, offset: int, length: int, version: str | None
     ) -> tuple[bytes, int | None]:
-        final = _final_url(resp, url)
+        final = final_url(resp, url)
         if urlsplit(final).path.endswith("/") and not urlsplit(url).path.endswith("/"):
             raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
         if resp.status == 416:  # at or after the end of the file
@@ -346,41 +238,41 @@ class HttpUfs(UfsBackend):
         if resp.status == 206:
             match = _CONTENT_RANGE.match((resp.headers.get("Content-Range") or "").strip())
             if not match or int(match.group(1)) != offset:
-                raise UfsUnavailable(f"{_shown(url)} answered with a range it was not asked for")
+                raise UfsUnavailable(f"{shown_url(url)} answered with a range it was not asked for")
             total = None if match.group(3) == "*" else int(match.group(3))
             if version:
                 self._check(resp.headers, total, version, rel)
             want = min(length, int(match.group(2)) - offset + 1)
             data = self._body(resp, url, want)
             if len(data) < want:
-                raise UfsUnavailable(f"{_shown(url)} ended its answer early")
+                raise UfsUnavailable(f"{shown_url(url)} ended its answer early")
             return data[:want], total
         # 200: the server ignored Range and sends the whole file.
-        size = _int(resp.headers.get("Content-Length"))
+        size = header_int(resp.headers.get("Content-Length"))
         small = size is None or size <= self.max_unranged
         body = self._body(resp, url, self.max_unranged + 1) if small else b""
         if not small or len(body) > self.max_unranged:
             raise UfsUnavailable(
-                f"{_shown(url)}: server does not support range requests, and the file is too "
+                f"{shown_url(url)}: server does not support range requests, and the file is too "
                 f"large to read whole (over {self.max_unranged} bytes)"
             )
         if size is not None and len(body) < size:
-            raise UfsUnavailable(f"{_shown(url)} ended its answer early")
+            raise UfsUnavailable(f"{shown_url(url)} ended its answer early")
         if version:
             self._check(resp.headers, len(body), version, rel)
         return body[offset:offset + length], len(body)
 
     def _check(self, headers, total: int | None, version: str, rel: str) -> None:
         """Raise VersionChanged when an answer's validators show another version."""
-        tag = _etag(headers)
-        if (_is_etag(version) and not tag) or (total is None and not tag):
+        tag = etag_of(headers)
+        if (is_etag(version) and not tag) or (total is None and not tag):
             return  # the answer carries nothing to tell by
-        if _version(headers, total) != version:
+        if version_of(headers, total) != version:
             raise VersionChanged(errno.ESTALE, "file changed at the source", rel)
 
     def _check_version(self, headers, rel: str, url: str, version: str) -> None:
         match = _UNSATISFIED_RANGE.match((headers.get("Content-Range") or "").strip())
-        if _etag(headers) and match:
+        if etag_of(headers) and match:
             self._check(headers, int(match.group(1)), version, rel)
         elif self._file_entry(rel, url).version != version:
             raise VersionChanged(errno.ESTALE, "file changed at the source", rel)
@@ -389,7 +281,7 @@ class HttpUfs(UfsBackend):
 
     def _file_entry(self, rel: str, url: str) -> Entry:
         headers, size, _ = self._head(url, rel)
-        return Entry(rel, Kind.FILE, size, _mtime_ns(headers), _version(headers, size))
+        return Entry(rel, Kind.FILE, size, mtime_ns(headers), version_of(headers, size))
 
     def _listed_file(self, rel: str) -> Entry | None:
         try:
@@ -403,23 +295,23 @@ class HttpUfs(UfsBackend):
         if self._head_ok:
             resp = self._request("HEAD", url, rel, allow=(403, 405, 501))
             _discard(resp)
-            size = _int(resp.headers.get("Content-Length"))
+            size = header_int(resp.headers.get("Content-Length"))
             if resp.status < 300 and (size is not None or not need_size):
-                return resp.headers, size, _final_url(resp, url)
+                return resp.headers, size, final_url(resp, url)
             refused = resp.status >= 300  # 403: URLs signed for GET only refuse HEAD
         resp = self._request("GET", url, rel, {"Range": "bytes=0-0"}, allow=(416,))
         _discard(resp)
         content_range = (resp.headers.get("Content-Range") or "").strip()
         match = _CONTENT_RANGE.match(content_range) or _UNSATISFIED_RANGE.match(content_range)
         if resp.status in (206, 416):
-            size = _int(match.groups()[-1]) if match else None
+            size = header_int(match.groups()[-1]) if match else None
         else:
-            size = _int(resp.headers.get("Content-Length"))
+            size = header_int(resp.headers.get("Content-Length"))
         if size is None and need_size:
-            raise UfsUnavailable(f"{_shown(url)} does not tell the size of the file")
+            raise UfsUnavailable(f"{shown_url(url)} does not tell the size of the file")
         if refused:
             self._head_ok = False
-        return resp.headers, size, _final_url(resp, url)
+        return resp.headers, size, final_url(resp, url)
 
     def _children(self, rel: str) -> dict[str, Kind]:
         """The index page of the directory `rel`, parsed."""
@@ -431,14 +323,14 @@ class HttpUfs(UfsBackend):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel) from None
             raise
         try:
-            if not _is_html(resp.headers):
+            if not is_html(resp.headers):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel)
             body = self._body(resp, url, MAX_INDEX_PAGE + 1, decode=True)
         finally:
             _discard(resp)
         if len(body) > MAX_INDEX_PAGE:
-            raise UfsUnavailable(f"the index page {_shown(url)} is over {MAX_INDEX_PAGE} bytes")
-        return index_children(_decode_page(body, resp.headers), _final_url(resp, url))
+            raise UfsUnavailable(f"the index page {shown_url(url)} is over {MAX_INDEX_PAGE} bytes")
+        return index_children(decode_page(body, resp.headers), final_url(resp, url))
 
     def _is_file(self, rel: str) -> bool:
         parent, name = posixpath.split(rel)
@@ -478,26 +370,26 @@ class HttpUfs(UfsBackend):
                 preload_content=False, decode_content=False,
             )
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise UfsUnavailable(f"{_shown(url)} cannot be reached: {_reason(e)}") from None
+            raise UfsUnavailable(f"{shown_url(url)} cannot be reached: {_reason(e)}") from None
         status = resp.status
         if status < 300 or status in allow:
             return resp
         _discard(resp)
         if status in (404, 410):
             raise FileNotFoundError(
-                errno.ENOENT, f"not found at {_shown(url)} (HTTP {status})", rel
+                errno.ENOENT, f"not found at {shown_url(url)} (HTTP {status})", rel
             )
         if status in (401, 403, 407):
             raise PermissionError(
-                errno.EACCES, f"access to {_shown(url)} was denied (HTTP {status}); "
+                errno.EACCES, f"access to {shown_url(url)} was denied (HTTP {status}); "
                 "eddy reads public http(s) sources only", rel,
             )
         reason = (resp.reason or "")[:100]
-        raise UfsUnavailable(f"{_shown(url)} answered HTTP {status} {reason}".rstrip())
+        raise UfsUnavailable(f"{shown_url(url)} answered HTTP {status} {reason}".rstrip())
 
     def _body(self, resp, url: str, limit: int, decode: bool = False) -> bytes:
         """Up to `limit` bytes of the body; file bytes are never decoded (ranges count raw)."""
         try:
             return resp.read(limit, decode_content=decode)
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise UfsUnavailable(f"{_shown(url)} cannot be read: {_reason(e)}") from None
+            raise UfsUnavailable(f"{shown_url(url)} cannot be read: {_reason(e)}") from None

@@ -65,6 +65,9 @@ def version_of(st: os.stat_result) -> str:
 
 
 class LocalUfs(UfsBackend):
+    """A directory on this node as a source (`local://`): the engine opens one per dataset
+    through `open_ufs`; tests use it as a real source."""
+
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.description = f"local://{self.root}"

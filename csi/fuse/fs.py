@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from cache_engine.metadata import MetadataCache
 from cache_engine.ufs.base import Entry, Kind, UfsBackend, VersionChanged, join
 from eddy.base import log
 from eddy.base.errors import EddyError
 
-from .metadata import MetadataCache
 from .passthrough import BackingFiles, Passthrough, pyfuse3_has_passthrough
 from .session import SessionTable
 
@@ -132,6 +132,12 @@ class DatasetFs(pyfuse3.Operations):
         # Readers that keep checked blocks in memory answer those requests without a thread.
         self._read_cached = getattr(reader, "read_cached", None)
         self._meta = MetadataCache(metadata_ttl, clock)
+        # A reader that says how long its answers stay fresh (the engine's, which read them
+        # from the source earlier) keeps them here no longer: a change shows within one TTL.
+        self._stat_fresh = getattr(reader, "stat_fresh", None) or (
+            lambda path: (reader.stat(path), None))
+        self._list_fresh = getattr(reader, "list_fresh", None) or (
+            lambda path: (reader.list(path), None))
         self._read_limiter = trio.CapacityLimiter(read_threads)
         self._meta_limiter = trio.CapacityLimiter(metadata_threads)
         self._log = log.get("csi.fuse", source=getattr(reader, "description", ""))
@@ -184,11 +190,11 @@ class DatasetFs(pyfuse3.Operations):
         cached = self._meta.entry(path)
         if cached is None:
             try:
-                entry = await trio.to_thread.run_sync(
-                    self._reader.stat, path, limiter=self._meta_limiter)
+                entry, fresh_for = await trio.to_thread.run_sync(
+                    self._stat_fresh, path, limiter=self._meta_limiter)
             except FileNotFoundError:
-                entry = None
-            cached = self._meta.put_entry(path, entry)
+                entry, fresh_for = None, None  # nobody caches an absence before this
+            cached = self._meta.put_entry(path, entry, fresh_for)
         if cached.entry is None:
             raise FileNotFoundError(errno.ENOENT, "no such file in the dataset", path)
         return cached.entry, cached.expiry
@@ -204,7 +210,7 @@ class DatasetFs(pyfuse3.Operations):
         attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = (entry.size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
-        attr.entry_timeout = attr.attr_timeout = self._meta.remaining(expiry)
+        attr.entry_timeout = attr.attr_timeout = self._meta.kernel_timeout(expiry)
         return attr
 
     # -- names and attributes ------------------------------------------------------------
@@ -223,7 +229,7 @@ class DatasetFs(pyfuse3.Operations):
             entry, expiry = await self._stat(path)
         except FileNotFoundError:
             cached = self._meta.entry(path)
-            timeout = self._meta.remaining(cached.expiry) if cached else 0.0
+            timeout = self._meta.kernel_timeout(cached.expiry) if cached else 0.0
             if timeout <= 0:
                 raise
             negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the absence
@@ -288,9 +294,9 @@ class DatasetFs(pyfuse3.Operations):
         path = self._table.path_of(inode)
         listing = self._meta.listing(path)
         if listing is None:
-            entries = await trio.to_thread.run_sync(
-                self._reader.list, path, limiter=self._meta_limiter)
-            listing = self._meta.put_listing(path, entries)
+            entries, fresh_for = await trio.to_thread.run_sync(
+                self._list_fresh, path, limiter=self._meta_limiter)
+            listing = self._meta.put_listing(path, entries, fresh_for)
         return self._table.open_dir(inode, path, listing.entries, listing.expiry)
 
     @_request
@@ -298,9 +304,9 @@ class DatasetFs(pyfuse3.Operations):
         """Answer readdirplus: every entry carries its attributes, so `ls -l` needs no lookups."""
         handle = self._table.dirs[fh]
         if handle.entries is None:  # opened by a predecessor of this daemon: list it again
-            entries = await trio.to_thread.run_sync(
-                self._reader.list, handle.path, limiter=self._meta_limiter)
-            listing = self._meta.put_listing(handle.path, entries)
+            entries, fresh_for = await trio.to_thread.run_sync(
+                self._list_fresh, handle.path, limiter=self._meta_limiter)
+            listing = self._meta.put_listing(handle.path, entries, fresh_for)
             handle.entries, handle.expiry = listing.entries, listing.expiry
         for index in range(start_id, len(handle.entries)):
             entry = handle.entries[index]

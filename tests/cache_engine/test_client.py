@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from cache_engine.client import EngineClient
@@ -10,7 +14,7 @@ from cache_engine.reader import DatasetReader
 from cache_engine.service import CacheEngineService
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
 from eddy.base.pb import cache_pb2_grpc
-from tests.support.engine import blob, make_spec
+from tests.support.engine import FakeClock, blob, make_spec
 from tests.support.fake_source import FakeUfs
 
 
@@ -52,7 +56,7 @@ def test_a_reader_over_the_socket_gets_the_source_bytes(served, source):
         finally:
             reader.close()
     stats = engine.statistics()
-    assert stats["hits"] >= 10 and stats["source_bytes"] == sum(
+    assert stats.hits >= 10 and stats.source_bytes == sum(
         len(source.data(p)) for p in ("data/a.bin", "data/b.bin", "small.txt"))
 
 
@@ -98,3 +102,34 @@ def test_errors_keep_their_meaning_across_the_socket(served, tmp_path):
             nobody.stat("any", "x")
     finally:
         nobody.close()
+
+
+def test_a_mount_daemon_loads_no_engine_machinery():
+    """A daemon imports the client and the reader only: the engine's index, table, placement
+    and preload stay out of its memory and its start-up time."""
+    code = ("import cache_engine.client, cache_engine.reader; import sys; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('cache_engine'))))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=root, env=env).stdout.split()
+    assert "cache_engine.types" in out
+    heavy = {"cache_engine.engine", "cache_engine.index", "cache_engine.placement",
+             "cache_engine.preload", "cache_engine.table", "cache_engine.status",
+             "cache_engine.recovery", "cache_engine.dataset"}
+    assert heavy.isdisjoint(out), sorted(heavy.intersection(out))
+
+
+def test_metadata_answers_over_the_socket_say_how_long_they_stay_fresh(serve):
+    clock = FakeClock()
+    _engine, client = serve(clock=clock)
+    ds = client.open_dataset(make_spec(metadataTTL="30"), {}).dataset_id
+    assert client.stat_fresh(ds, "data/a.bin")[1] == 30
+    clock.advance(12)
+    assert client.stat_fresh(ds, "data/a.bin")[1] == pytest.approx(18)  # read 12 s ago
+    entries, fresh_for = client.list_fresh(ds, "data")
+    assert fresh_for == 30 and {e.path for e in entries} == {"data/a.bin", "data/b.bin"}
+    assert client.stat_fresh(ds, "data/a.bin")[1] == 30  # the newer listing answers it
+    immutable = client.open_dataset(make_spec(metadataTTL="immutable"), {}).dataset_id
+    assert client.stat_fresh(immutable, "small.txt")[1] == float("inf")

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from cache_engine.engine import CacheEngine
+from cache_engine.statistics import DatasetStatistics, TierStatistics
 from cache_engine.tiers import Tier
 from eddy.base.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.support.engine import (
@@ -39,7 +40,7 @@ def test_hit_returns_the_tier_file_and_reads_the_source_once(engines, source):
     loc = engine.locate(ds, "data/a.bin", entry.version, 5, entry.size)
     assert loc.data is None and loc.length == 123 and loc.file.startswith(str(engine.tiers[0].path))
     assert len(source.reads) == reads
-    assert engine.statistics()["hits"] >= 1
+    assert engine.statistics().hits >= 1
 
 
 def test_locate_answers_for_the_cached_blocks_that_follow_up_to_a_gap(engines, source,
@@ -49,11 +50,11 @@ def test_locate_answers_for_the_cached_blocks_that_follow_up_to_a_gap(engines, s
     entry = engine.stat(ds, "data/a.bin")  # 6 blocks
     for index in (0, 1, 2, 4, 5):  # block 3 is not cached
         read_location(engine, ds, entry.path, entry.version, index, entry.size)
-    reads, hits = len(source.reads), engine.statistics()["hits"]
+    reads, hits = len(source.reads), engine.statistics().hits
     run = engine.locate(ds, entry.path, entry.version, 0, entry.size, following=5)
     assert [f.file for f in run.following] == [
         engine.locate(ds, entry.path, entry.version, i, entry.size).file for i in (1, 2)]
-    assert engine.statistics()["hits"] == hits + 3 + 2  # the run, then the two checks
+    assert engine.statistics().hits == hits + 3 + 2  # the run, then the two checks
     tail = engine.locate(ds, entry.path, entry.version, 4, entry.size, following=10)
     assert len(tail.following) == 1 and tail.following[0].length == 123  # ends at the file's end
     assert len(source.reads) == reads  # only cached blocks are answered for, none fetched
@@ -136,7 +137,7 @@ def test_cached_blocks_survive_a_restart(engines, source, tmp_path):
     restarted = engines(ufs=cold)
     assert restarted.open_dataset(make_spec(), CREDS).dataset_id == ds
     entry = source.stat("data/a.bin")
-    cached = restarted.statistics()["datasets"][ds]["blocks"]
+    cached = restarted.statistics().datasets[ds].blocks
     assert cached == 6  # 5 full blocks and a tail fit MEM + SSD
     got = b"".join(read_location(restarted, ds, "data/a.bin", entry.version, i, entry.size)
                    for i in range(6))
@@ -197,7 +198,7 @@ def test_corrupt_block_is_dropped_and_refetched(engines, source):
     data = read_location(engine, ds, "data/b.bin", entry.version, 0, entry.size)
     assert data == source.data("data/b.bin")[:BS]
     stats = engine.statistics()
-    assert stats["checksum_failures"] == 1 and stats["source_reads"] == 2
+    assert stats.checksum_failures == 1 and stats.source_reads == 2
     assert not os.path.exists(loc.file)
 
 
@@ -210,7 +211,7 @@ def test_demotion_drops_a_corrupt_block_instead_of_copying_it(engines, source, t
     with open(first.file, "r+b") as f:
         f.write(b"\x00" * 8)
     engine.maintain()  # MEM is above 60%: its LRU block (block 0) goes down
-    assert engine.statistics()["checksum_failures"] == 1
+    assert engine.statistics().checksum_failures == 1
     assert [b.key.index for b in engine.blocks(ds)] == [1]
 
 
@@ -225,8 +226,9 @@ def test_tier_that_refuses_writes_serves_reads_uncached(engines, source):
     loc = engine.locate(ds, "data/b.bin", entry.version, 2, entry.size)
     assert loc.data == source.data("data/b.bin")[2 * BS:]
     stats = engine.statistics()
-    assert stats["tier_write_failures"] == 1 and stats["uncached_reads"] == 1
-    assert stats["tiers"]["MEM"] == {"used": 0, "size": 4 * BS, "blocks": 0, "reserved": 0}
+    assert stats.tier_write_failures == 1 and stats.uncached_reads == 1
+    assert stats.tiers["MEM"] == TierStatistics(used=0, size=4 * BS, blocks=0, reserved=0,
+                                                 served_bytes=0)
 
 
 def test_full_tmpfs_tier_serves_reads_uncached(tmp_path):
@@ -248,7 +250,7 @@ def test_full_tmpfs_tier_serves_reads_uncached(tmp_path):
             got = [read_location(engine, ds, "f", version, i, 3 << 20) for i in range(3)]
             assert b"".join(got) == big.data("f")
             stats = engine.statistics()
-            assert stats["tier_write_failures"] == 3 and stats["uncached_reads"] == 3
+            assert stats.tier_write_failures == 3 and stats.uncached_reads == 3
             assert os.listdir(tier.tmp_dir) == []  # failed writes leave no tmp files
         finally:
             engine.close()
@@ -262,7 +264,7 @@ def test_block_larger_than_every_tier_is_served_uncached(engines, source, tmp_pa
     entry = engine.stat(ds, "data/b.bin")
     assert engine.locate(ds, "data/b.bin", entry.version, 0, entry.size).data is not None
     stats = engine.statistics()
-    assert stats["uncached_reads"] == 1 and stats["tier_write_failures"] == 0
+    assert stats.uncached_reads == 1 and stats.tier_write_failures == 0
 
 
 def test_dataset_capacity_evicts_its_own_least_recently_used_blocks(engines, source):
@@ -273,7 +275,7 @@ def test_dataset_capacity_evicts_its_own_least_recently_used_blocks(engines, sou
         read_location(engine, ds, "data/a.bin", entry.version, i, entry.size)
     assert sorted(b.key.index for b in engine.blocks(ds)) == [0, 2]
     stats = engine.statistics()
-    assert stats["datasets"][ds]["used"] <= 2 * BS and stats["evictions"] == 1
+    assert stats.datasets[ds].used <= 2 * BS and stats.evictions == 1
 
 
 def test_a_block_just_handed_out_is_not_evicted_before_its_reader_opens_it(engines, source):
@@ -288,7 +290,7 @@ def test_a_block_just_handed_out_is_not_evicted_before_its_reader_opens_it(engin
     clock.advance(1.5)
     third = engine.locate(ds, "data/a.bin", entry.version, 1, entry.size)
     assert third.file is not None and not os.path.exists(first.file)
-    assert engine.statistics()["uncached_reads"] == 1
+    assert engine.statistics().uncached_reads == 1
 
 
 def test_lowering_the_capacity_on_reopen_evicts_down_to_it(engines, source):
@@ -296,7 +298,7 @@ def test_lowering_the_capacity_on_reopen_evicts_down_to_it(engines, source):
     ds = engine.open_dataset(make_spec(), {}).dataset_id
     read_all(engine, ds, source, "data/b.bin")
     engine.open_dataset(make_spec(capacity=BS), {})
-    assert engine.statistics()["datasets"][ds]["used"] <= BS
+    assert engine.statistics().datasets[ds].used <= BS
 
 
 def test_full_fast_tier_demotes_lru_and_a_lower_hit_promotes(engines, source, tmp_path):
@@ -307,7 +309,7 @@ def test_full_fast_tier_demotes_lru_and_a_lower_hit_promotes(engines, source, tm
         read_location(engine, ds, "data/a.bin", entry.version, i, entry.size)
     where = {b.key.index: b.tier for b in engine.blocks(ds)}
     assert where == {0: "SSD", 1: "MEM", 2: "MEM", 3: "MEM"}
-    assert engine.statistics()["demotions"] == 1
+    assert engine.statistics().demotions == 1
     engine.maintain()  # MEM is above 90%: down to 40% of 3 blocks, i.e. one block
     where = {b.key.index: b.tier for b in engine.blocks(ds)}
     assert where == {0: "SSD", 1: "SSD", 2: "SSD", 3: "MEM"}
@@ -315,7 +317,7 @@ def test_full_fast_tier_demotes_lru_and_a_lower_hit_promotes(engines, source, tm
     engine.drain()
     where = {b.key.index: b.tier for b in engine.blocks(ds)}
     assert where == {0: "MEM", 1: "SSD", 2: "SSD", 3: "MEM"}
-    assert engine.statistics()["promotions"] == 1
+    assert engine.statistics().promotions == 1
 
 
 def test_metadata_is_cached_for_the_ttl_and_new_versions_never_serve_old_bytes(engines):
@@ -357,7 +359,7 @@ def test_sequential_reads_prefetch_the_next_blocks(engines):
     engine.locate(ds, "f", version, 1, 10 * BS)
     engine.drain()
     assert sorted(b.key.index for b in engine.blocks(ds)) == [0, 1, 2, 3, 4]
-    assert engine.statistics()["prefetches"] == 3
+    assert engine.statistics().prefetches == 3
     assert read_location(engine, ds, "f", version, 3, 10 * BS) == src.data("f")[3 * BS:4 * BS]
 
 
@@ -369,7 +371,7 @@ def test_overlapping_read_ahead_windows_queue_each_block_once(engines):
     assert engine.prefetch(ds, "f", version, 8 * BS, 0, 4) == 4
     assert engine.prefetch(ds, "f", version, 8 * BS, 2, 4) == 2  # blocks 4 and 5 are new
     engine.drain()
-    assert engine.statistics()["prefetches"] == 6 and len(src.reads) == 6
+    assert engine.statistics().prefetches == 6 and len(src.reads) == 6
 
 
 def test_files_read_in_listing_order_prefetch_the_next_files(engines):
@@ -477,10 +479,10 @@ def test_statistics_report_tiers_datasets_and_counters(engines, source):
     ds = engine.open_dataset(make_spec(capacity=3 * BS), {}).dataset_id
     read_all(engine, ds, source, "data/b.bin")
     stats = engine.statistics()
-    assert stats["tiers"]["MEM"]["used"] + stats["tiers"]["SSD"]["used"] == 3 * BS
-    assert stats["datasets"][ds] == {"used": 3 * BS, "capacity": 3 * BS, "blocks": 3,
-                                     "open": True}
-    assert stats["misses"] == 3 and stats["source_bytes"] == 3 * BS
+    assert stats.tiers["MEM"].used + stats.tiers["SSD"].used == 3 * BS
+    assert stats.datasets[ds] == DatasetStatistics(used=3 * BS, capacity=3 * BS, blocks=3,
+                                                   open=True)
+    assert stats.misses == 3 and stats.source_bytes == 3 * BS
 
 
 def test_limits_hold_under_concurrent_readers_and_maintenance(engines, tmp_path):
@@ -511,11 +513,11 @@ def test_limits_hold_under_concurrent_readers_and_maintenance(engines, tmp_path)
         while not stop.is_set():
             stats = engine.statistics()
             for tier in engine.tiers:
-                t = stats["tiers"][tier.name]
-                if t["used"] + t["reserved"] > tier.size:
+                t = stats.tiers[tier.name]
+                if t.used + t.reserved > tier.size:
                     errors.append(AssertionError(f"{tier.name} over its size: {t}"))
             for ds, cap in caps.items():
-                if stats["datasets"].get(ds, {"used": 0})["used"] > cap:
+                if (stats.datasets[ds].used if ds in stats.datasets else 0) > cap:
                     errors.append(AssertionError(f"dataset over capacity: {stats}"))
             samples[0] += 1
             time.sleep(0.0005)
@@ -531,12 +533,12 @@ def test_limits_hold_under_concurrent_readers_and_maintenance(engines, tmp_path)
     assert not errors, errors[:3]
     engine.close()  # stops maintenance, which would otherwise race the walk below
     stats = engine.statistics()
-    assert samples[0] > 100 and stats["demotions"] and stats["evictions"], str(stats)[-400:]
+    assert samples[0] > 100 and stats.demotions and stats.evictions, str(stats)[-400:]
     for tier in engine.tiers:
         on_disk = sum(os.path.getsize(os.path.join(d, f))
                       for d, _, names in os.walk(tier.path) for f in names)
-        t = stats["tiers"][tier.name]
-        assert on_disk == t["used"] + t["reserved"] <= tier.size  # reserved: held by extents
+        t = stats.tiers[tier.name]
+        assert on_disk == t.used + t.reserved <= tier.size  # reserved: held by extents
 
 
 def test_a_tier_path_that_is_a_file_is_refused_at_start(tmp_path):

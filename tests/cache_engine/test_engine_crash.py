@@ -136,7 +136,7 @@ def test_kill_minus_nine_at_random_moments_leaves_a_consistent_cache(tmp_path):
         try:
             check_state(state, tiers)
             ds = engine.open_dataset(parse_parameters(params), {}).dataset_id
-            assert engine.statistics()["datasets"][ds]["used"] <= 16 * BS
+            assert engine.statistics().datasets[ds].used <= 16 * BS
             for path in FILES:
                 entry = engine.stat(ds, path)
                 want = (src / path).read_bytes()

@@ -146,8 +146,8 @@ class EngineMachine(RuleBasedStateMachine):
         for tier in self.tiers:
             mine = [(f, offset, length) for t, f, offset, length in rows if t == tier.name]
             files = self._files(tier)
-            assert sum(length for _f, _o, length in mine) == stats["tiers"][tier.name]["used"]
-            assert stats["tiers"][tier.name]["used"] <= tier.size
+            assert sum(length for _f, _o, length in mine) == stats.tiers[tier.name].used
+            assert stats.tiers[tier.name].used <= tier.size
             assert sum(files.values()) <= tier.size
             assert set(files) == {f for f, _o, _l in mine}  # no orphan, no row without a file
             for f, offset, length in mine:
@@ -157,7 +157,7 @@ class EngineMachine(RuleBasedStateMachine):
                     assert (offset, files[f]) == (0, length)
             assert os.listdir(tier.tmp_dir) == []
         for (_uri, _tiers, cap, _secrets), ds in zip(DATASETS, self.ids, strict=True):
-            used = stats["datasets"].get(ds, {"used": 0})["used"]
+            used = (stats.datasets[ds].used if ds in stats.datasets else 0)
             assert cap is None or used <= cap * BS
 
     def _rows(self) -> list[tuple[str, str, int, int]]:

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from cache_engine.index import BlockIndex
-from cache_engine.tiers import in_memory
+from eddy.base.mounttable import in_memory
 from tests.support.engine import BS, make_spec, make_tiers, read_all
 
 
@@ -39,7 +39,7 @@ def tier_files(tier) -> dict[str, int]:
 def test_a_file_cached_whole_becomes_one_extent_holding_its_bytes(engines, source):
     engine = engines()
     ds, entry = cached_whole(engine, source)
-    hits = engine.statistics()["hits"]
+    hits = engine.statistics().hits
     path = engine.extent(ds, entry.path, entry.version, entry.size)
     with open(path, "rb") as f:
         assert f.read() == source.data("data/b.bin")
@@ -47,9 +47,9 @@ def test_a_file_cached_whole_becomes_one_extent_holding_its_bytes(engines, sourc
     blocks = sorted(engine.blocks(ds), key=lambda b: b.key.index)
     assert [(b.file, b.offset) for b in blocks] == [(path, i * BS) for i in range(3)]
     stats = engine.statistics()
-    assert (stats["extents_built"], stats["extents_served"]) == (1, 1)
-    assert stats["hits"] == hits + 3  # the open counts every block it hands over
-    assert stats["tiers"]["MEM"]["used"] == entry.size and stats["tiers"]["MEM"]["reserved"] == 0
+    assert (stats.extents_built, stats.extents_served) == (1, 1)
+    assert stats.hits == hits + 3  # the open counts every block it hands over
+    assert stats.tiers["MEM"].used == entry.size and stats.tiers["MEM"].reserved == 0
     # Blocks located inside the extent still read right, block by block.
     assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
 
@@ -65,7 +65,7 @@ def test_no_extent_for_a_file_partly_cached_spread_over_tiers_or_of_one_block(en
     engine.drain()
     assert {b.tier for b in engine.blocks(ds)} == {"MEM", "SSD"}
     assert engine.extent(ds, entry.path, entry.version, entry.size) is None
-    assert engine.statistics()["extents_built"] == 0
+    assert engine.statistics().extents_built == 0
     small = engine.stat(ds, "small.txt")  # one block: one locate reads it anyway
     read_all(engine, ds, source, "small.txt")
     assert engine.extent(ds, small.path, small.version, small.size) is None
@@ -78,7 +78,7 @@ def test_compaction_uses_free_room_only(engines, source, tmp_path):
     assert engine.extent(ds, entry.path, entry.version, entry.size) is None
     engine.drain()  # the compaction that call queued gave up too
     stats = engine.statistics()
-    assert stats["extents_built"] == 0 and stats["evictions"] == stats["demotions"] == 0
+    assert stats.extents_built == 0 and stats.evictions == stats.demotions == 0
     assert len(tier_files(engine.tiers[0])) == 3
 
 
@@ -96,7 +96,7 @@ def test_a_disk_tier_gets_no_extent_and_every_read_stays_checked(engines, source
     assert engine.extent(ds, entry.path, entry.version, entry.size) is None
     engine.drain()
     stats = engine.statistics()
-    assert stats["extents_built"] == stats["extents_served"] == 0
+    assert stats.extents_built == stats.extents_served == 0
     assert len(tier_files(engine.tiers[0])) == 3  # its block files, as they came
 
 
@@ -110,10 +110,10 @@ def test_an_extent_in_ram_is_trusted_after_a_restart_as_when_it_was_built(engine
     engine = engines()
     ds = engine.open_dataset(make_spec(), {}).dataset_id
     assert engine.extent(ds, entry.path, entry.version, entry.size) == path
-    assert engine.statistics()["checksum_failures"] == 0
+    assert engine.statistics().checksum_failures == 0
     # A block read through the mount's ordinary path is still checked.
     assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
-    assert engine.statistics()["checksum_failures"] == 1
+    assert engine.statistics().checksum_failures == 1
 
 
 def test_in_memory_tells_the_filesystem_of_the_deepest_mount(tmp_path):
@@ -137,13 +137,13 @@ def test_an_extent_frees_its_space_when_its_last_block_leaves(engines, source):
     fd = os.open(path, os.O_RDONLY)  # as the kernel holds it after a passthrough open
     try:
         engine.open_dataset(make_spec(capacity=BS), {})  # evicts 2 of the 3 blocks
-        stats = engine.statistics()["tiers"]["MEM"]
+        stats = engine.statistics().tiers["MEM"]
         assert os.path.exists(path)
-        assert stats["used"] == BS and stats["reserved"] == 2 * BS  # held until it goes
+        assert stats.used == BS and stats.reserved == 2 * BS  # held until it goes
         assert engine.extent(ds, entry.path, entry.version, entry.size) is None
         engine.open_dataset(make_spec(capacity=0), {})
-        stats = engine.statistics()["tiers"]["MEM"]
-        assert not os.path.exists(path) and stats["used"] == stats["reserved"] == 0
+        stats = engine.statistics().tiers["MEM"]
+        assert not os.path.exists(path) and stats.used == stats.reserved == 0
         assert os.pread(fd, entry.size, 0) == source.data("data/b.bin")  # still the bytes
     finally:
         os.close(fd)
@@ -155,8 +155,8 @@ def test_a_restart_keeps_counting_the_bytes_an_extent_holds_for_rows_gone(engine
     engine.open_dataset(make_spec(capacity=BS), {})  # 2 of the 3 blocks leave the extent
     engine.close()
     engine = engines()
-    stats = engine.statistics()["tiers"]["MEM"]
-    assert (stats["used"], stats["reserved"]) == (BS, 2 * BS)
+    stats = engine.statistics().tiers["MEM"]
+    assert (stats.used, stats.reserved) == (BS, 2 * BS)
     assert sum(tier_files(engine.tiers[0]).values()) == 3 * BS
 
 

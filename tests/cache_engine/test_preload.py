@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from cache_engine.preload import JobState
 from cache_engine.status import Phase
+from cache_engine.types import JobState
 from cache_engine.ufs.base import UfsUnavailable
 from eddy.base.errors import NotFound
 from tests.support.engine import BS, blob, make_spec, read_location
@@ -16,9 +16,8 @@ from tests.support.fake_source import FakeUfs
 
 def preload(engine, ds, paths=(), workers=4, timeout=30.0):
     engine.preload(ds, tuple(paths), workers)
-    job = engine._jobs[ds]
-    assert job.wait(timeout), "the preload did not finish"
-    return job.progress()
+    assert engine.wait_preload(ds, timeout), "the preload did not finish"
+    return engine.preload_progress(ds)
 
 
 def cached_bytes(engine, ds) -> int:
@@ -51,7 +50,7 @@ def test_a_dataset_larger_than_its_capacity_ends_capacity_reached_with_exact_byt
     assert "capacity" in p.message
     assert p.bytes_cached == cached_bytes(engine, ds) == 6 * BS
     assert p.bytes_cached < p.bytes_total
-    assert engine.statistics()["evictions"] == 0  # it stopped, it did not churn its own blocks
+    assert engine.statistics().evictions == 0  # it stopped, it did not churn its own blocks
 
 
 def test_a_second_preload_fetches_only_what_is_missing(engines, source):

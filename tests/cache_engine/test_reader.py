@@ -98,7 +98,7 @@ def test_a_corrupt_tier_file_is_never_served(engines, readers, source):
         f.write(b"\xff" * 16)
     assert reader.read_cached(entry.path, BS, BS, entry.version) is None
     assert bytes(reader.read(entry.path, BS, BS, entry.version)) == want
-    assert engine.statistics()["checksum_failures"] == 1
+    assert engine.statistics().checksum_failures == 1
     # The checked copy in memory is what the fast path serves, whatever happens to the file
     # afterwards; a reader that has not checked the block yet detects the damage itself.
     refetched = engine.locate(reader.info.dataset_id, entry.path, entry.version, 1, entry.size)
@@ -108,7 +108,7 @@ def test_a_corrupt_tier_file_is_never_served(engines, readers, source):
     fresh = readers(engine)
     assert fresh.read_cached(entry.path, BS, BS, entry.version) is None
     assert read_like_a_mount(fresh, entry.path, entry.version, BS, BS) == want
-    assert engine.statistics()["checksum_failures"] == 2
+    assert engine.statistics().checksum_failures == 2
 
 
 def test_read_cached_never_waits_for_a_busy_reader(readers):

@@ -23,8 +23,8 @@ import types
 import pytest
 
 from cache_engine.blocks import is_extent
-from cache_engine.tiers import in_memory
 from csi.fuse.passthrough import pyfuse3_has_passthrough
+from eddy.base.mounttable import in_memory
 from tests.support.driver import (
     DriverProcess,
     cleanup_mounts,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from cache_engine.tiers import in_memory
+from eddy.base.mounttable import in_memory
 
 from .wait import wait_for
 

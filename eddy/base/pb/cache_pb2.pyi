@@ -78,10 +78,12 @@ class StatRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class StatResponse(_message.Message):
-    __slots__ = ("entry",)
+    __slots__ = ("entry", "fresh_for")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FOR_FIELD_NUMBER: _ClassVar[int]
     entry: Entry
-    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+    fresh_for: float
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., fresh_for: _Optional[float] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ("dataset_id", "path")
@@ -92,10 +94,12 @@ class ListRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "fresh_for")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FOR_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
+    fresh_for: float
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., fresh_for: _Optional[float] = ...) -> None: ...
 
 class LocateRequest(_message.Message):
     __slots__ = ("dataset_id", "path", "version", "index", "file_size", "following", "next_files")

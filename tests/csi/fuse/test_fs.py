@@ -13,10 +13,12 @@ import pyfuse3
 import pytest
 import trio
 
+from cache_engine.engine import CacheEngine
+from cache_engine.reader import DatasetReader
 from cache_engine.ufs.base import UfsUnavailable, VersionChanged
 from csi.fuse.fs import DatasetFs, errno_of
 from csi.fuse.session import Journal, SessionTable
-from tests.support.engine import FakeClock
+from tests.support.engine import FakeClock, make_spec, make_tiers
 from tests.support.fake_source import FakeUfs
 
 TREE = {"": None, "dir": None, "dir/a.bin": b"abcdef", "link": ("->", "dir/a.bin"),
@@ -299,3 +301,42 @@ def test_a_successor_serves_what_its_predecessor_opened(tmp_path):
 
     run(after)
     assert second.statistics().open_files == 0 and second.statistics().known_inodes == 3
+
+
+@pytest.mark.parametrize("over_listing", [False, True], ids=["stat", "listing"])
+def test_a_change_at_the_source_shows_within_one_ttl_through_engine_and_mount(
+        tmp_path, over_listing):
+    """The engine and the mount each keep metadata; stacked, they must still show a change
+    within one metadataTTL of when the source was read, not one TTL in each."""
+    clock = FakeClock()
+    ufs = FakeUfs(TREE)
+    engine = CacheEngine(make_tiers(str(tmp_path), 4), str(tmp_path / "state"),
+                         open_ufs=lambda spec, secrets: ufs, clock=clock, maintenance=False)
+    reader = DatasetReader(engine, make_spec("local:///data", metadataTTL="10"), {})
+    fs = DatasetFs(reader, 10.0, clock=clock)
+    ds = reader.info.dataset_id
+
+    async def go():
+        if over_listing:
+            engine.list(ds, "dir")  # another mount listed the folder: the engine keeps it
+        else:
+            engine.stat(ds, "dir/a.bin")  # another mount looked the file up
+        clock.advance(6)
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"dir")
+        if over_listing:
+            await fs.releasedir(await fs.opendir(d.st_ino))
+        first = await fs.lookup(d.st_ino, b"a.bin")  # from the engine's 6 s old answer
+        assert first.st_size == 6 and first.entry_timeout == pytest.approx(4)
+        ufs.change("dir/a.bin", b"changed at the source")
+        clock.advance(3.9)
+        assert (await fs.lookup(d.st_ino, b"a.bin")).st_size == 6  # still fresh: cached
+        clock.advance(0.2)  # 10.1 s after the source was read, 4.1 s after the mount asked
+        fs_now = await fs.lookup(d.st_ino, b"a.bin")
+        assert fs_now.st_size == len(b"changed at the source")
+        assert fs_now.entry_timeout == pytest.approx(10)  # read from the source just now
+
+    try:
+        run(go)
+    finally:
+        reader.close()
+        engine.close()

@@ -1,0 +1,124 @@
+"""Whole files for the kernel: which cached file versions sit in one extent, and building more.
+
+A reader that opens a file of 2+ blocks asks for an extent: one tier file holding the whole
+version at its own offsets, which a mount hands to the kernel (FUSE passthrough) so no read
+reaches the daemon. Only tiers held in RAM get extents: the kernel reads an extent unchecked,
+and in RAM nothing rots on a medium, and a power loss empties the tier rather than tearing a
+file. A disk tier keeps every read checked, block by block. The copying itself is
+`Placement.compact`; this module decides when, and runs one compaction at a time in the
+background.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from eddy.base import log
+
+from .blocks import Block, BlockKey, block_path
+from .dataset import Dataset
+from .placement import Placement
+from .prefetch import Prefetcher
+from .table import BlockTable
+from .tiers import Tier
+
+_log = log.get("cache_engine")
+
+
+class Extents:
+    """Owns the extent answers and the background compaction queue.
+
+    The engine calls `extent` for a reader's open and `compact_when_whole` after storing a
+    block, and `drain`/`close` with its own. It shares the engine's lock and reads the
+    engine's `BlockTable` under it; it counts `extents_served` (read with `counts`).
+    """
+
+    def __init__(self, tiers: list[Tier], table: BlockTable, lock: threading.Condition,
+                 placement: Placement, held_in_ram: Callable[[str], bool]):
+        self._tier = {t.name: t for t in tiers}
+        self._table = table
+        self._lock = lock
+        self._places = placement
+        self._in_memory = {t.name for t in tiers if held_in_ram(t.path)}
+        self._compactor = Prefetcher(1)  # one extent built at a time, in the background
+        self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
+        self._served = 0
+
+    def counts(self) -> dict[str, int]:
+        """Under the lock: this part's counters, by name."""
+        return {"extents_served": self._served}
+
+    def extent(self, ds: Dataset, key: BlockKey, file_size: int,
+               hit: Callable[[Block], None]) -> str | None:
+        """The extent file of `key`'s file version (key index 0) if all its 2+ blocks sit in
+        one extent in a tier held in RAM, each block then passed to `hit` under the lock;
+        else None, and a version cached whole but not in one extent is queued for compaction.
+        """
+        count = ds.block_count(file_size)
+        if count < 2:
+            return None
+        with self._lock:
+            blocks = self._blocks_of(key, count)
+            if blocks is None:
+                return None
+            whole = in_one_extent(ds, blocks)
+            if not whole or blocks[0].tier not in self._in_memory:
+                extent = None
+            else:
+                for block in blocks:
+                    hit(block)
+                self._served += 1
+                extent = block_path(self._tier[blocks[0].tier], blocks[0].file)
+        if not whole:
+            self.compact_when_whole(ds, key, file_size)
+        return extent
+
+    def _blocks_of(self, key: BlockKey, count: int) -> list[Block] | None:
+        """Under the lock: blocks 0..count-1 of `key`'s file version, or None if one is not
+        cached."""
+        blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
+        return None if None in blocks else blocks
+
+    def compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
+        """Queue the compaction of a file version of 2+ blocks once all of them are cached
+        (it happens if they all sit in one tier held in RAM)."""
+        count = ds.block_count(file_size)
+        if count < 2:
+            return  # every miss of a small file comes here: no lock for it
+        version = key[:3]
+        with self._lock:
+            if version in self._compacting or self._table.file_blocks(*version) < count:
+                return
+            self._compacting.add(version)
+        if not self._compactor.submit(self._compact, ds, key._replace(index=0), count):
+            with self._lock:
+                self._compacting.discard(version)
+
+    def _compact(self, ds: Dataset, key: BlockKey, count: int) -> None:
+        try:
+            with self._lock:
+                blocks = self._blocks_of(key, count)
+            if (blocks is None or blocks[0].tier not in self._in_memory
+                    or in_one_extent(ds, blocks)):
+                return
+            if self._places.compact(blocks) is not None:
+                _log.info("extent.built", dataset=ds.id, path=key.path, blocks=count,
+                          tier=blocks[0].tier)
+        finally:
+            with self._lock:
+                self._compacting.discard(key[:3])
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no compaction is queued or running; False on timeout."""
+        return self._compactor.drain(timeout)
+
+    def close(self) -> None:
+        self._compactor.close()
+
+
+def in_one_extent(ds: Dataset, blocks: list[Block]) -> bool:
+    """Whether a file's blocks (index 0 up) sit in one tier file, each at its own offset."""
+    first = blocks[0]
+    return all(b.tier == first.tier and b.file == first.file and b.offset == i * ds.block_size
+               for i, b in enumerate(blocks))
