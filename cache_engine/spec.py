@@ -265,7 +265,7 @@ def _parse_preload(value: str) -> tuple[str, ...] | bool:
         if any(seg == ".." for seg in p.split("/")):
             raise InvalidParameter("preload", f"path {shown(p)} must not contain '..'")
         paths.append(_path("preload", p))
-    return tuple(paths)
+    return tuple(paths) or False  # "," or "/" lists nothing: the same as no preload
 
 
 def _parse_ttl(value: str) -> float | None:
