@@ -4,6 +4,9 @@ The parameter names are a contract (StorageClass `parameters`, inline `volumeAtt
 `eddy mount --param`); see DESIGN.md. Every unknown key and every bad value is refused with
 InvalidParameter naming the key. Keys under the reserved `csi.storage.k8s.io/` prefix, which
 Kubernetes and the CSI sidecars add, are accepted and kept out of the dataset definition.
+Sizes are bounded before anything is parsed (README "Volume parameters"): at most 64 keys, a key
+of 256 bytes, a value of 4 KiB (64 KiB under the reserved prefix: kubelet's service account
+tokens), a secret value of 16 KiB, a path component of 255 bytes; no control characters.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
-from urllib.parse import urlsplit
+from fractions import Fraction
+from urllib.parse import SplitResult, urlsplit
 
-from eddy.base.errors import InvalidParameter
+from eddy.base.errors import InvalidArgument, InvalidParameter
+from eddy.base.limits import cut, path_problem, shown, text_problem
 
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 SOURCE_SCHEMES = ("local", "s3", "pvc", "nfs", "http", "https")
@@ -27,6 +32,13 @@ MAX_BLOCK_SIZE = 64 << 20
 DEFAULT_METADATA_TTL = 60.0
 DEFAULT_READ_AHEAD = 8
 MAX_READ_AHEAD = 64
+MAX_PARAMETERS = 64  # keys in one parameter map, reserved keys included
+MAX_KEY_BYTES = 256
+MAX_VALUE_BYTES = 4096  # PATH_MAX: a source URI or a preload list is at most a path long
+MAX_RESERVED_VALUE_BYTES = 64 << 10  # kubelet's csi.storage.k8s.io/serviceAccount.tokens
+MAX_SECRET_BYTES = 16 << 10  # STS session tokens run to a few KiB
+PRELOAD_ALL = ("true", "yes", "1", "all")
+PRELOAD_NONE = ("", "false", "no", "0")
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i|[kMGTPE])?$")
 _SUFFIX = {
@@ -38,18 +50,16 @@ _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 # S3 bucket names: 3-63 chars of lowercase letters, digits, dots and hyphens.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^[0-9]+(\.[0-9]+){3}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 def parse_quantity(text: str) -> int:
     """Bytes in a Kubernetes-style quantity ("20Gi", "500M", "4096"); ValueError if malformed."""
-    m = _QUANTITY.match(text.strip())
+    m = _QUANTITY.fullmatch(text.strip())
     if not m:
-        raise ValueError(f"{text!r} is not a size such as 4Mi, 20Gi or 1000000")
+        raise ValueError(f"{shown(text)} is not a size such as 4Mi, 20Gi or 1000000")
     number, suffix = m.groups()
-    value = float(number) * _SUFFIX[suffix] if "." in number else int(number) * _SUFFIX[suffix]
-    return int(value)
+    return int(Fraction(number) * _SUFFIX[suffix])  # exact: no float overflow or rounding
 
 
 def format_bytes(n: int) -> str:
@@ -101,7 +111,10 @@ class DatasetSpec:
         if self.preload is True:
             out["preload"] = "true"
         elif self.preload:
-            out["preload"] = ",".join(self.preload)
+            listed = ",".join(self.preload)
+            # One path named like a keyword ("true", "0") must not read back as the keyword.
+            keyword = listed.strip().lower() in PRELOAD_ALL + PRELOAD_NONE
+            out["preload"] = "/" + listed if keyword else listed
         out["metadataTTL"] = _format_ttl(self.metadata_ttl)
         out["readAhead"] = str(self.read_ahead)
         return out
@@ -121,9 +134,10 @@ def parse_source(value: str, key: str = "source") -> Source:
     """Validate a source URI; the error names `key` and what is wrong."""
     if not value:
         raise InvalidParameter(key, "is required (e.g. s3://bucket/prefix or local:///data)")
-    if _CONTROL.search(value):
-        raise InvalidParameter(key, "must not contain control characters")
-    parts = urlsplit(value)
+    problem = text_problem(value, MAX_VALUE_BYTES)
+    if problem:
+        raise InvalidParameter(key, problem)
+    parts = _split_url(key, value)
     scheme = parts.scheme.lower()
     if scheme not in SOURCE_SCHEMES:
         raise InvalidParameter(
@@ -141,15 +155,15 @@ def parse_source(value: str, key: str = "source") -> Source:
             raise InvalidParameter(key, "local sources are local:///absolute/path (three slashes)")
         if not raw_path.startswith("/"):
             raise InvalidParameter(key, "local path must be absolute (local:///abs/dir)")
-        root = "/" + posixpath.normpath(raw_path).lstrip("/")  # normpath keeps a leading "//"
+        root = _path(key, "/" + posixpath.normpath(raw_path).lstrip("/"))  # normpath keeps "//"
         return Source("local", f"local://{root}", root=root)
     if scheme == "s3":
         bucket = parts.netloc
         if not bucket:
             raise InvalidParameter(key, "is missing the bucket (s3://bucket/prefix)")
-        if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
-            raise InvalidParameter(key, f"{bucket!r} is not a valid S3 bucket name")
-        prefix = posixpath.normpath(raw_path).strip("/") if raw_path.strip("/") else ""
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket or _IPV4.fullmatch(bucket):
+            raise InvalidParameter(key, f"{shown(bucket)} is not a valid S3 bucket name")
+        prefix = _path(key, posixpath.normpath(raw_path).strip("/") if raw_path.strip("/") else "")
         uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         return Source("s3", uri, bucket=bucket, root=prefix)
     if scheme == "pvc":
@@ -158,9 +172,9 @@ def parse_source(value: str, key: str = "source") -> Source:
         if not namespace or not segs:
             raise InvalidParameter(key, "pvc sources are pvc://namespace/name[/subdir]")
         for name in (namespace, segs[0]):
-            if not _K8S_NAME.match(name):
-                raise InvalidParameter(key, f"{name!r} is not a valid Kubernetes name")
-        root = "/".join(segs)
+            if not _K8S_NAME.fullmatch(name):
+                raise InvalidParameter(key, f"{shown(name)} is not a valid Kubernetes name")
+        root = _path(key, "/".join(segs))
         return Source("pvc", f"pvc://{namespace}/{root}", bucket=namespace, root=root)
     if scheme == "nfs":
         return _parse_nfs(key, parts.netloc, parts.hostname, raw_path)
@@ -176,14 +190,30 @@ def _parse_nfs(key: str, netloc: str, host: str | None, raw_path: str) -> Source
         raise InvalidParameter(key, "nfs sources are nfs://server/export/path (no port)")
     if not raw_path.startswith("/"):
         raise InvalidParameter(key, "nfs sources need the export path (nfs://server/export)")
-    root = "/" + posixpath.normpath(raw_path).lstrip("/")
+    root = _path(key, "/" + posixpath.normpath(raw_path).lstrip("/"))
     return Source("nfs", f"nfs://{netloc}{root}", bucket=netloc, root=root)
 
 
+def _split_url(key: str, value: str) -> SplitResult:
+    """urlsplit, whose ValueError (a bracketed host that is no IPv6 address) names `key`."""
+    try:
+        return urlsplit(value)
+    except ValueError as e:
+        raise InvalidParameter(key, f"is not a valid URL ({e})") from None
+
+
+def _path(key: str, path: str) -> str:
+    """`path` (inside a source), if every component fits a file name."""
+    problem = path_problem(path, absolute=False)
+    if problem:
+        raise InvalidParameter(key, f"path {problem}")
+    return path
+
+
 def _parse_endpoint(value: str) -> str:
-    parts = urlsplit(value)
+    parts = _split_url("endpoint", value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidParameter("endpoint", f"{value!r} is not an http(s):// URL")
+        raise InvalidParameter("endpoint", f"{shown(value)} is not an http(s):// URL")
     if parts.username or parts.password:
         raise InvalidParameter("endpoint", "must not contain credentials")
     return value.rstrip("/")
@@ -195,9 +225,9 @@ def _parse_size(key: str, value: str, low: int, high: int | None = None) -> int:
     except ValueError as e:
         raise InvalidParameter(key, str(e)) from None
     if n < low:
-        raise InvalidParameter(key, f"{value} is below the minimum of {format_bytes(low)}")
+        raise InvalidParameter(key, f"{shown(value)} is below the minimum of {format_bytes(low)}")
     if high is not None and n > high:
-        raise InvalidParameter(key, f"{value} is above the maximum of {format_bytes(high)}")
+        raise InvalidParameter(key, f"{shown(value)} is above the maximum of {format_bytes(high)}")
     return n
 
 
@@ -205,7 +235,7 @@ def _parse_int(key: str, value: str, low: int, high: int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise InvalidParameter(key, f"{value!r} is not an integer") from None
+        raise InvalidParameter(key, f"{shown(value)} is not an integer") from None
     if not low <= n <= high:
         raise InvalidParameter(key, f"{n} is outside {low}..{high}")
     return n
@@ -214,8 +244,8 @@ def _parse_int(key: str, value: str, low: int, high: int) -> int:
 def _parse_tiers(value: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in value.split(","))
     for name in names:
-        if not _TIER_NAME.match(name):
-            raise InvalidParameter("tiers", f"{name!r} is not a tier name (e.g. MEM,SSD)")
+        if not _TIER_NAME.fullmatch(name):
+            raise InvalidParameter("tiers", f"{shown(name)} is not a tier name (e.g. MEM,SSD)")
     if len(set(names)) != len(names):
         raise InvalidParameter("tiers", "lists a tier twice")
     return names
@@ -223,9 +253,9 @@ def _parse_tiers(value: str) -> tuple[str, ...]:
 
 def _parse_preload(value: str) -> tuple[str, ...] | bool:
     low = value.strip().lower()
-    if low in ("", "false", "no", "0"):
+    if low in PRELOAD_NONE:
         return False
-    if low in ("true", "yes", "1", "all"):
+    if low in PRELOAD_ALL:
         return True
     paths = []
     for p in value.split(","):
@@ -233,9 +263,9 @@ def _parse_preload(value: str) -> tuple[str, ...] | bool:
         if not p:
             continue
         if any(seg == ".." for seg in p.split("/")):
-            raise InvalidParameter("preload", f"path {p!r} must not contain '..'")
-        paths.append(p)
-    return tuple(paths)
+            raise InvalidParameter("preload", f"path {shown(p)} must not contain '..'")
+        paths.append(_path("preload", p))
+    return tuple(paths) or False  # "," or "/" lists nothing: the same as no preload
 
 
 def _parse_ttl(value: str) -> float | None:
@@ -245,15 +275,32 @@ def _parse_ttl(value: str) -> float | None:
         ttl = float(value)
     except ValueError:
         raise InvalidParameter(
-            "metadataTTL", f"{value!r} is neither seconds nor 'immutable'"
+            "metadataTTL", f"{shown(value)} is neither seconds nor 'immutable'"
         ) from None
     if not 0 <= ttl <= 365 * 86400:
-        raise InvalidParameter("metadataTTL", f"{value} is outside 0..31536000 seconds")
+        raise InvalidParameter("metadataTTL", f"{shown(value)} is outside 0..31536000 seconds")
     return ttl
+
+
+def check_limits(params: dict[str, str]) -> None:
+    """Refuse a parameter map (or volume context) with too many keys, or with a key or value
+    that is too long or holds a control character; the message names the key."""
+    if len(params) > MAX_PARAMETERS:
+        raise InvalidArgument(f"parameters: {len(params)} keys, over the limit of "
+                              f"{MAX_PARAMETERS}")
+    for key in sorted(params):
+        problem = text_problem(key, MAX_KEY_BYTES) if key else "is empty"
+        if problem:
+            raise InvalidParameter(cut(key), f"key {problem}")
+        limit = MAX_RESERVED_VALUE_BYTES if key.startswith(RESERVED_PREFIX) else MAX_VALUE_BYTES
+        problem = text_problem(params[key], limit)
+        if problem:
+            raise InvalidParameter(key, f"value {problem}")
 
 
 def parse_parameters(params: dict[str, str]) -> DatasetSpec:
     """Validate volume parameters; reserved `csi.storage.k8s.io/` keys are kept aside."""
+    check_limits(params)
     dataset = {k: v for k, v in params.items() if not k.startswith(RESERVED_PREFIX)}
     extra = {k: v for k, v in params.items() if k.startswith(RESERVED_PREFIX)}
     for key in SECRET_KEYS:
@@ -271,8 +318,8 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
             raise InvalidParameter("endpoint", "only applies to s3:// sources")
         kwargs["endpoint"] = _parse_endpoint(dataset["endpoint"])
     if "region" in dataset:
-        if not re.match(r"^[a-z0-9-]{1,32}$", dataset["region"]):
-            raise InvalidParameter("region", f"{dataset['region']!r} is not a region name")
+        if not re.fullmatch(r"[a-z0-9-]{1,32}", dataset["region"]):
+            raise InvalidParameter("region", f"{shown(dataset['region'])} is not a region name")
         kwargs["region"] = dataset["region"]
     if "cacheCapacity" in dataset:
         kwargs["cache_capacity"] = _parse_size(
@@ -283,7 +330,8 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
     if "blockSize" in dataset:
         bs = _parse_size("blockSize", dataset["blockSize"], MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)
         if bs & (bs - 1):
-            raise InvalidParameter("blockSize", f"{dataset['blockSize']} is not a power of two")
+            raise InvalidParameter("blockSize",
+                                   f"{shown(dataset['blockSize'])} is not a power of two")
         kwargs["block_size"] = bs
     if "preload" in dataset:
         kwargs["preload"] = _parse_preload(dataset["preload"])
@@ -295,12 +343,16 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
 
 
 def parse_secrets(secrets: dict[str, str]) -> dict[str, str]:
-    """Keep the known credential keys; refuse a half-given key pair."""
+    """Keep the known credential keys; refuse a half-given key pair. A value is never shown."""
     unknown = sorted(set(secrets) - set(SECRET_KEYS))
     if unknown:
         raise InvalidParameter(
-            unknown[0], f"unknown secret key (known: {', '.join(SECRET_KEYS)})"
+            cut(unknown[0]), f"unknown secret key (known: {', '.join(SECRET_KEYS)})"
         )
+    for key in SECRET_KEYS:
+        problem = text_problem(secrets.get(key, ""), MAX_SECRET_BYTES)
+        if problem:
+            raise InvalidParameter(key, f"secret value {problem}")
     if bool(secrets.get("accessKeyId")) != bool(secrets.get("secretAccessKey")):
         raise InvalidParameter("secretAccessKey", "accessKeyId and secretAccessKey go together")
     return {k: v for k, v in secrets.items() if v}

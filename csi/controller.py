@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from cache_engine.spec import MIN_CACHE_CAPACITY, DatasetSpec, format_bytes, parse_parameters
+from csi import validate
 from csi.inflight import InFlight
 from csi.state.volumes import VolumeRecord, VolumeStore
 from eddy.base import log
@@ -33,7 +34,6 @@ from eddy.base.rpc import Servicer, require
 VOLUME_ID = re.compile(r"^eddy-[0-9a-f]{32}$")
 RPC = csi_pb2.ControllerServiceCapability.RPC
 CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY)
-FILESYSTEMS_ONLY = "eddy serves filesystems only (mount access type), not block devices"
 
 
 def no_pvc_sources(spec: DatasetSpec) -> DatasetSpec:
@@ -60,8 +60,9 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
         self._log = log.get("csi.controller")
 
     def CreateVolume(self, request):
-        require(request, "name", "volume_capabilities")
-        problem = _capabilities_problem(request.volume_capabilities)
+        validate.name(request)  # before the store: a name must fit a record
+        require(request, "volume_capabilities")
+        problem = validate.capabilities_problem(request.volume_capabilities)
         if problem:
             raise InvalidArgument(problem)
         if request.HasField("volume_content_source"):
@@ -94,7 +95,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
         return csi_pb2.CreateVolumeResponse(volume=_volume(record))
 
     def DeleteVolume(self, request):
-        require(request, "volume_id")
+        validate.volume_id(request)
         with self._inflight.hold(request.volume_id):
             deleted = self._store.delete(request.volume_id)
         self._log.info("volume.deleted" if deleted else "volume.already_gone",
@@ -102,11 +103,12 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
         return csi_pb2.DeleteVolumeResponse()
 
     def ValidateVolumeCapabilities(self, request):
-        require(request, "volume_id", "volume_capabilities")
+        validate.volume_id(request)
+        require(request, "volume_capabilities")
         record = self._store.get(request.volume_id)
         if record is None:
             raise NotFound(f"volume {request.volume_id} does not exist")
-        message = _capabilities_problem(request.volume_capabilities)
+        message = validate.capabilities_problem(request.volume_capabilities)
         if not message and request.parameters:
             try:
                 spec = self._resolve(parse_parameters(dict(request.parameters)))
@@ -144,7 +146,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
     def GetCapacity(self, request):
         if request.parameters:
             parse_parameters(dict(request.parameters))
-        if _capabilities_problem(request.volume_capabilities):
+        if validate.capabilities_problem(request.volume_capabilities):
             return csi_pb2.GetCapacityResponse(available_capacity=0)
         available = self._capacity() if self._capacity else 0
         return csi_pb2.GetCapacityResponse(available_capacity=available)
@@ -158,18 +160,6 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
 def _volume(record: VolumeRecord) -> csi_pb2.Volume:
     return csi_pb2.Volume(volume_id=record.volume_id, capacity_bytes=record.capacity_bytes,
                           volume_context=record.parameters)
-
-
-def _capabilities_problem(capabilities: Iterable) -> str:
-    """Why these capabilities cannot be served ("" if they can): mount access only."""
-    for i, cap in enumerate(capabilities):
-        if cap.HasField("block"):
-            return FILESYSTEMS_ONLY
-        if not cap.HasField("mount"):
-            return f"volume_capabilities[{i}]: access_type is required (mount)"
-        if cap.access_mode.mode == csi_pb2.VolumeCapability.AccessMode.UNKNOWN:
-            return f"volume_capabilities[{i}]: access_mode is required"
-    return ""
 
 
 def _capacity_range(request) -> tuple[int, int]:

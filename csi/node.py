@@ -18,7 +18,7 @@ import os
 import re
 import threading
 
-from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
+from cache_engine.spec import DatasetSpec, check_limits, parse_parameters, parse_secrets
 from eddy.base import log
 from eddy.base.errors import (
     Aborted,
@@ -30,9 +30,9 @@ from eddy.base.errors import (
     ResourceExhausted,
 )
 from eddy.base.pb import csi_pb2, csi_pb2_grpc
-from eddy.base.rpc import Servicer, require
+from eddy.base.rpc import Servicer
 
-from . import daemons, mounts
+from . import daemons, mounts, validate
 from .ephemeral import EphemeralPolicy, is_ephemeral
 from .inflight import InFlight
 from .mount_health import MountHealth
@@ -47,15 +47,6 @@ AccessMode = csi_pb2.VolumeCapability.AccessMode
 READER_ONLY = {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
 NodeCap = csi_pb2.NodeServiceCapability.RPC
 WATCH_INTERVAL = 0.5  # seconds between looks at the mounter's mounts
-
-
-def _check_capability(cap: csi_pb2.VolumeCapability) -> None:
-    if cap.HasField("block"):
-        raise InvalidArgument("eddy serves filesystems only: block access is not supported")
-    if not cap.HasField("mount"):
-        raise InvalidArgument("volume_capability must set access_type mount")
-    if cap.access_mode.mode == AccessMode.UNKNOWN:
-        raise InvalidArgument("volume_capability.access_mode is required")
 
 
 class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
@@ -175,11 +166,11 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     # -- staging -------------------------------------------------------------------------------
 
     def NodeStageVolume(self, request):
-        require(request, "volume_id", "staging_target_path", "volume_capability")
-        _check_capability(request.volume_capability)
+        validate.volume_id(request)
+        path = validate.path(request, "staging_target_path")
+        validate.capability(request)
         spec = self._dataset(dict(request.volume_context))
         secrets = parse_secrets(dict(request.secrets))
-        path = os.path.normpath(request.staging_target_path)
         with self._inflight.hold(request.volume_id):
             self._stage(request.volume_id, path, spec, secrets)
         return csi_pb2.NodeStageVolumeResponse()
@@ -194,11 +185,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         elif spec.source.scheme == "pvc":
             raise InvalidArgument(f"source {spec.source.uri}: pvc:// sources are resolved by "
                                   "the controller at CreateVolume; this volume was not")
-        unknown = [t for t in spec.tiers if self.tier_names and t not in self.tier_names]
-        if unknown:
-            raise InvalidArgument(
-                f"parameter 'tiers': tier {unknown[0]!r} is not configured on node "
-                f"{self.node_id} (node tiers: {', '.join(self.tier_names)})")
+        validate.node_tiers(spec, self.node_id, self.tier_names)
         return self._nfs.local_spec(spec)
 
     def _stage(self, volume_id: str, path: str, spec: DatasetSpec, secrets: dict[str, str],
@@ -259,8 +246,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         return self.cache.dataset_of(vol, lambda: self._records.secrets(volume_id))
 
     def NodeUnstageVolume(self, request):
-        require(request, "volume_id", "staging_target_path")
-        path = os.path.normpath(request.staging_target_path)
+        validate.volume_id(request)
+        path = validate.path(request, "staging_target_path")
         with self._inflight.hold(request.volume_id):
             vol = self._volumes.get(request.volume_id)
             if vol is None:  # gone already; or its record was lost: the mounter may have it
@@ -279,13 +266,14 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     # -- publishing ----------------------------------------------------------------------------
 
     def NodePublishVolume(self, request):
-        require(request, "volume_id", "target_path", "volume_capability")
+        validate.volume_id(request)
+        target = validate.path(request, "target_path")
         inline = is_ephemeral(dict(request.volume_context))
-        if not inline:
-            require(request, "staging_target_path")
-        _check_capability(request.volume_capability)
+        if not inline:  # an inline volume's context is checked as it is parsed
+            validate.path(request, "staging_target_path")
+            check_limits(dict(request.volume_context))
+        validate.capability(request)
         read_only = request.readonly or request.volume_capability.access_mode.mode in READER_ONLY
-        target = os.path.normpath(request.target_path)
         with self._inflight.hold(request.volume_id):
             vol = self._stage_inline(request) if inline else self._staged(request)
             if target in vol.targets and mounts.is_mount_point(target):
@@ -305,8 +293,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodePublishVolumeResponse()
 
     def NodeUnpublishVolume(self, request):
-        require(request, "volume_id", "target_path")
-        target = os.path.normpath(request.target_path)
+        validate.volume_id(request)
+        target = validate.path(request, "target_path")
         with self._inflight.hold(request.volume_id):
             mounts.unmount_all(target)
             try:
@@ -351,9 +339,9 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     # -- information -------------------------------------------------------------------------
 
     def NodeGetVolumeStats(self, request):
-        require(request, "volume_id", "volume_path")
+        validate.volume_id(request)
+        path = validate.path(request, "volume_path")
         vol = self._volumes.get(request.volume_id)
-        path = os.path.normpath(request.volume_path)
         if vol is None or (path != vol.staging_path and path not in vol.targets):
             raise NotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
         self.health.refresh()

@@ -23,7 +23,8 @@ import json
 import re
 
 from eddy.base import log
-from eddy.base.errors import Aborted, NotFound, Unavailable
+from eddy.base.errors import Aborted, InvalidArgument, NotFound, Unavailable
+from eddy.base.limits import shown
 
 from ..state.volumes import VolumeRecord, VolumeStore
 from .api import REQUEST_TIMEOUT, LazyCoreApi, api_errors
@@ -33,6 +34,7 @@ RECORD_LABEL = "eddy.csi.io/record"
 ID_LABEL = "eddy.csi.io/volume-id"
 LABELS = {"app.kubernetes.io/managed-by": "eddy", RECORD_LABEL: "volume"}
 PAGE = 500
+MAX_DATA = 1 << 20  # bytes of keys and values in a ConfigMap's data (the API server's limit)
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -67,10 +69,15 @@ class KubernetesVolumeStore(VolumeStore):
     def create(self, record: VolumeRecord) -> None:
         from kubernetes import client
 
+        data = _data(record)
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+        if size > MAX_DATA:  # the API server would answer 422, which is no reason to retry
+            raise InvalidArgument(f"volume {shown(record.name)}: its record would take {size} "
+                                  f"bytes, over the {MAX_DATA} of a ConfigMap")
         body = client.V1ConfigMap(
             metadata=client.V1ObjectMeta(name=object_name(record.name),
                                          labels={**LABELS, ID_LABEL: record.volume_id}),
-            data=_data(record))
+            data=data)
         with api_errors(f"recording volume {record.name!r}"):  # 409 -> AlreadyExists
             self._api.core().create_namespaced_config_map(self.namespace, body,
                                                           _request_timeout=REQUEST_TIMEOUT)

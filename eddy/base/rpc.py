@@ -7,7 +7,8 @@ method named like an RPC (CamelCase) is wrapped once:
 - an `EddyError` becomes `context.abort(code, message)` by the table below; an `OSError` from
   a source becomes its code too, with its errno in the trailing metadata key `eddy-errno`, so a
   mount daemon can answer the kernel with the same errno; every such error also carries
-  `eddy-error` (its class name), which a connection failure never has,
+  `eddy-error` (its class name), which a connection failure never has; a message is cut to
+  1 KiB (gRPC would drop a call whose status does not fit its metadata limit),
 - anything else becomes INTERNAL with one logged traceback.
 
 Called without a context (plain unit tests), the wrapped method returns or raises as written.
@@ -24,6 +25,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from eddy.base import errors, log
+from eddy.base.limits import bounded
 from eddy.base.sockets import claim_socket_path
 
 # Ordered: the first matching class wins, so subclasses come before their bases.
@@ -89,12 +91,12 @@ def _wrap(name: str, method):
             if isinstance(e, OSError) and e.errno:
                 metadata.append((ERRNO_KEY, str(e.errno)))
             context.set_trailing_metadata(tuple(metadata))
-            context.abort(code, str(e))
+            context.abort(code, bounded(str(e)))
         except Exception as e:
             logger.exception("rpc.internal_error", duration=round(time.monotonic() - start, 4))
             if context is None:
                 raise
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}: {e}")
+            context.abort(grpc.StatusCode.INTERNAL, bounded(f"internal error in {name}: {e}"))
         if logger.is_enabled_for(level):
             logger.log(level, "rpc.done", duration=round(time.monotonic() - start, 4))
         return response

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cache_engine.spec import (
+    SECRET_KEYS,
     DatasetSpec,
     Source,
     parse_parameters,
     parse_quantity,
     parse_secrets,
+    parse_source,
 )
 from csi.controller import ControllerService
 from csi.state.volumes import SqliteVolumeStore
-from eddy.base.errors import InvalidParameter
+from eddy.base.errors import InvalidArgument, InvalidParameter
 from eddy.base.pb import csi_pb2, csi_pb2_grpc
 from tests.support.grpc_server import serve
 
@@ -187,3 +191,72 @@ def test_create_volume_returns_the_canonical_parameters(controller, case, params
     volume = _create(controller, f"good-{case}", params).volume
     assert dict(volume.volume_context) == expected.to_parameters()
     assert volume.capacity_bytes == (expected.cache_capacity or 0)
+
+
+# --- fuzzing: any text gives a spec or InvalidArgument, never another exception -------------
+
+KNOWN_KEYS = ("endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
+              "metadataTTL", "readAhead")
+SOURCES = ("local:///data", "s3://bucket/x", "pvc://ns/claim/sub", "nfs://nas/exports",
+           "https://example.com/d/", "http://[::1]:8080/x", "local://", "s3://", "http://[")
+# Any character (lone surrogates too: a command line's undecodable bytes become those), and
+# the characters parsers split on, so that fuzzed values reach past the first check.
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
+SYNTAX = st.text("0123456789.eE+-_ kMGTPEi,/:@?#%[]\n\x00MEMSSDtrueimmutable", max_size=40)
+VALUES = st.one_of(ANY_TEXT, SYNTAX, st.sampled_from(SOURCES),
+                   st.tuples(st.sampled_from(SOURCES), st.one_of(ANY_TEXT, SYNTAX))
+                   .map("".join))
+KNOWN_PARAMETERS = st.fixed_dictionaries(
+    {"source": VALUES}, optional={key: VALUES for key in KNOWN_KEYS})
+# Values each key could well take, so that whole specs parse and their round trip is tried.
+PLAUSIBLE_PARAMETERS = st.fixed_dictionaries({"source": st.sampled_from(SOURCES[:6])}, optional={
+    "endpoint": st.sampled_from(("http://minio:9000/", "https://[::1]:9000", "http://[x")),
+    "region": st.from_regex(r"[a-z0-9-]{1,40}\n?", fullmatch=True),
+    "cacheCapacity": st.tuples(st.integers(0, 10**30).map(str),
+                               st.sampled_from(("", ".5", ".0001")),
+                               st.sampled_from(("", "Ki", "Gi", "k", "E", "Ei"))).map("".join),
+    "tiers": st.lists(st.sampled_from(("MEM", "SSD", " HDD", "x")), min_size=1, max_size=3)
+    .map(",".join),
+    "blockSize": st.sampled_from(("64Ki", "1Mi", "4194304", "64Mi", "3Mi", "128Mi", "0.5Mi")),
+    "preload": st.one_of(st.lists(st.one_of(SYNTAX, ANY_TEXT), max_size=3).map(",".join),
+                         st.sampled_from(("true", "No", "/true", "0/", "a,,b", ".."))),
+    "metadataTTL": st.one_of(st.floats().map(repr), st.sampled_from(("immutable", "1e-320"))),
+    "readAhead": st.integers(-5, 100).map(str),
+})
+ANY_PARAMETERS = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS + ("source",)), ANY_TEXT,
+                                           st.just("csi.storage.k8s.io/pvc/name")),
+                                 VALUES, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(PLAUSIBLE_PARAMETERS, KNOWN_PARAMETERS, ANY_PARAMETERS))
+def test_fuzzed_parameters_give_a_spec_that_round_trips_or_invalid_argument(params):
+    try:
+        spec = parse_parameters(params)
+    except InvalidArgument:
+        return
+    canonical = spec.to_parameters()
+    assert parse_parameters(canonical) == spec
+    assert parse_parameters(canonical).to_parameters() == canonical
+
+
+@settings(max_examples=300, deadline=None)
+@given(VALUES)
+def test_fuzzed_sources_give_a_source_or_invalid_argument(value):
+    try:
+        source = parse_source(value)
+    except InvalidArgument:
+        return
+    assert parse_source(source.uri) == source
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.one_of(st.sampled_from(SECRET_KEYS), ANY_TEXT),
+                       st.one_of(ANY_TEXT, SYNTAX).map(lambda v: "hunter2" + v), max_size=4))
+def test_fuzzed_secrets_are_kept_or_refused_without_showing_a_value(secrets):
+    try:
+        kept = parse_secrets(secrets)
+    except InvalidArgument as e:
+        assert "hunter2" not in str(e)
+        return
+    assert kept == secrets

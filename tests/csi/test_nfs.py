@@ -14,12 +14,11 @@ import pytest
 
 from cache_engine.spec import parse_parameters
 from csi import mounts
-from csi.daemons import DaemonConfig
-from csi.mounter.states import MountState, Phase
 from csi.nfs import NfsMounts
 from csi.node import NodeService
 from eddy.base.pb import csi_pb2
 from tests.support.driver import cleanup_mounts, mount_capability
+from tests.support.fake_daemons import FakeMounter
 from tests.support.wait import wait_for
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
@@ -50,33 +49,6 @@ class FakeNfs:
         source.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "--bind", "-o", "ro", str(source), mountpoint], check=True)
         self.mounted.append(export)
-
-
-class FakeMounter:
-    """Records what each mount daemon would read; nothing is mounted, no daemon runs."""
-
-    def __init__(self):
-        self.sources: list[str] = []
-        self.mounts: dict[str, MountState] = {}
-
-    def start(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def stage(self, config: DaemonConfig) -> MountState:
-        self.sources.append(config.parameters["source"])
-        state = MountState(config.volume_id, config.mountpoint, "0:1", 0, Phase.SERVING, "",
-                           0, True)
-        self.mounts[config.volume_id] = state
-        return state
-
-    def unstage(self, volume_id: str) -> None:
-        self.mounts.pop(volume_id, None)
-
-    def states(self) -> list[MountState]:
-        return list(self.mounts.values())
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
-"""A mount and mount daemons that only count, for the mounter's own rules."""
+"""A mount and mount daemons that only count, for the mounter's own rules; a mounter that only
+records, for the node service's."""
 
 from __future__ import annotations
 
 import os
 
 from csi.daemons import DaemonConfig, MountDaemon
+from csi.mounter.states import MountState, Phase
 from eddy.base.errors import Unavailable
 
 
@@ -54,3 +56,30 @@ class Fakes:
 def config(tmp_path, volume_id="v1", **parameters) -> DaemonConfig:
     return DaemonConfig(volume_id, str(tmp_path / "mnt" / volume_id),
                         {"source": "local:///data", **parameters}, {"token": "s3cr3t"})
+
+
+class FakeMounter:
+    """Records what each mount daemon would read; nothing is mounted, no daemon runs."""
+
+    def __init__(self):
+        self.sources: list[str] = []
+        self.mounts: dict[str, MountState] = {}
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stage(self, config: DaemonConfig) -> MountState:
+        self.sources.append(config.parameters["source"])
+        state = MountState(config.volume_id, config.mountpoint, "0:1", 0, Phase.SERVING, "",
+                           0, True)
+        self.mounts[config.volume_id] = state
+        return state
+
+    def unstage(self, volume_id: str) -> None:
+        self.mounts.pop(volume_id, None)
+
+    def states(self) -> list[MountState]:
+        return list(self.mounts.values())

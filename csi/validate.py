@@ -1,0 +1,97 @@
+"""The checks of CSI request fields that the controller and the node share.
+
+Each raises InvalidArgument naming the field as the CSI spec spells it, before any work is
+done. The limits (README "Volume parameters") are chosen against where the values end up:
+
+- a volume id is at most 128 bytes, the CSI spec's size of a string field: eddy's own ids have
+  37 bytes, kubelet's ids of inline volumes 68, and the node makes file names of them;
+- a volume name is at most 256 bytes: the external-provisioner's have 40 (`pvc-<uuid>`); a
+  name is recorded in a ConfigMap by the Kubernetes state store, and one over its 1 MiB used
+  to be retried there forever;
+- a path is absolute, at most PATH_MAX (4096) bytes, each component at most NAME_MAX (255);
+- none may hold a control character: ids end on command lines (where a NUL cannot) and paths
+  in mount(2).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cache_engine.spec import DatasetSpec
+from eddy.base.errors import InvalidArgument, InvalidParameter
+from eddy.base.limits import path_problem, text_problem
+from eddy.base.pb import csi_pb2
+from eddy.base.rpc import require
+
+MAX_VOLUME_ID = 128
+MAX_NAME = 256
+FILESYSTEMS_ONLY = "eddy serves filesystems only (mount access type), not block devices"
+UNKNOWN_MODE = csi_pb2.VolumeCapability.AccessMode.UNKNOWN
+
+
+def volume_id(request) -> str:
+    """The request's `volume_id`: required, at most MAX_VOLUME_ID bytes, printable."""
+    return _text(request, "volume_id", MAX_VOLUME_ID)
+
+
+def name(request) -> str:
+    """CreateVolume's `name`: required, at most MAX_NAME bytes, printable."""
+    return _text(request, "name", MAX_NAME)
+
+
+def _text(request, field: str, limit: int) -> str:
+    require(request, field)
+    value = getattr(request, field)
+    problem = text_problem(value, limit)
+    if problem:
+        raise InvalidArgument(f"{field} {problem}")
+    return value
+
+
+def path(request, field: str) -> str:
+    """The request's path `field`, required and absolute, normalised (no trailing slash)."""
+    require(request, field)
+    value = getattr(request, field)
+    problem = path_problem(value)
+    if problem:
+        raise InvalidArgument(f"{field} {problem}")
+    return os.path.normpath(value)
+
+
+def capability(request) -> None:
+    """The node's `volume_capability`: required, and one eddy can serve."""
+    require(request, "volume_capability")
+    problem = capability_problem(request.volume_capability, "volume_capability")
+    if problem:
+        raise InvalidArgument(problem)
+
+
+def capabilities_problem(capabilities) -> str:
+    """Why these `volume_capabilities` cannot be served ("" if they can): mount access only."""
+    for i, cap in enumerate(capabilities):
+        problem = capability_problem(cap, f"volume_capabilities[{i}]")
+        if problem:
+            return problem
+    return ""
+
+
+def capability_problem(cap: csi_pb2.VolumeCapability, field: str) -> str:
+    if cap.HasField("block"):
+        return f"{field}: {FILESYSTEMS_ONLY}"
+    if not cap.HasField("mount"):
+        return f"{field}: access_type is required (mount)"
+    if cap.access_mode.mode == UNKNOWN_MODE:
+        return f"{field}: access_mode is required"
+    return ""
+
+
+def node_tiers(spec: DatasetSpec, node_id: str, tier_names: tuple[str, ...]) -> None:
+    """Refuse a volume whose `tiers` parameter names a tier this node does not have.
+
+    The controller cannot know a node's tiers, so CreateVolume accepts any tier name; the
+    node refuses at NodeStageVolume (no tier names: a node that does not say, accept)."""
+    unknown = [t for t in spec.tiers if tier_names and t not in tier_names]
+    if unknown:
+        raise InvalidParameter("tiers", f"{', '.join(map(repr, unknown))} "
+                               f"{'is not a tier' if len(unknown) == 1 else 'are not tiers'} "
+                               f"of node {node_id} (its tiers: {', '.join(tier_names)})")
