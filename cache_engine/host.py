@@ -56,8 +56,7 @@ class EngineHost:
 
     Owns the `CacheEngine` (opened on `state_dir` with the tiers given as NAME:PATH:SIZE flags;
     StateDirBusy if another process holds that directory) and its server. The node plugin's
-    `csi.server.Driver` and a standalone mount daemon create one; `serve` starts the socket,
-    `add_to` also offers the API on another server (the node plugin's CSI socket, for the CLI).
+    `csi.server.Driver` and a standalone mount daemon create one; `serve` starts the socket.
     """
 
     def __init__(self, tiers: list[str], state_dir: str, threads: int = THREADS):
@@ -69,14 +68,11 @@ class EngineHost:
     def tier_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.engine.tiers)
 
-    def add_to(self, server: grpc.Server, volumes: Volumes) -> None:
-        """Offer the engine's API on `server` (which the caller starts) as well."""
-        cache_pb2_grpc.add_CacheEngineServicer_to_server(
-            CacheEngineService(self.engine, volumes), server)
-
     def serve(self, path: str, volumes: Volumes) -> None:
-        """Start serving the engine's API on the unix socket at `path` (mode 0600)."""
-        self.add_to(self.server, volumes)
+        """Start serving the engine's API on the unix socket at `path` (mode 0600), and only
+        there: it hands out tier files and opens any source it is given, so it is root's."""
+        cache_pb2_grpc.add_CacheEngineServicer_to_server(
+            CacheEngineService(self.engine, volumes), self.server)
         self.path = path
         start_private(self.server, path)
 

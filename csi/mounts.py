@@ -25,6 +25,15 @@ def is_mount_point(path: str) -> bool:
     return find_mount(path) is not None
 
 
+def foreign_mount(path: str, fsname: str) -> str | None:
+    """What is mounted at `path` if it is not a view of the FUSE connection named `fsname`
+    ("fstype source"), or None when nothing is, or it is that connection's."""
+    found = find_mount(path)
+    if found is None or (found.fstype == "fuse.eddy" and found.source == fsname):
+        return None
+    return f"{found.fstype} {found.source}"
+
+
 def bind_mount(source: str, target: str, read_only: bool) -> None:
     """Bind `source` onto `target`; read-only binds are remounted ro (a bind ignores MS_RDONLY)."""
     try:

@@ -34,6 +34,7 @@ from eddy.base.rpc import Servicer
 
 from . import daemons, mounts, validate
 from .ephemeral import EphemeralPolicy, is_ephemeral
+from .fuse import device
 from .inflight import InFlight
 from .mount_health import MountHealth
 from .mounter.mounter import Mounter
@@ -46,6 +47,7 @@ from .volume_cache import VolumeCache, condition
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 READER_ONLY = {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
 NodeCap = csi_pb2.NodeServiceCapability.RPC
+KUBELET_DIR = "/var/lib/kubelet"
 WATCH_INTERVAL = 0.5  # seconds between looks at the mounter's mounts
 
 
@@ -62,8 +64,9 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                  engine_endpoint: str | None = None, tier_names: tuple[str, ...] = (),
                  cache: VolumeCache | None = None, ephemeral: EphemeralPolicy | None = None,
                  nfs: NfsMounts | None = None, watch_interval: float = WATCH_INTERVAL,
-                 secrets_dir: str = DEFAULT_SECRETS_DIR):
+                 secrets_dir: str = DEFAULT_SECRETS_DIR, kubelet_dir: str = KUBELET_DIR):
         self.node_id = node_id
+        self.kubelet_dir = kubelet_dir  # every staging and target path the CO names is beneath
         # Without a mounter process of its own, the node runs one here (`eddy serve` alone).
         self.mounter = mounter or Mounter(os.path.join(state_dir, "mounter"), others_hold=False,
                                           secrets_dir=secrets_dir)
@@ -167,7 +170,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def NodeStageVolume(self, request):
         validate.volume_id(request)
-        path = validate.path(request, "staging_target_path")
+        path = validate.path(request, "staging_target_path", self.kubelet_dir)
         validate.capability(request)
         spec = self._dataset(dict(request.volume_context))
         secrets = parse_secrets(dict(request.secrets))
@@ -247,7 +250,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def NodeUnstageVolume(self, request):
         validate.volume_id(request)
-        path = validate.path(request, "staging_target_path")
+        path = validate.path(request, "staging_target_path", self.kubelet_dir)
         with self._inflight.hold(request.volume_id):
             vol = self._volumes.get(request.volume_id)
             if vol is None:  # gone already; or its record was lost: the mounter may have it
@@ -267,10 +270,10 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def NodePublishVolume(self, request):
         validate.volume_id(request)
-        target = validate.path(request, "target_path")
+        target = validate.path(request, "target_path", self.kubelet_dir)
         inline = is_ephemeral(dict(request.volume_context))
         if not inline:  # an inline volume's context is checked as it is parsed
-            validate.path(request, "staging_target_path")
+            validate.path(request, "staging_target_path", self.kubelet_dir)
             check_limits(dict(request.volume_context))
         validate.capability(request)
         read_only = request.readonly or request.volume_capability.access_mode.mode in READER_ONLY
@@ -294,19 +297,34 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def NodeUnpublishVolume(self, request):
         validate.volume_id(request)
-        target = validate.path(request, "target_path")
+        target = validate.path(request, "target_path", self.kubelet_dir)
         with self._inflight.hold(request.volume_id):
-            mounts.unmount_all(target)
-            try:
-                os.rmdir(target)
-            except FileNotFoundError:
-                pass
             vol = self._volumes.get(request.volume_id)
+            if self._may_unmount(vol, request.volume_id, target):
+                mounts.unmount_all(target)
+                try:
+                    os.rmdir(target)
+                except FileNotFoundError:
+                    pass
             if vol is not None and vol.targets.pop(target, None) is not None:
                 self._records.save(vol)
             if vol is not None and vol.ephemeral and not vol.targets:
                 self._unstage_inline(vol)
         return csi_pb2.NodeUnpublishVolumeResponse()
+
+    def _may_unmount(self, vol: StagedVolume | None, volume_id: str, target: str) -> bool:
+        """Whether the mount at `target` is this volume's to remove: a target it was published
+        at, or (its record lost) a view of its connection; never another volume's target or a
+        mount eddy did not make."""
+        if vol is not None and target in vol.targets:
+            return True
+        with self._lock:
+            owner = next((v.volume_id for v in self._volumes.values() if target in v.targets),
+                         None) or mounts.foreign_mount(target, device.fsname(volume_id))
+        if owner:
+            self._log.warning("target.not_this_volume", volume_id=volume_id, target=target,
+                              owner=owner)
+        return not owner
 
     def _staged(self, request) -> StagedVolume:
         vol = self._volumes.get(request.volume_id)
@@ -340,7 +358,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def NodeGetVolumeStats(self, request):
         validate.volume_id(request)
-        path = validate.path(request, "volume_path")
+        path = validate.path(request, "volume_path", self.kubelet_dir)
         vol = self._volumes.get(request.volume_id)
         if vol is None or (path != vol.staging_path and path not in vol.targets):
             raise NotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")

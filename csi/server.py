@@ -22,7 +22,7 @@ from .ephemeral import EphemeralPolicy
 from .identity import IdentityService
 from .mounter.mounter import Mounter
 from .mounter.service import MounterClient
-from .node import NodeService
+from .node import KUBELET_DIR, NodeService
 from .state.secrets import DEFAULT_SECRETS_DIR
 from .state.volumes import SqliteVolumeStore
 from .volume_cache import VolumeCache
@@ -89,6 +89,7 @@ class DriverConfig:
     ephemeral_tiers: list[str] = field(default_factory=list)  # node tiers they may use
     mounter: str = ""  # unix:///PATH of `eddy mounter`; "" runs the mounter in this process
     secrets_dir: str = DEFAULT_SECRETS_DIR  # node-stage secrets, on tmpfs only
+    kubelet_dir: str = KUBELET_DIR  # staging and target paths must be beneath it
     socket_group: str = ""  # the CSI socket is 0660 for this group ("" : 0600, root's alone)
 
 
@@ -119,6 +120,7 @@ class Driver:
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
                                     config.log_level, mounter=_mounter(config),
                                     secrets_dir=config.secrets_dir,
+                                    kubelet_dir=config.kubelet_dir,
                                     engine_endpoint=self.engine_endpoint,
                                     tier_names=self.host.tier_names,
                                     cache=VolumeCache(self.host.engine),
@@ -126,10 +128,10 @@ class Driver:
                                         config.ephemeral_allow, config.ephemeral_endpoints,
                                         config.ephemeral_tiers))
             csi_pb2_grpc.add_NodeServicer_to_server(self.node, self.server)
-            # The CLI (`eddy status`, `eddy preload`) reaches the engine on either socket.
+            # The engine's API lives only on its own 0600 socket (for the daemons and the CLI),
+            # never on the CSI socket, which the CO's sidecars reach.
             self.volumes = Volumes(self.node.volume_ids, self.node.dataset_of,
                                    self.node.volume_mounts)
-            self.host.add_to(self.server, self.volumes)
         identity = IdentityService(config.driver_name, with_controller)
         csi_pb2_grpc.add_IdentityServicer_to_server(identity, self.server)
 

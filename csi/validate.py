@@ -30,8 +30,13 @@ UNKNOWN_MODE = csi_pb2.VolumeCapability.AccessMode.UNKNOWN
 
 
 def volume_id(request) -> str:
-    """The request's `volume_id`: required, at most MAX_VOLUME_ID bytes, printable."""
-    return _text(request, "volume_id", MAX_VOLUME_ID)
+    """The request's `volume_id`: required, at most MAX_VOLUME_ID bytes, printable, and
+    nothing a path or a command line could take for something else (`/`, `..`, a leading `-`)."""
+    value = _text(request, "volume_id", MAX_VOLUME_ID)
+    if "/" in value or ".." in value or value.startswith("-"):
+        raise InvalidArgument(f"volume_id {value!r} may not contain '/' or '..' nor start "
+                              f"with '-'")
+    return value
 
 
 def name(request) -> str:
@@ -48,14 +53,28 @@ def _text(request, field: str, limit: int) -> str:
     return value
 
 
-def path(request, field: str) -> str:
-    """The request's path `field`, required and absolute, normalised (no trailing slash)."""
+def path(request, field: str, root: str | None = None) -> str:
+    """The request's path `field`, required and absolute, normalised (no trailing slash), and
+    beneath `root` (kubelet's directory) when given, its parent's real path too: a CO names
+    paths in its own directory, and the node plugin mounts over whatever it is told."""
     require(request, field)
     value = getattr(request, field)
     problem = path_problem(value)
     if problem:
         raise InvalidArgument(f"{field} {problem}")
-    return os.path.normpath(value)
+    value = os.path.normpath(value)
+    if root is not None:
+        root = os.path.normpath(root)
+        parent = os.path.realpath(os.path.dirname(value))
+        if not (value.startswith(root.rstrip("/") + "/")
+                and _beneath(parent, os.path.realpath(root))):
+            raise InvalidArgument(f"{field} {value} is not under the kubelet directory {root} "
+                                  f"(eddy serve --kubelet-dir)")
+    return value
+
+
+def _beneath(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def capability(request) -> None:

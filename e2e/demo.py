@@ -171,7 +171,7 @@ def run(workdir: str, memdir: str, model_bytes: int, small_files: int) -> int:
 
 def _scenario(cluster: Cluster, s3: S3Server, driver: DriverProcess,
               hashes: dict[str, str]) -> int:
-    endpoint = f"unix://{driver.socket}"
+    endpoint = driver.engine_endpoint
     volume = cluster.create_volume("pvc-llama", {
         "source": f"s3://{BUCKET}/{PREFIX}", "endpoint": s3.endpoint, "region": "us-east-1",
         "metadataTTL": "immutable"})

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["all", "controller", "node"], default="all")
     s.add_argument("--endpoint", default="unix:///csi/csi.sock",
                    help="CSI socket, unix:///path (default: %(default)s); it is made 0600")
+    s.add_argument("--kubelet-dir", default="/var/lib/kubelet", metavar="DIR",
+                   help="kubelet's root: every staging and target path must be beneath it "
+                        "(default: %(default)s)")
     s.add_argument("--socket-group", default="", metavar="GROUP",
                    help="make the CSI socket 0660 for this group, for sidecars that run as it")
     s.add_argument("--node-id", default=socket.gethostname(),
@@ -114,9 +117,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--endpoint", default="unix:///csi/csi.sock",
-                       help="the node plugin's socket, as given to `eddy serve` "
-                            "(default: %(default)s)")
+    where.add_argument("--endpoint", default="unix:///var/lib/eddy/engine.sock",
+                       help="the node plugin's engine socket: engine.sock in its --state-dir, "
+                            "or its --engine-endpoint (default: %(default)s)")
     where.add_argument("--mountpoint", help="a directory mounted by `eddy mount`")
 
 
@@ -153,7 +156,8 @@ def _serve(args) -> int:
         metrics_address=args.metrics_address, state_store=args.state_store,
         state_namespace=args.state_namespace, ephemeral_allow=args.ephemeral_allow,
         ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers,
-        mounter=args.mounter, socket_group=args.socket_group, secrets_dir=args.secrets_dir))
+        mounter=args.mounter, socket_group=args.socket_group, secrets_dir=args.secrets_dir,
+        kubelet_dir=args.kubelet_dir))
     stopping = _stop_signals()
     driver.start()
     stopping.wait()

@@ -355,7 +355,7 @@ def test_a_mounter_that_is_down_shows_in_volume_stats_and_status(node, tmp_path,
 
     def status() -> dict:
         out = subprocess.run([sys.executable, "-m", "eddy.cli", "status", "--json",
-                              "--endpoint", f"unix://{n.plugin.socket}"], capture_output=True,
+                              "--endpoint", n.plugin.engine_endpoint], capture_output=True,
                              text=True, timeout=60, check=True).stdout
         [row] = json.loads(out)
         [mount] = row["mounts"]

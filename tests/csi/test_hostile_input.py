@@ -239,6 +239,28 @@ CASES = [
      ["target_path", "control characters"]),
     ("stats-path-relative", ("node", "NodeGetVolumeStats", csi_pb2.NodeGetVolumeStatsRequest(
         volume_id=VOLUME_ID, volume_path="mount")), INVALID, ["volume_path", "absolute"]),
+    # -- what the node may touch: kubelet's directory, ids that name nothing else -----------------
+    ("stage-path-outside-kubelet", stage(path="/etc/eddy-staging"), INVALID,
+     ["staging_target_path", "not under the kubelet directory /var/lib/kubelet"]),
+    ("stage-path-dotdot-out-of-kubelet", stage(path="/var/lib/kubelet/../../../etc/x"), INVALID,
+     ["staging_target_path", "/etc/x", "not under the kubelet directory"]),
+    ("stage-path-is-kubelet-dir", stage(path="/var/lib/kubelet"), INVALID,
+     ["staging_target_path", "not under the kubelet directory"]),
+    ("publish-target-outside-kubelet", publish(target="/root/.ssh"), INVALID,
+     ["target_path", "not under the kubelet directory"]),
+    ("unpublish-target-outside-kubelet", ("node", "NodeUnpublishVolume",
+                                          csi_pb2.NodeUnpublishVolumeRequest(
+                                              volume_id=VOLUME_ID, target_path="/proc")), INVALID,
+     ["target_path", "not under the kubelet directory"]),
+    ("stats-path-outside-kubelet", ("node", "NodeGetVolumeStats", csi_pb2.NodeGetVolumeStatsRequest(
+        volume_id=VOLUME_ID, volume_path="/")), INVALID, ["volume_path", "not under"]),
+    ("stage-id-slash", stage(volume_id="a/b"), INVALID, ["volume_id", "'/'"]),
+    ("stage-id-dotdot", stage(volume_id=".."), INVALID, ["volume_id", "'..'"]),
+    ("stage-id-leading-dash", stage(volume_id="-rf"), INVALID, ["volume_id", "'-'"]),
+    ("unpublish-id-leading-dash", ("node", "NodeUnpublishVolume",
+                                   csi_pb2.NodeUnpublishVolumeRequest(
+                                       volume_id="--help", target_path=TARGET)), INVALID,
+     ["volume_id", "'-'"]),
 ]
 
 

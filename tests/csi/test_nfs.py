@@ -55,6 +55,7 @@ class FakeNfs:
 def node(tmp_path):
     fake_nfs, fake_daemons = FakeNfs(tmp_path / "exports"), FakeMounter()
     service = NodeService("n1", str(tmp_path / "state"), mounter=fake_daemons,
+                          kubelet_dir=str(tmp_path),
                           nfs=NfsMounts(str(tmp_path / "state"), mount=fake_nfs))
     yield service, fake_nfs, fake_daemons
     service.close()
@@ -96,6 +97,7 @@ def test_a_restarted_plugin_mounts_the_export_again_before_the_daemon(node, tmp_
     mounts.unmount_all(mountpoint)  # what a new plugin container finds
     fake_daemons.mounts.clear()  # a mounter that lost its records: the volume is staged again
     restarted = NodeService("n1", str(tmp_path / "state"), mounter=fake_daemons,
+                            kubelet_dir=str(tmp_path),
                             nfs=NfsMounts(str(tmp_path / "state"), mount=fake_nfs))
     restarted.start()
     try:

@@ -101,7 +101,7 @@ def test_preload_then_every_read_is_a_hit_and_status_matches_the_tiers(node, tmp
         volume = create(node, "pvc-preload", {"source": http.url, "metadataTTL": "immutable",
                                               "blockSize": "256Ki", "preload": "true"})
         staging, targets = stage_and_publish(node, tmp_path, volume, targets=("pod-a",))
-        out = eddy("preload", "--endpoint", f"unix://{node.socket}", "--volume-id",
+        out = eddy("preload", "--endpoint", node.engine_endpoint, "--volume-id",
                    volume.volume_id, "--wait", "--json")
         last = json.loads(out.stdout.splitlines()[-1])
         assert last["state"] == "Complete" and last["bytes_cached"] == total
@@ -114,7 +114,7 @@ def test_preload_then_every_read_is_a_hit_and_status_matches_the_tiers(node, tmp
         # A file read whole may be compacting into an extent: both copies exist meanwhile.
         wait_for(lambda: tier_bytes(tmp_path / "mem") + tier_bytes(tmp_path / "ssd") == total,
                  what="every block stored once")
-        [row] = json.loads(eddy("status", "--endpoint", f"unix://{node.socket}",
+        [row] = json.loads(eddy("status", "--endpoint", node.engine_endpoint,
                                 "--json").stdout)
         in_tiers = {"MEM": tier_bytes(tmp_path / "mem"), "SSD": tier_bytes(tmp_path / "ssd")}
         assert row["volumes"] == [volume.volume_id] and row["phase"] == "Ready"
@@ -134,7 +134,7 @@ def test_preload_then_every_read_is_a_hit_and_status_matches_the_tiers(node, tmp
         [usage] = stats.usage
         assert usage.used == total and usage.total == row["cache_capacity_bytes"]
         assert not stats.volume_condition.abnormal
-        table = eddy("status", "--endpoint", f"unix://{node.socket}", "--wide").stdout
+        table = eddy("status", "--endpoint", node.engine_endpoint, "--wide").stdout
         assert "CACHED PERCENTAGE" in table and "100.0%" in table and volume.volume_id in table
         teardown_volume(node, volume, staging, targets)
     assert mounts_under(str(tmp_path)) == []
@@ -148,7 +148,7 @@ def test_a_preload_larger_than_the_capacity_ends_capacity_reached(node, tmp_path
             parameters={"source": http.url, "blockSize": "64Ki", "cacheCapacity": "1Mi"},
             capacity_range=csi_pb2.CapacityRange(required_bytes=MI))).volume
         staging, targets = stage_and_publish(node, tmp_path, volume, targets=("pod-a",))
-        out = eddy("preload", "--endpoint", f"unix://{node.socket}", "--wait", "--json",
+        out = eddy("preload", "--endpoint", node.engine_endpoint, "--wait", "--json",
                    check=False)
         assert out.returncode == 1, out.stdout + out.stderr
         assert "CapacityReached" in out.stderr
@@ -157,7 +157,7 @@ def test_a_preload_larger_than_the_capacity_ends_capacity_reached(node, tmp_path
         stored = tier_bytes(tmp_path / "mem") + tier_bytes(tmp_path / "ssd")
         assert last["bytes_cached"] == stored
         assert 0 < stored <= MI
-        [row] = json.loads(eddy("status", "--endpoint", f"unix://{node.socket}",
+        [row] = json.loads(eddy("status", "--endpoint", node.engine_endpoint,
                                 "--json").stdout)
         assert row["phase"] == "CapacityReached" and row["cached_bytes"] == stored
         assert row["cached_percentage"] == pytest.approx(100 * stored / (3 * MI), abs=0.01)
@@ -180,7 +180,7 @@ def test_a_preload_interrupted_by_an_engine_kill_resumes_without_refetching(tmp_
             drv.kill()  # the engine dies with the node plugin, mid-job
             drv = DriverProcess(workdir, extra_args=args).start()
             first_run = {(r.path, r.range) for r in http.data_gets()}
-            out = eddy("preload", "--endpoint", f"unix://{drv.socket}", "--wait", "--json")
+            out = eddy("preload", "--endpoint", drv.engine_endpoint, "--wait", "--json")
             last = json.loads(out.stdout.splitlines()[-1])
             assert last["state"] == "Complete" and last["bytes_cached"] == total
             gets = [(r.path, r.range) for r in http.data_gets()]

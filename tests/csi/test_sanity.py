@@ -145,7 +145,8 @@ def test_volume_stats_missing_field(driver, missing):
 
 
 def test_volume_stats_unknown_volume_is_not_found(driver):
-    req = csi_pb2.NodeGetVolumeStatsRequest(volume_id="nope", volume_path="/tmp/nope")
+    req = csi_pb2.NodeGetVolumeStatsRequest(volume_id="nope",
+                                            volume_path=f"{driver.kubelet_dir}/nope")
     assert code_of(driver.node.NodeGetVolumeStats, req) == Code.NOT_FOUND
 
 

@@ -169,6 +169,9 @@ def test_node_sockets_agree_between_eddy_sidecars_and_kubelet(directory):
     assert registration == f"{kubelet_root['mountPath']}/plugins/{name}/csi.sock"
     assert host_path(node, registrar, "/registration") == \
         f"{kubelet_root['mountPath']}/plugins_registry"
+    # ... and the plugin refuses staging and target paths outside it
+    plugin = _parser().parse_args(["serve", *expand(eddy, objects)])
+    assert plugin.kubelet_dir == kubelet_root["mountPath"]
 
 
 @installs()
@@ -196,6 +199,15 @@ def test_liveness_probes_ask_the_livenessprobe_sidecar(directory):
         probe_port = int(flag_value(container(workload, "liveness-probe")["args"],
                                     "--health-port"))
         assert ports[eddy["livenessProbe"]["httpGet"]["port"]] == probe_port
+
+
+@installs()
+def test_eddy_status_in_the_plugin_container_reaches_its_engine_socket(directory):
+    """`kubectl exec ... eddy status` with no flags talks to the plugin's engine socket."""
+    objects = render(directory)
+    plugin = _parser().parse_args(["serve", *eddy_args(objects, "DaemonSet")])
+    engine = socket_path(plugin.engine_endpoint or f"unix://{plugin.state_dir}/engine.sock")
+    assert socket_path(_parser().parse_args(["status"]).endpoint) == engine
 
 
 @installs()

@@ -27,16 +27,25 @@ class DriverProcess:
     """`eddy serve --mode MODE` in a temp dir; `.identity`, `.controller`, `.node` stubs."""
 
     def __init__(self, workdir: str, mode: str = "all", node_id: str = "test-node",
-                 extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+                 kubelet_dir: str | None = None):
         self.workdir = workdir
+        # The test's own directory plays kubelet's root: staging and target paths live in it.
+        self.kubelet_dir = kubelet_dir or os.path.dirname(os.path.abspath(workdir))
         self.socket = os.path.join(workdir, "csi.sock")
         self.state_dir = os.path.join(workdir, "state")
         self.log_path = os.path.join(workdir, "driver.log")
         self.args = [*prefix, sys.executable, "-m", "eddy.cli", "--log-level", "debug", "serve",
                      "--mode", mode, "--endpoint", f"unix://{self.socket}",
-                     "--node-id", node_id, "--state-dir", self.state_dir, *extra_args]
+                     "--node-id", node_id, "--state-dir", self.state_dir,
+                     "--kubelet-dir", self.kubelet_dir, *extra_args]
         self.proc: subprocess.Popen | None = None
         self.channel: grpc.Channel | None = None
+
+    @property
+    def engine_endpoint(self) -> str:
+        """The engine's own socket, which `eddy status` and `eddy preload` talk to."""
+        return f"unix://{os.path.join(self.state_dir, 'engine.sock')}"
 
     def start(self, timeout: float = 30.0) -> DriverProcess:
         os.makedirs(self.workdir, exist_ok=True)
