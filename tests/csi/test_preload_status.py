@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.request
 
+import grpc
 import pytest
 
 from eddy.base.pb import cache_pb2, cache_pb2_grpc, csi_pb2
@@ -90,7 +91,8 @@ def node(tmp_path):
 
 
 def engine_stub(drv) -> cache_pb2_grpc.CacheEngineStub:
-    return cache_pb2_grpc.CacheEngineStub(drv.channel)
+    """The node plugin's engine API, on its own socket (the CSI socket serves only CSI)."""
+    return cache_pb2_grpc.CacheEngineStub(grpc.insecure_channel(drv.engine_endpoint))
 
 
 def test_preload_then_every_read_is_a_hit_and_status_matches_the_tiers(node, tmp_path):
