@@ -89,7 +89,7 @@ class EngineClient:
     def open_dataset(self, spec: DatasetSpec, secrets: dict[str, str],
                      volume_id: str = "") -> DatasetInfo:
         resp = self._call(self._stub.OpenDataset, cache_pb2.OpenDatasetRequest(
-            parameters=spec.to_parameters(), secrets=secrets, volume_id=volume_id),
+            parameters=spec.engine_parameters(), secrets=secrets, volume_id=volume_id),
             timeout=CONNECT_TIMEOUT, wait=True)
         return DatasetInfo(resp.dataset_id, resp.block_size,
                            None if resp.immutable else resp.metadata_ttl, resp.read_ahead)

@@ -39,6 +39,9 @@ MAX_RESERVED_VALUE_BYTES = 64 << 10  # kubelet's csi.storage.k8s.io/serviceAccou
 MAX_SECRET_BYTES = 16 << 10  # STS session tokens run to a few KiB
 PRELOAD_ALL = ("true", "yes", "1", "all")
 PRELOAD_NONE = ("", "false", "no", "0")
+# How files look, not what they hold: the mount applies these, the engine never needs them.
+OWNER_KEYS = ("uid", "gid", "fileMode", "dirMode")
+MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to chown(2): never an owner
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i|[kMGTPE])?$")
 _SUFFIX = {
@@ -51,6 +54,7 @@ _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^[0-9]+(\.[0-9]+){3}$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_OCTAL_MODE = re.compile(r"^(?:0o)?([0-7]{1,4})$")
 
 
 def parse_quantity(text: str) -> int:
@@ -94,6 +98,12 @@ class DatasetSpec:
     preload: tuple[str, ...] | bool = False
     metadata_ttl: float | None = DEFAULT_METADATA_TTL  # None = immutable
     read_ahead: int = DEFAULT_READ_AHEAD
+    # Owner and permission bits every entry shows (None: the source's, where it has them,
+    # else uid/gid 0, files 0444, directories 0555). README "Permissions".
+    uid: int | None = None
+    gid: int | None = None
+    file_mode: int | None = None
+    dir_mode: int | None = None
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_parameters(self) -> dict[str, str]:
@@ -117,7 +127,16 @@ class DatasetSpec:
             out["preload"] = "/" + listed if keyword else listed
         out["metadataTTL"] = _format_ttl(self.metadata_ttl)
         out["readAhead"] = str(self.read_ahead)
+        owner = (self.uid, self.gid, self.file_mode, self.dir_mode)
+        for key, value in zip(OWNER_KEYS, owner, strict=True):
+            if value is not None:
+                out[key] = str(value) if key in ("uid", "gid") else f"{value:04o}"
         return out
+
+    def engine_parameters(self) -> dict[str, str]:
+        """`to_parameters` without the owner keys: the engine caches bytes, the mount shows
+        owners, and an engine that predates those keys would refuse them."""
+        return {k: v for k, v in self.to_parameters().items() if k not in OWNER_KEYS}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -241,6 +260,23 @@ def _parse_int(key: str, value: str, low: int, high: int) -> int:
     return n
 
 
+def _parse_id(key: str, value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise InvalidParameter(key, f"{shown(value)} is not a numeric id (e.g. 1000)")
+    return _parse_int(key, value, 0, MAX_ID)
+
+
+def _parse_mode(key: str, value: str) -> int:
+    m = _OCTAL_MODE.fullmatch(value)
+    if not m:
+        raise InvalidParameter(key, f"{shown(value)} is not an octal mode (e.g. 0644)")
+    mode = int(m.group(1), 8)
+    if mode > 0o777:
+        raise InvalidParameter(key, f"{shown(value)} is outside 0000..0777 (no setuid, setgid "
+                                    "or sticky bit)")
+    return mode
+
+
 def _parse_tiers(value: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in value.split(","))
     for name in names:
@@ -307,7 +343,7 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         if key in dataset:
             raise InvalidParameter(key, "credentials belong in the node-stage secret, not here")
     known = {"source", "endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
-             "metadataTTL", "readAhead"}
+             "metadataTTL", "readAhead", *OWNER_KEYS}
     for key in sorted(dataset):
         if key not in known:
             raise InvalidParameter(key, f"unknown parameter (known: {', '.join(sorted(known))})")
@@ -339,6 +375,10 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         kwargs["metadata_ttl"] = _parse_ttl(dataset["metadataTTL"])
     if "readAhead" in dataset:
         kwargs["read_ahead"] = _parse_int("readAhead", dataset["readAhead"], 0, MAX_READ_AHEAD)
+    for key, name in zip(OWNER_KEYS, ("uid", "gid", "file_mode", "dir_mode"), strict=True):
+        if key in dataset:
+            parse = _parse_id if name in ("uid", "gid") else _parse_mode
+            kwargs[name] = parse(key, dataset[key])
     return DatasetSpec(**kwargs)
 
 

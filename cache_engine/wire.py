@@ -27,15 +27,21 @@ class EngineUnreachable(UfsUnavailable):
     """Nobody answers on the engine socket (the node plugin is down or restarting)."""
 
 
+_OWNER = ("mode", "uid", "gid")
+
+
 def entry_to_pb(entry: Entry) -> cache_pb2.Entry:
+    owner = {f: getattr(entry, f) for f in _OWNER if getattr(entry, f) is not None}
     return cache_pb2.Entry(path=entry.path, kind=KIND_TO_PB[entry.kind], size=entry.size,
                            mtime_ns=entry.mtime_ns, version=entry.version,
-                           target=entry.target or "")
+                           target=entry.target or "", **owner)
 
 
 def entry_from_pb(msg: cache_pb2.Entry) -> Entry:
+    """An absent mode, uid or gid (an object store, an older engine) stays None, not 0."""
+    owner = {f: getattr(msg, f) if msg.HasField(f) else None for f in _OWNER}
     return Entry(msg.path, KIND_FROM_PB[msg.kind], msg.size, msg.mtime_ns, msg.version,
-                 msg.target or None)
+                 msg.target or None, **owner)
 
 
 def progress_to_pb(p: PreloadProgress) -> cache_pb2.PreloadJob:

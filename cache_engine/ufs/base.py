@@ -32,7 +32,9 @@ class Entry:
     """What the source says about one path.
 
     `version` changes whenever the content may have changed (an etag, or size + mtime); block
-    keys include it, so a changed file never serves old bytes.
+    keys include it, so a changed file never serves old bytes. `mode` (permission bits),
+    `uid` and `gid` are None where the source has no such thing (object stores): the mount
+    then shows the volume's defaults.
     """
 
     path: str
@@ -41,6 +43,9 @@ class Entry:
     mtime_ns: int = 0
     version: str = ""
     target: str | None = None  # for symlinks: the link text, already checked to stay inside
+    mode: int | None = None  # st_mode & 0o7777 at the source, without the file type
+    uid: int | None = None
+    gid: int | None = None
 
     @property
     def name(self) -> str:

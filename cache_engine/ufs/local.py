@@ -92,11 +92,13 @@ class LocalUfs(UfsBackend):
         return fd, parts[-1]
 
     def _entry(self, rel: str, st: os.stat_result, target: str | None = None) -> Entry:
+        owner = {"mode": statmod.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
         if statmod.S_ISDIR(st.st_mode):
-            return Entry(rel, Kind.DIR, 0, st.st_mtime_ns, version_of(st))
+            return Entry(rel, Kind.DIR, 0, st.st_mtime_ns, version_of(st), **owner)
         if statmod.S_ISLNK(st.st_mode):
-            return Entry(rel, Kind.SYMLINK, len(target or ""), st.st_mtime_ns, "", target)
-        return Entry(rel, Kind.FILE, st.st_size, st.st_mtime_ns, version_of(st))
+            return Entry(rel, Kind.SYMLINK, len(target or ""), st.st_mtime_ns, "", target,
+                         **owner)
+        return Entry(rel, Kind.FILE, st.st_size, st.st_mtime_ns, version_of(st), **owner)
 
     def stat(self, path: str) -> Entry:
         rel = clean_path(path)

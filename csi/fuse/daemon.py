@@ -52,6 +52,7 @@ from eddy.base.errors import EddyError, InvalidArgument, NotFound, Unavailable
 from eddy.base.sockets import socket_path
 
 from . import device
+from .attributes import Permissions
 from .fs import DatasetFs
 from .session import Journal, SessionTable
 
@@ -264,7 +265,8 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         if session is not None and pyfuse3_can_resume():
             def on_init() -> None:  # before the INIT is answered: a successor needs it
                 journal.save_init(pyfuse3.get_init_exchange()[0])
-        fs = DatasetFs(opened.backend, spec.metadata_ttl, table=table, on_init=on_init)
+        fs = DatasetFs(opened.backend, spec.metadata_ttl, table=table, on_init=on_init,
+                       permissions=Permissions.of(spec))
         target = mountpoint if session is None else f"/dev/fd/{session.fd}"
         dev_before = os.stat(mountpoint).st_dev if session is None else None
         # From mounting until the signal receiver runs, a SIGTERM would kill the process and

@@ -13,8 +13,10 @@ keep its page cache across every open of it. When the source file changes, the n
 after the metadata TTL answers a new inode; readers that opened the old version keep reading
 the old inode (its own pages, its own size) and never see a mix of old and new bytes. Numbers
 are never reused: a file version keeps its number across forgets and lookups, and a new version
-gets a new one. Node ids and handles live in a `SessionTable` (session.py), journaled before
-each answer, so a daemon that resumes this mount after its predecessor died knows them all.
+gets a new one. Modes and owners are the source's or the volume's (attributes.py), and the
+kernel checks them (`default_permissions`). Node ids and handles live in a `SessionTable`
+(session.py), journaled before each answer, so a daemon that resumes this mount after its
+predecessor died knows them all.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import errno
 import functools
 import os
 import posixpath
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,15 +37,12 @@ from cache_engine.ufs.base import Entry, Kind, UfsBackend, VersionChanged, join
 from eddy.base import log
 from eddy.base.errors import EddyError
 
+from .attributes import BLOCK_SIZE, Permissions, entry_attributes
 from .passthrough import BackingFiles, Passthrough, pyfuse3_has_passthrough
 from .session import SessionTable
 
-BLOCK_SIZE = 1 << 20  # st_blksize: tells readers (cp, dd, Python's io) to ask in 1 MiB
 READ_THREADS = 16
 METADATA_THREADS = 8
-
-_MODES = {Kind.FILE: stat.S_IFREG | 0o444, Kind.DIR: stat.S_IFDIR | 0o555,
-          Kind.SYMLINK: stat.S_IFLNK | 0o777}
 
 # Checked in order by isinstance; the first match wins. VersionChanged is an OSError too.
 _ERRNO = (
@@ -104,8 +102,8 @@ class DatasetFs(pyfuse3.Operations):
 
     Example::
 
-        fs = DatasetFs(LocalUfs("/data"), metadata_ttl=60)
-        pyfuse3.init(fs, "/mnt/data", {"ro", "fsname=eddy"})
+        fs = DatasetFs(LocalUfs("/data"), metadata_ttl=60, permissions=Permissions(uid=1000))
+        pyfuse3.init(fs, "/mnt/data", {"ro", "fsname=eddy", "default_permissions"})
         trio.run(pyfuse3.main)
     """
 
@@ -125,9 +123,11 @@ class DatasetFs(pyfuse3.Operations):
         passthrough: bool = True,
         table: SessionTable | None = None,
         on_init: Callable[[], None] | None = None,
+        permissions: Permissions | None = None,
     ):
         super().__init__()
         self._reader = reader
+        self._permissions = permissions or Permissions()
         self._on_init = on_init
         # Readers that keep checked blocks in memory answer those requests without a thread.
         self._read_cached = getattr(reader, "read_cached", None)
@@ -200,18 +200,8 @@ class DatasetFs(pyfuse3.Operations):
         return cached.entry, cached.expiry
 
     def _attributes(self, inode: int, entry: Entry, expiry: float) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = inode
-        attr.st_mode = _MODES[entry.kind]
-        attr.st_nlink = 1  # 1, not 2, for dirs: find(1) then never skips subdirectories
-        attr.st_uid = 0
-        attr.st_gid = 0
-        attr.st_size = entry.size
-        attr.st_blksize = BLOCK_SIZE
-        attr.st_blocks = (entry.size + 511) // 512
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
-        attr.entry_timeout = attr.attr_timeout = self._meta.kernel_timeout(expiry)
-        return attr
+        return entry_attributes(inode, entry, self._permissions,
+                                self._meta.kernel_timeout(expiry))
 
     # -- names and attributes ------------------------------------------------------------
 

@@ -173,14 +173,21 @@ class Journal:
 def _entry_record(entry: Entry | None) -> list | None:
     if entry is None:
         return None
-    return [entry.kind.value, entry.size, entry.mtime_ns, entry.version, entry.target]
+    return [entry.kind.value, entry.size, entry.mtime_ns, entry.version, entry.target,
+            entry.mode, entry.uid, entry.gid]
 
 
 def _entry(path: str, record: list | None) -> Entry | None:
+    """The entry of a record; one written before modes and owners were kept has none."""
     if record is None:
         return None
-    kind, size, mtime_ns, version, target = record
-    return Entry(path, Kind(kind), size, mtime_ns, version, target)
+    kind, size, mtime_ns, version, target, *owner = record
+    mode, uid, gid = owner or (None, None, None)
+    return Entry(path, Kind(kind), size, mtime_ns, version, target, mode, uid, gid)
+
+
+def _owner(entry: Entry) -> tuple[int | None, ...]:
+    return entry.mode, entry.uid, entry.gid
 
 
 class SessionTable:
@@ -297,10 +304,15 @@ class SessionTable:
     # -- node ids ------------------------------------------------------------------------
 
     def inode_of(self, path: str, entry: Entry) -> int:
-        """The node id of `path` as `entry` describes it (a new one for a new file version)."""
+        """The node id of `path` as `entry` describes it (a new one for a new file version).
+
+        A chmod or chown at the source keeps the version: the file's node id stays, and
+        shows the new mode and owner from then on.
+        """
         is_file = entry.kind is Kind.FILE
         inode = self._inodes.get((path, entry.version if is_file else None))
-        if inode is None or (is_file and inode not in self._versions):
+        known = self._versions.get(inode) if is_file and inode is not None else None
+        if inode is None or (is_file and (known is None or _owner(known) != _owner(entry))):
             self._record("node", inode or self._next_inode, path,
                          _entry_record(entry) if is_file else None)
             inode = self._inodes[(path, entry.version if is_file else None)]

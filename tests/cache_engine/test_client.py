@@ -12,6 +12,7 @@ from cache_engine.client import EngineClient
 from cache_engine.host import engine_server, start_private
 from cache_engine.reader import DatasetReader
 from cache_engine.service import CacheEngineService
+from cache_engine.ufs.local import LocalUfs
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
 from eddy.base.pb import cache_pb2_grpc
 from tests.support.engine import FakeClock, blob, make_spec
@@ -58,6 +59,22 @@ def test_a_reader_over_the_socket_gets_the_source_bytes(served, source):
     stats = engine.statistics()
     assert stats.hits >= 10 and stats.source_bytes == sum(
         len(source.data(p)) for p in ("data/a.bin", "data/b.bin", "small.txt"))
+
+
+def test_a_local_source_modes_and_owners_reach_the_mount_over_the_socket(serve, tmp_path):
+    root = tmp_path / "src"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "secret").write_bytes(b"x")
+    os.chown(root / "d" / "secret", 1234, 5678)
+    os.chmod(root / "d" / "secret", 0o600)
+    os.chmod(root / "d", 0o750)
+    _, client = serve(ufs=LocalUfs(str(root)))
+    ds = client.open_dataset(make_spec(f"local://{root}", uid="7"), {}).dataset_id
+    secret = client.stat(ds, "d/secret")
+    assert (secret.mode, secret.uid, secret.gid) == (0o600, 1234, 5678)
+    [listed] = client.list(ds, "d")
+    assert listed == secret
+    assert client.stat(ds, "d").mode == 0o750
 
 
 def test_locate_over_the_socket_carries_the_following_blocks(served):

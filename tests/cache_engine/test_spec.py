@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 import pytest
 from hypothesis import given, settings
@@ -70,6 +72,20 @@ INVALID = [
      ["endpoint", "credentials"]),
     ("bad-region", {"source": "s3://b-1/x", "region": "US East"}, ["region"]),
     ("preload-dotdot", LOCAL | {"preload": "a,../b"}, ["preload", ".."]),
+    ("uid-not-a-number", LOCAL | {"uid": "nobody"}, ["uid", "numeric"]),
+    ("uid-negative", LOCAL | {"uid": "-1"}, ["uid", "numeric"]),
+    ("uid-signed", LOCAL | {"uid": "+5"}, ["uid", "numeric"]),
+    ("uid-arabic-digits", LOCAL | {"uid": "\u0663"}, ["uid", "numeric"]),
+    ("uid-no-change-value", LOCAL | {"uid": "4294967295"}, ["uid", "outside"]),
+    ("gid-too-big", LOCAL | {"gid": "99999999999"}, ["gid", "outside"]),
+    ("gid-empty", LOCAL | {"gid": ""}, ["gid", "numeric"]),
+    ("file-mode-not-octal", LOCAL | {"fileMode": "0648"}, ["fileMode", "octal"]),
+    ("file-mode-symbolic", LOCAL | {"fileMode": "u+r"}, ["fileMode", "octal"]),
+    ("file-mode-setuid", LOCAL | {"fileMode": "4755"}, ["fileMode", "0000..0777", "setuid"]),
+    ("file-mode-too-long", LOCAL | {"fileMode": "00644"}, ["fileMode", "octal"]),
+    ("dir-mode-sticky", LOCAL | {"dirMode": "1777"}, ["dirMode", "sticky"]),
+    ("dir-mode-empty", LOCAL | {"dirMode": ""}, ["dirMode", "octal"]),
+    ("dir-mode-spaces", LOCAL | {"dirMode": " 755"}, ["dirMode", "octal"]),
 ]
 
 RESERVED = {
@@ -109,6 +125,13 @@ VALID = [
      DatasetSpec(Source("https", "https://example.com/data/?x=1",
                         root="https://example.com/data/?x=1"),
                  read_ahead=64, block_size=64 * MiB, metadata_ttl=1234567.0)),
+    ("s3-owner-and-modes", {"source": "s3://bucket", "uid": "1000", "gid": "0100",
+                            "fileMode": "0o640", "dirMode": "750"},
+     DatasetSpec(Source("s3", "s3://bucket", bucket="bucket"), uid=1000, gid=100,
+                 file_mode=0o640, dir_mode=0o750)),
+    ("local-closed-to-all", LOCAL | {"fileMode": "0", "dirMode": "0000", "gid": "4294967294"},
+     DatasetSpec(Source("local", "local:///data", root="/data"), gid=4294967294, file_mode=0,
+                 dir_mode=0)),
 ]
 
 
@@ -134,6 +157,15 @@ def test_valid_parameters_parse_to_the_spec(case, params, expected):
     canonical = spec.to_parameters()
     assert parse_parameters(canonical) == spec
     assert not any(k.startswith("csi.storage.k8s.io/") for k in canonical)
+
+
+def test_owner_keys_stay_with_the_mount_and_are_not_sent_to_the_engine():
+    spec = parse_parameters({"source": "s3://bucket", "uid": "1000", "fileMode": "640"})
+    assert spec.to_parameters()["fileMode"] == "0640"
+    sent = spec.engine_parameters()
+    # An engine that predates these keys would refuse them; it needs none of them.
+    assert not set(sent) & {"uid", "gid", "fileMode", "dirMode"}
+    assert parse_parameters(sent) == replace(spec, uid=None, file_mode=None)
 
 
 def test_parse_quantity():
@@ -196,13 +228,13 @@ def test_create_volume_returns_the_canonical_parameters(controller, case, params
 # --- fuzzing: any text gives a spec or InvalidArgument, never another exception -------------
 
 KNOWN_KEYS = ("endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
-              "metadataTTL", "readAhead")
+              "metadataTTL", "readAhead", "uid", "gid", "fileMode", "dirMode")
 SOURCES = ("local:///data", "s3://bucket/x", "pvc://ns/claim/sub", "nfs://nas/exports",
            "https://example.com/d/", "http://[::1]:8080/x", "local://", "s3://", "http://[")
 # Any character (lone surrogates too: a command line's undecodable bytes become those), and
 # the characters parsers split on, so that fuzzed values reach past the first check.
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
-SYNTAX = st.text("0123456789.eE+-_ kMGTPEi,/:@?#%[]\n\x00MEMSSDtrueimmutable", max_size=40)
+SYNTAX = st.text("0123456789.eE+-_ kMGTPEi,/:@?#%[]\n\x00MEMSSDtrueimmutableo", max_size=40)
 VALUES = st.one_of(ANY_TEXT, SYNTAX, st.sampled_from(SOURCES),
                    st.tuples(st.sampled_from(SOURCES), st.one_of(ANY_TEXT, SYNTAX))
                    .map("".join))
@@ -222,6 +254,12 @@ PLAUSIBLE_PARAMETERS = st.fixed_dictionaries({"source": st.sampled_from(SOURCES[
                          st.sampled_from(("true", "No", "/true", "0/", "a,,b", ".."))),
     "metadataTTL": st.one_of(st.floats().map(repr), st.sampled_from(("immutable", "1e-320"))),
     "readAhead": st.integers(-5, 100).map(str),
+    "uid": st.integers(-1, 1 << 33).map(str),
+    "gid": st.one_of(st.integers(0, 70000).map(str), st.from_regex(r"0*[0-9]{1,11}\n?",
+                                                                  fullmatch=True)),
+    "fileMode": st.tuples(st.sampled_from(("", "0", "0o")), st.integers(0, 0o7777))
+    .map(lambda t: f"{t[0]}{t[1]:o}"),
+    "dirMode": st.from_regex(r"(0o)?[0-9]{1,5}", fullmatch=True),
 })
 ANY_PARAMETERS = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS + ("source",)), ANY_TEXT,
                                            st.just("csi.storage.k8s.io/pvc/name")),

@@ -28,6 +28,7 @@ from tests.support.driver import (
     stage_and_publish,
     teardown_volume,
 )
+from tests.support.fuse import run_as
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
@@ -159,6 +160,42 @@ def test_killed_mount_daemon_is_replaced_on_the_same_mount(driver, tmp_path):
     assert "restarted 1 times" in stats.volume_condition.message
     teardown_volume(driver, volume, staging, targets)
     assert mounts_under(str(tmp_path)) == []
+
+
+def test_a_staged_volume_keeps_the_source_modes_across_a_daemon_restart(driver, tmp_path):
+    """The mounter's own mount(2) of /dev/fuse enforces modes too, and a successor daemon
+    answers for a file its predecessor looked up with the mode the journal kept."""
+    src = tmp_path / "dataset"
+    src.mkdir(mode=0o755)
+    for name, mode, owner in (("private", 0o600, 0), ("public", 0o644, 0), ("users", 0o640, 1000)):
+        (src / name).write_bytes(name.encode())
+        os.chown(src / name, owner, owner)
+        (src / name).chmod(mode)
+    volume = create(driver, "pvc-modes", {"source": f"local://{src}", "metadataTTL": "0"})
+    staging, targets = stage_and_publish(driver, tmp_path, volume, targets=("pod-a",))
+    nobody = 65534
+
+    def check(target: str) -> None:
+        denied = run_as(nobody, nobody, ["cat", "private"], cwd=target)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        assert run_as(nobody, nobody, ["cat", "public"], cwd=target).stdout == "public"
+        assert run_as(1000, 1000, ["cat", "users"], cwd=target).stdout == "users"
+        shown = os.stat(os.path.join(target, "users"))
+        assert (shown.st_mode & 0o7777, shown.st_uid, shown.st_gid) == (0o640, 1000, 1000)
+
+    check(targets[0])
+    held = os.open(os.path.join(targets[0], "private"), os.O_RDONLY)
+    try:
+        [pid] = daemon_pids(volume.volume_id)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: daemon_pids(volume.volume_id) not in ([], [pid]),
+                 what="a new mount daemon")
+        st = os.fstat(held)  # metadataTTL 0: the kernel asks the successor, which replayed it
+        assert (st.st_mode & 0o7777, st.st_uid) == (0o600, 0)
+    finally:
+        os.close(held)
+    check(targets[0])
+    teardown_volume(driver, volume, staging, targets)
 
 
 def test_plugin_restart_adopts_running_daemons(tmp_path):

@@ -46,7 +46,7 @@ class OpenDatasetResponse(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., block_size: _Optional[int] = ..., metadata_ttl: _Optional[float] = ..., immutable: _Optional[bool] = ..., read_ahead: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("path", "kind", "size", "mtime_ns", "version", "target")
+    __slots__ = ("path", "kind", "size", "mtime_ns", "version", "target", "mode", "uid", "gid")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         FILE: _ClassVar[Entry.Kind]
@@ -61,13 +61,19 @@ class Entry(_message.Message):
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
     path: str
     kind: Entry.Kind
     size: int
     mtime_ns: int
     version: str
     target: str
-    def __init__(self, path: _Optional[str] = ..., kind: _Optional[_Union[Entry.Kind, str]] = ..., size: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., version: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+    mode: int
+    uid: int
+    gid: int
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[_Union[Entry.Kind, str]] = ..., size: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., version: _Optional[str] = ..., target: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
 
 class StatRequest(_message.Message):
     __slots__ = ("dataset_id", "path")

@@ -51,6 +51,24 @@ def test_stat_root_file_and_dir(tree):
     assert ufs.stat("empty").size == 0
 
 
+def test_entries_carry_the_source_modes_and_owners(tree):
+    ufs, root = tree
+    before = ufs.stat("data.bin").version
+    os.chown(root / "data.bin", 1234, 5678)  # first: a chown clears the setuid bit
+    os.chown(root / "link_in", 4321, 8765, follow_symlinks=False)
+    os.chmod(root / "data.bin", 0o4640)
+    os.chmod(root / "sub", 0o2710)
+    e = ufs.stat("data.bin")
+    assert (e.mode, e.uid, e.gid) == (0o4640, 1234, 5678)  # bits as they are: the mount decides
+    assert (ufs.stat("sub").mode, ufs.stat("sub").uid) == (0o2710, os.stat(root / "sub").st_uid)
+    link = ufs.stat("link_in")  # the link's own owner, not its target's
+    assert (link.uid, link.gid) == (4321, 8765)
+    assert [(x.name, x.mode) for x in ufs.list("") if x.name == "data.bin"] == \
+        [("data.bin", 0o4640)]
+    assert ufs.stat("").mode == os.stat(root).st_mode & 0o7777
+    assert e.version == before  # a chmod or chown changes no bytes: cached blocks stay valid
+
+
 def test_missing_paths(tree):
     ufs, _ = tree
     with pytest.raises(FileNotFoundError):

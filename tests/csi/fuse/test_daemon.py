@@ -15,6 +15,7 @@ import os
 import queue
 import random
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -24,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from csi.mounts import is_mount_point
-from tests.support.fuse import fuse_problem
+from tests.support.fuse import fuse_problem, run_as
+from tests.support.http_source import HttpSource
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -195,12 +197,104 @@ def test_symlinks_inside_are_links_and_links_outside_are_hidden(mount):
     assert not os.path.lexists(mnt / "escape")
 
 
-def test_modes_and_owners(mount):
-    mnt, _, _ = mount
-    f, d = os.stat(mnt / "big.bin"), os.stat(mnt / "a")
-    assert (f.st_mode & 0o7777, d.st_mode & 0o7777) == (0o444, 0o555)
-    assert f.st_uid == f.st_gid == 0
-    assert f.st_blksize == 1 << 20
+def test_modes_and_owners_are_the_source_s(mount):
+    mnt, root, _ = mount
+    for rel in ("big.bin", "a", "a/notes.md", "many/f0001"):
+        shown, source = os.stat(mnt / rel), os.stat(root / rel)
+        assert (shown.st_mode, shown.st_uid, shown.st_gid) == \
+            (source.st_mode, source.st_uid, source.st_gid), rel
+    assert os.stat(mnt / "big.bin").st_blksize == 1 << 20
+
+
+NOBODY = 65534
+
+
+def permission_tree(root: Path) -> None:
+    """A dataset a hostPath or NFS claim could hold: root's private and public files, a
+    private directory, a user's file and a setuid one."""
+    root.chmod(0o755)  # mktemp makes it 0700: the mount's root would be closed to all
+    (root / "private").write_bytes(b"root only\n")
+    (root / "private").chmod(0o600)
+    (root / "public").write_bytes(b"for everyone\n")
+    (root / "public").chmod(0o644)
+    (root / "closed").mkdir(mode=0o700)
+    (root / "closed" / "inside").write_bytes(b"x")
+    (root / "closed" / "inside").chmod(0o644)
+    (root / "users").write_bytes(b"user 1000 and group 2000\n")
+    os.chown(root / "users", 1000, 2000)
+    (root / "users").chmod(0o640)
+    (root / "setuid").write_bytes(b"#!/bin/sh\n")
+    (root / "setuid").chmod(0o4755)
+
+
+def test_the_kernel_enforces_the_source_modes(start, tmp_path):
+    src = tmp_path / "perm-src"
+    src.mkdir()
+    permission_tree(src)
+    d = start(src, metadataTTL="immutable")
+    assert d.answer == "READY\n", d.log()
+    mnt = d.mountpoint
+    denied = run_as(NOBODY, NOBODY, ["cat", "private"], cwd=mnt)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert run_as(NOBODY, NOBODY, ["cat", "public"], cwd=mnt).stdout == "for everyone\n"
+    assert "Permission denied" in run_as(NOBODY, NOBODY, ["ls", "closed"], cwd=mnt).stderr
+    assert "Permission denied" in run_as(
+        NOBODY, NOBODY, ["cat", "closed/inside"], cwd=mnt).stderr
+    # The file's owner reads it, and so does its group; others do not.
+    assert run_as(1000, 1000, ["cat", "users"], cwd=mnt).returncode == 0
+    assert run_as(3000, 3000, ["cat", "users"], cwd=mnt, groups=(2000,)).returncode == 0
+    assert run_as(3000, 3000, ["cat", "users"], cwd=mnt).returncode != 0
+    assert (mnt / "private").read_bytes() == b"root only\n"  # root reads all, as at the source
+    shown = os.stat(mnt / "users")
+    assert (shown.st_mode, shown.st_uid, shown.st_gid) == (stat.S_IFREG | 0o640, 1000, 2000)
+    assert stat.S_IMODE(os.stat(mnt / "setuid").st_mode) == 0o755  # setuid never shown
+    # Write bits are shown as the source has them; writing is still refused.
+    assert os.stat(mnt / "private").st_mode & 0o200
+    with pytest.raises(OSError) as info:
+        os.open(mnt / "private", os.O_WRONLY)
+    assert info.value.errno == errno.EROFS
+
+
+def test_volume_parameters_override_the_source_modes(start, tmp_path):
+    src = tmp_path / "perm-src"
+    src.mkdir()
+    permission_tree(src)
+    d = start(src, uid="1000", gid="2000", fileMode="0640", dirMode="0750")
+    assert d.answer == "READY\n", d.log()
+    mnt = d.mountpoint
+    for rel in ("private", "public", "setuid"):
+        shown = os.stat(mnt / rel)
+        assert (shown.st_mode, shown.st_uid, shown.st_gid) == (stat.S_IFREG | 0o640, 1000, 2000)
+    assert stat.S_IMODE(os.stat(mnt / "closed").st_mode) == 0o750
+    assert run_as(1000, 1000, ["cat", "private"], cwd=mnt).stdout == "root only\n"
+    assert "Permission denied" in run_as(NOBODY, NOBODY, ["cat", "public"], cwd=mnt).stderr
+
+
+def test_an_object_store_shows_the_volume_s_owner_and_modes(start, tmp_path):
+    src = tmp_path / "site"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "file.txt").write_bytes(b"from http\n")
+    (src / "dir" / "file.txt").chmod(0o600)  # an HTTP server shows no modes: this never shows
+    with HttpSource(src) as http:
+        plain = start(src, source=http.url)
+        owned = start(src, source=http.url, uid="1000", gid="2000", fileMode="0440",
+                      dirMode="0550")
+        assert plain.answer == owned.answer == "READY\n", plain.log() + owned.log()
+        f, d = os.stat(plain.mountpoint / "dir/file.txt"), os.stat(plain.mountpoint / "dir")
+        assert (f.st_mode, f.st_uid, f.st_gid) == (stat.S_IFREG | 0o444, 0, 0)
+        assert (d.st_mode, d.st_uid, d.st_gid) == (stat.S_IFDIR | 0o555, 0, 0)
+        assert run_as(NOBODY, NOBODY, ["cat", "dir/file.txt"],
+                      cwd=plain.mountpoint).stdout == "from http\n"
+        f, d = os.stat(owned.mountpoint / "dir/file.txt"), os.stat(owned.mountpoint / "dir")
+        assert (f.st_mode, f.st_uid, f.st_gid) == (stat.S_IFREG | 0o440, 1000, 2000)
+        assert (d.st_mode, d.st_uid, d.st_gid) == (stat.S_IFDIR | 0o550, 1000, 2000)
+        assert run_as(1000, 1000, ["cat", "dir/file.txt"],
+                      cwd=owned.mountpoint).stdout == "from http\n"
+        with os.scandir(owned.mountpoint) as listing:  # readdirplus carries them too
+            assert [(e.name, e.stat().st_mode, e.stat().st_uid) for e in listing] == \
+                [("dir", stat.S_IFDIR | 0o550, 1000)]
+        assert "Permission denied" in run_as(NOBODY, NOBODY, ["cat", "dir/file.txt"],
+                                             cwd=owned.mountpoint).stderr
 
 
 def test_inode_numbers_are_stable(mount):

@@ -16,6 +16,8 @@ import trio
 from cache_engine.engine import CacheEngine
 from cache_engine.reader import DatasetReader
 from cache_engine.ufs.base import UfsUnavailable, VersionChanged
+from cache_engine.ufs.local import LocalUfs
+from csi.fuse.attributes import Permissions
 from csi.fuse.fs import DatasetFs, errno_of
 from csi.fuse.session import Journal, SessionTable
 from tests.support.engine import FakeClock, make_spec, make_tiers
@@ -49,6 +51,45 @@ def test_attributes_follow_the_entry_kind():
     assert f.st_size == 6 and f.st_blksize == 1 << 20 and f.st_mtime_ns == 7
     assert f.st_uid == f.st_gid == 0
     assert target == b"dir/a.bin"
+
+
+def test_a_volume_s_owner_and_modes_show_on_lookups_and_listings():
+    """An object store has no owners: the volume's uid, gid, fileMode and dirMode are shown
+    (listings through the kernel: test_daemon.py)."""
+    permissions = Permissions(uid=1000, gid=2000, file_mode=0o640, dir_mode=0o750)
+    fs = DatasetFs(FakeUfs(TREE), 60.0, clock=FakeClock(), permissions=permissions)
+
+    async def go():
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"dir")
+        f = await fs.lookup(d.st_ino, b"a.bin")
+        root = await fs.getattr(pyfuse3.ROOT_INODE)
+        return d, f, root
+
+    d, f, root = run(go)
+    assert (d.st_mode, d.st_uid, d.st_gid) == (0o40750, 1000, 2000)
+    assert (root.st_mode, root.st_uid) == (0o40750, 1000)
+    assert (f.st_mode, f.st_uid, f.st_gid) == (0o100640, 1000, 2000)
+
+
+def test_a_chmod_at_the_source_shows_after_the_ttl_on_the_same_inode(tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "f").chmod(0o644)
+    clock = FakeClock()
+    fs = DatasetFs(LocalUfs(str(tmp_path)), 10.0, clock=clock)
+
+    async def go():
+        before = await fs.lookup(pyfuse3.ROOT_INODE, b"f")
+        (tmp_path / "f").chmod(0o600)
+        os.chown(tmp_path / "f", 1000, 2000)
+        clock.advance(11)
+        after = await fs.lookup(pyfuse3.ROOT_INODE, b"f")
+        return before, after, await fs.getattr(after.st_ino)
+
+    before, after, attr = run(go)
+    assert (before.st_mode, before.st_uid) == (0o100644, 0)
+    assert after.st_ino == before.st_ino  # the same bytes: the kernel keeps its pages
+    assert (after.st_mode, after.st_uid, after.st_gid) == (0o100600, 1000, 2000)
+    assert (attr.st_mode, attr.st_uid) == (0o100600, 1000)
 
 
 def test_inode_numbers_are_stable_and_distinct():

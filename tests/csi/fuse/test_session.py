@@ -132,3 +132,40 @@ def test_without_a_session_nothing_is_written(tmp_path):
     table.looked_up(table.inode_of("x", file("x")))
     table.flush()
     assert Journal(None).replay() == [] and Journal(None).init_request() is None
+
+
+def test_a_successor_shows_the_modes_and_owners_its_predecessor_showed(tmp_path):
+    table = SessionTable(Journal(str(tmp_path)), compact_after=1)
+    private = Entry("private", Kind.FILE, 3, 5, "v1", None, 0o600, 1000, 2000)
+    public = Entry("public", Kind.FILE, 3, 5, "v1", None, 0o644, 0, 0)
+    for entry in (private, public):
+        table.looked_up(table.inode_of(entry.path, entry))
+    table.flush()  # compact_after=1: rewritten as a snapshot, which must keep them too
+    resumed = SessionTable.resume(Journal(str(tmp_path)))
+    for entry in (private, public):
+        inode = resumed.inode_of(entry.path, entry)
+        assert resumed.version_of(inode) == entry
+        assert inode == table.inode_of(entry.path, entry)
+
+
+def test_a_journal_from_before_modes_resumes_with_none(tmp_path):
+    """A daemon of the previous version wrote five fields per entry: its successor shows the
+    volume's defaults for those inodes (as the predecessor did), never a crash or mode 0."""
+    (tmp_path / "journal").write_text('["node",2,"old.bin",["file",3,5,"v1",null]]\n'
+                                      '["look",2,1]\n["next",3,1]\n')
+    resumed = SessionTable.resume(Journal(str(tmp_path)))
+    old = resumed.version_of(2)
+    assert (old.path, old.size, old.mode, old.uid, old.gid) == ("old.bin", 3, None, None, None)
+
+
+def test_a_chmod_at_the_source_keeps_the_node_id_and_shows_the_new_mode(tmp_path):
+    """chmod and chown change no bytes, so no version: the kernel's node id and pages stay,
+    and the next lookup's attributes carry the new mode, for a successor too."""
+    table = SessionTable(Journal(str(tmp_path)))
+    before = Entry("f", Kind.FILE, 3, 5, "v1", None, 0o644, 0, 0)
+    inode = table.inode_of("f", before)
+    after = Entry("f", Kind.FILE, 3, 5, "v1", None, 0o600, 0, 0)
+    assert table.inode_of("f", after) == inode
+    assert table.version_of(inode).mode == 0o600
+    table.flush()
+    assert SessionTable.resume(Journal(str(tmp_path))).version_of(inode).mode == 0o600
