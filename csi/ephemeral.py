@@ -77,7 +77,7 @@ class EphemeralPolicy:
         if not any(_covers(allowed, source) for allowed in self.sources):
             hint = " (local:// directories must be listed one by one)" \
                 if source.scheme == "local" else ""
-            raise InvalidArgument(f"inline ephemeral volumes may not read {source.uri}: it is "
+            raise InvalidArgument(f"inline ephemeral volumes may not read {source.shown}: it is "
                                   f"not under any --ephemeral-allow entry of this node{hint}")
         if spec.endpoint and spec.endpoint.rstrip("/") not in self.endpoints:
             raise InvalidArgument(f"inline ephemeral volumes may not use endpoint "

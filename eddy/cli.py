@@ -226,14 +226,14 @@ def _mount(args) -> int:
         from csi.fuse.daemon import run
 
         run(mountpoint, volume_id, spec.to_parameters(), secrets,
-            ready_callback=lambda: print(f"mounted {spec.source.uri} at {mountpoint}",
+            ready_callback=lambda: print(f"mounted {spec.source.shown} at {mountpoint}",
                                          flush=True), engine=engine)
         return 0
     log_path = os.path.join(args.log_dir, f"{volume_id}.log")
     daemon = daemons.start(daemons.DaemonConfig(volume_id, mountpoint, spec.to_parameters(),
                                                 secrets, args.log_level, log_path,
                                                 engine=engine))
-    print(json.dumps({"mounted": spec.source.uri, "mountpoint": mountpoint, "pid": daemon.pid,
+    print(json.dumps({"mounted": spec.source.shown, "mountpoint": mountpoint, "pid": daemon.pid,
                       "log": log_path, "state_dir": state_dir}))
     return 0
 

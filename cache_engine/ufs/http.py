@@ -37,6 +37,8 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from eddy.base.uris import shown_uri
+
 from ..spec import DatasetSpec
 from .base import (
     Entry,
@@ -57,7 +59,6 @@ from .http_index import (
     is_etag,
     is_html,
     mtime_ns,
-    shown_url,
     version_of,
 )
 
@@ -118,7 +119,7 @@ class HttpUfs(UfsBackend):
         del secrets  # http(s) sources are public: nothing to sign requests with
         parts = urlsplit(spec.source.root)
         url = urlunsplit((parts.scheme.lower(), parts.netloc, parts.path or "/", parts.query, ""))
-        self.description = shown_url(url)
+        self.description = shown_uri(url)
         self.max_unranged = max_unranged
         self._pool = urllib3.PoolManager(
             num_pools=4, maxsize=max_connections, block=True, timeout=timeout, retries=retries
@@ -160,7 +161,7 @@ class HttpUfs(UfsBackend):
         parent, name = posixpath.split(rel)
         kind = self._children(parent).get(name)
         if kind is None:
-            where = shown_url(self._dir_url(parent))
+            where = shown_uri(self._dir_url(parent))
             raise FileNotFoundError(errno.ENOENT, f"not listed in {where}", rel)
         if kind is Kind.DIR:
             return Entry(rel, Kind.DIR)
@@ -238,14 +239,14 @@ class HttpUfs(UfsBackend):
         if resp.status == 206:
             match = _CONTENT_RANGE.match((resp.headers.get("Content-Range") or "").strip())
             if not match or int(match.group(1)) != offset:
-                raise UfsUnavailable(f"{shown_url(url)} answered with a range it was not asked for")
+                raise UfsUnavailable(f"{shown_uri(url)} answered with a range it was not asked for")
             total = None if match.group(3) == "*" else int(match.group(3))
             if version:
                 self._check(resp.headers, total, version, rel)
             want = min(length, int(match.group(2)) - offset + 1)
             data = self._body(resp, url, want)
             if len(data) < want:
-                raise UfsUnavailable(f"{shown_url(url)} ended its answer early")
+                raise UfsUnavailable(f"{shown_uri(url)} ended its answer early")
             return data[:want], total
         # 200: the server ignored Range and sends the whole file.
         size = header_int(resp.headers.get("Content-Length"))
@@ -253,11 +254,11 @@ class HttpUfs(UfsBackend):
         body = self._body(resp, url, self.max_unranged + 1) if small else b""
         if not small or len(body) > self.max_unranged:
             raise UfsUnavailable(
-                f"{shown_url(url)}: server does not support range requests, and the file is too "
+                f"{shown_uri(url)}: server does not support range requests, and the file is too "
                 f"large to read whole (over {self.max_unranged} bytes)"
             )
         if size is not None and len(body) < size:
-            raise UfsUnavailable(f"{shown_url(url)} ended its answer early")
+            raise UfsUnavailable(f"{shown_uri(url)} ended its answer early")
         if version:
             self._check(resp.headers, len(body), version, rel)
         return body[offset:offset + length], len(body)
@@ -308,7 +309,7 @@ class HttpUfs(UfsBackend):
         else:
             size = header_int(resp.headers.get("Content-Length"))
         if size is None and need_size:
-            raise UfsUnavailable(f"{shown_url(url)} does not tell the size of the file")
+            raise UfsUnavailable(f"{shown_uri(url)} does not tell the size of the file")
         if refused:
             self._head_ok = False
         return resp.headers, size, final_url(resp, url)
@@ -329,7 +330,7 @@ class HttpUfs(UfsBackend):
         finally:
             _discard(resp)
         if len(body) > MAX_INDEX_PAGE:
-            raise UfsUnavailable(f"the index page {shown_url(url)} is over {MAX_INDEX_PAGE} bytes")
+            raise UfsUnavailable(f"the index page {shown_uri(url)} is over {MAX_INDEX_PAGE} bytes")
         return index_children(decode_page(body, resp.headers), final_url(resp, url))
 
     def _is_file(self, rel: str) -> bool:
@@ -370,26 +371,26 @@ class HttpUfs(UfsBackend):
                 preload_content=False, decode_content=False,
             )
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise UfsUnavailable(f"{shown_url(url)} cannot be reached: {_reason(e)}") from None
+            raise UfsUnavailable(f"{shown_uri(url)} cannot be reached: {_reason(e)}") from None
         status = resp.status
         if status < 300 or status in allow:
             return resp
         _discard(resp)
         if status in (404, 410):
             raise FileNotFoundError(
-                errno.ENOENT, f"not found at {shown_url(url)} (HTTP {status})", rel
+                errno.ENOENT, f"not found at {shown_uri(url)} (HTTP {status})", rel
             )
         if status in (401, 403, 407):
             raise PermissionError(
-                errno.EACCES, f"access to {shown_url(url)} was denied (HTTP {status}); "
+                errno.EACCES, f"access to {shown_uri(url)} was denied (HTTP {status}); "
                 "eddy reads public http(s) sources only", rel,
             )
         reason = (resp.reason or "")[:100]
-        raise UfsUnavailable(f"{shown_url(url)} answered HTTP {status} {reason}".rstrip())
+        raise UfsUnavailable(f"{shown_uri(url)} answered HTTP {status} {reason}".rstrip())
 
     def _body(self, resp, url: str, limit: int, decode: bool = False) -> bytes:
         """Up to `limit` bytes of the body; file bytes are never decoded (ranges count raw)."""
         try:
             return resp.read(limit, decode_content=decode)
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise UfsUnavailable(f"{shown_url(url)} cannot be read: {_reason(e)}") from None
+            raise UfsUnavailable(f"{shown_uri(url)} cannot be read: {_reason(e)}") from None

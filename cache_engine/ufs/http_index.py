@@ -15,7 +15,7 @@ import re
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from .base import Kind
 
@@ -118,13 +118,6 @@ def decode_page(body: bytes, headers) -> str:
     except LookupError:
         charset = "utf-8"
     return body.decode(charset, errors="replace")
-
-
-def shown_url(url: str) -> str:
-    """`url` for messages: without userinfo, and a query (maybe a signature) elided."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
 def final_url(resp, url: str) -> str:

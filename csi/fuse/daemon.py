@@ -249,7 +249,7 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     # A session's mountpoint is mounted already: a stat would wait for this very daemon.
     if session is None and not os.path.isdir(mountpoint):
         raise InvalidArgument(f"mountpoint {mountpoint} is not a directory")
-    logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.uri)
+    logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.shown)
     journal = session.journal() if session is not None else Journal(None)
     resume_init = journal.init_request()
     if resume_init is not None and not pyfuse3_can_resume():
@@ -259,7 +259,7 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     opened = _Reader(spec, secrets, engine, volume_id)
     try:
         if resume_init is None:  # a resumed mount serves what it can, whatever the source
-            _check_source(opened.backend, spec.source.uri)
+            _check_source(opened.backend, spec.source.shown)
         on_init = None
         if session is not None and pyfuse3_can_resume():
             def on_init() -> None:  # before the INIT is answered: a successor needs it
