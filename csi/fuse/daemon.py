@@ -9,7 +9,7 @@ JSON object on stdin, never on argv, which any user can read in /proc:
 `engine` says where blocks come from: `{"endpoint": "unix:///..."}` is the node plugin's cache
 engine (reads fall back to the source while it is unreachable); `{"tiers": [...],
 "state_dir": DIR}` runs an engine inside this process (`eddy mount`); absent, the daemon reads
-the source directly.
+the source directly. Its `redirect_allow` is the node's --http-redirect-allow (ufs/redirects.py).
 
 `session`, when present (`{"fd": N, "dir": DIR}`), says the mounter already mounted the
 connection and passed its /dev/fuse descriptor as fd N; DIR is the connection's session
@@ -46,7 +46,7 @@ import structlog
 import trio
 
 from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
-from cache_engine.ufs import Kind, UfsBackend, open_ufs
+from cache_engine.ufs import Kind, RedirectPolicy, UfsBackend, open_ufs
 from eddy.base import log
 from eddy.base.errors import EddyError, InvalidArgument, NotFound, Unavailable
 from eddy.base.sockets import socket_path
@@ -177,6 +177,7 @@ class _Reader:
         self.host = None
         self.client = None
         engine = engine or {}
+        redirects = RedirectPolicy.from_flags(engine.get("redirect_allow") or [])
         if engine.get("endpoint"):
             from cache_engine.client import EngineClient
             from cache_engine.reader import DatasetReader
@@ -184,7 +185,7 @@ class _Reader:
             self.client = EngineClient(engine["endpoint"])
             try:
                 self.backend = DatasetReader(self.client, spec, secrets,
-                                             direct=lambda: open_ufs(spec, secrets),
+                                             direct=lambda: open_ufs(spec, secrets, redirects),
                                              volume_id=volume_id)
             except BaseException:
                 self.client.close()
@@ -194,7 +195,8 @@ class _Reader:
             from cache_engine.reader import DatasetReader
 
             try:
-                self.host = EngineHost(engine.get("tiers") or [], engine["state_dir"], threads=4)
+                self.host = EngineHost(engine.get("tiers") or [], engine["state_dir"], threads=4,
+                                       redirects=redirects)
             except StateDirBusy as e:
                 raise StateDirBusy(
                     f"{e} (another mount is using it: give this one its own --state-dir)"
@@ -209,7 +211,7 @@ class _Reader:
                 self.host.close()
                 raise
         else:
-            self.backend = open_ufs(spec, secrets)
+            self.backend = open_ufs(spec, secrets, redirects)
 
     def close(self) -> None:
         self.backend.close()
