@@ -152,7 +152,7 @@ class CacheEngine:
         if volume_id:
             ds.volumes.add(volume_id)
         self._places.shrink_dataset(ds_id)
-        _log.info("dataset.open", dataset=ds_id, source=spec.source.uri,
+        _log.info("dataset.open", dataset=ds_id, source=spec.source.shown,
                   tiers=[t.name for t in allowed], capacity=spec.cache_capacity)
         return DatasetInfo(ds_id, spec.block_size, spec.metadata_ttl, spec.read_ahead)
 

@@ -10,6 +10,7 @@ through the client (cache_engine.client) or as the `EngineHost.engine` it holds.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent import futures
 
@@ -23,6 +24,7 @@ from .engine import CacheEngine
 from .service import CacheEngineService, Volumes
 from .tiers import parse_tiers
 from .types import StateDirBusy
+from .ufs import RedirectPolicy, open_ufs
 
 DEFAULT_TIER_SIZE = "10Gi"
 __all__ = ["CacheEngine", "EngineHost", "StateDirBusy", "Volumes", "default_tiers", "engine_server",
@@ -57,10 +59,13 @@ class EngineHost:
     Owns the `CacheEngine` (opened on `state_dir` with the tiers given as NAME:PATH:SIZE flags;
     StateDirBusy if another process holds that directory) and its server. The node plugin's
     `csi.server.Driver` and a standalone mount daemon create one; `serve` starts the socket.
+    `redirects` is the node's --http-redirect-allow, for every http(s) source it opens.
     """
 
-    def __init__(self, tiers: list[str], state_dir: str, threads: int = THREADS):
-        self.engine = CacheEngine(parse_tiers(tiers), state_dir)
+    def __init__(self, tiers: list[str], state_dir: str, threads: int = THREADS,
+                 redirects: RedirectPolicy | None = None):
+        self.engine = CacheEngine(parse_tiers(tiers), state_dir, open_ufs=functools.partial(
+            open_ufs, redirects=redirects or RedirectPolicy()))
         self.server = engine_server(threads)
         self.path: str | None = None
 

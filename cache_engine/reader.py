@@ -59,7 +59,7 @@ class DatasetReader(UfsBackend):
         self._spec = spec
         self._secrets = secrets
         self._volume_id = volume_id  # named in the engine's status
-        self.description = spec.source.uri
+        self.description = spec.source.shown
         self._lock = threading.Lock()
         self._open_direct = direct
         self._direct: UfsBackend | None = None

@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from eddy.base.errors import InvalidArgument, InvalidParameter
 from eddy.base.limits import cut, path_problem, shown, text_problem
+from eddy.base.uris import shown_uri
 
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 SOURCE_SCHEMES = ("local", "s3", "pvc", "nfs", "http", "https")
@@ -83,6 +84,11 @@ class Source:
     bucket: str = ""  # s3 bucket, pvc namespace, or nfs server
     root: str = ""  # local: absolute dir; s3: key prefix; pvc: name[/subdir]; nfs: absolute
     #                 export path (the node mounts it); http(s): full URL
+
+    @property
+    def shown(self) -> str:
+        """The URI for people (logs, errors, status): no query string (it may be a signature)."""
+        return shown_uri(self.uri)
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,8 @@ def _parse_endpoint(value: str) -> str:
         raise InvalidParameter("endpoint", f"{shown(value)} is not an http(s):// URL")
     if parts.username or parts.password:
         raise InvalidParameter("endpoint", "must not contain credentials")
+    if parts.query or parts.fragment:  # nothing to say to S3 there, and it would be shown
+        raise InvalidParameter("endpoint", "must not have a query or fragment")
     return value.rstrip("/")
 
 

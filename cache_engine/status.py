@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from eddy.base import log
+from eddy.base.uris import scrub_uris
 
 from .types import JobState, PreloadProgress
 from .ufs.base import walk_files
@@ -217,7 +218,7 @@ class DatasetStatuses:
         preload = self._preload(dataset_id)
         source_error = ds.source_error if ds is not None else ""
         return DatasetStatus(
-            dataset_id=dataset_id, source=ds.spec.source.uri if ds is not None else "",
+            dataset_id=dataset_id, source=ds.spec.source.shown if ds is not None else "",
             volumes=tuple(sorted(ds.volumes)) if ds is not None else (),
             ufs_total_bytes=scan.total if scan is not None else None,
             ufs_files=len(files) if files is not None else None,
@@ -225,4 +226,4 @@ class DatasetStatuses:
             capacity=self._capacity(dataset_id) if ds is not None else None,
             phase=phase_of(source_error, preload, files is not None),
             hits=hits, misses=misses, tier_bytes=tier_bytes, preload=preload,
-            message=source_error or (scan.error if scan is not None else ""))
+            message=scrub_uris(source_error or (scan.error if scan is not None else "")))

@@ -14,19 +14,27 @@ author is not the administrator, so the node only accepts what its flags allow:
         point the node at an arbitrary address
     --ephemeral-tiers MEM,SSD
         node tiers inline volumes may fill (default: all)
+    --ephemeral-allow-private
+        let them reach loopback, link-local (169.254.x.x: the cloud's metadata service),
+        private, shared (CGNAT) or unspecified addresses. Without it, the host of an http(s)
+        source or S3 endpoint is resolved at NodePublishVolume and refused if any of its
+        addresses is one of those, even when listed above: a name's addresses can change.
 
-A refusal is INVALID_ARGUMENT with a message naming the source and the flag, before anything is
-mounted.
+A refusal is INVALID_ARGUMENT with a message naming the source (the host and address) and the
+flag, before anything is mounted; a host that does not resolve is UNAVAILABLE (kubelet retries).
+A source's redirects are the node's matter for every volume (--http-redirect-allow).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from cache_engine.spec import DatasetSpec, Source, parse_source
-from eddy.base.errors import InvalidArgument, InvalidParameter
+from cache_engine.ufs.addresses import Resolve, non_public_address, resolve
+from eddy.base.errors import InvalidArgument, InvalidParameter, Unavailable
 
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
 _ENCODED = ("%2e", "%2f", "%5c")  # an encoded dot or slash could walk out of an allowed prefix
@@ -51,10 +59,13 @@ class EphemeralPolicy:
     sources: tuple[Source, ...] = ()
     endpoints: tuple[str, ...] = ()
     tiers: tuple[str, ...] = ()  # empty: every node tier
+    private: bool = False  # may reach loopback, link-local and private addresses
+    lookup: Resolve = field(default=resolve, compare=False, repr=False)
 
     @classmethod
     def from_flags(cls, allow: Iterable[str] = (), endpoints: Iterable[str] = (),
-                   tiers: Iterable[str] = ()) -> EphemeralPolicy:
+                   tiers: Iterable[str] = (), private: bool = False,
+                   lookup: Resolve = resolve) -> EphemeralPolicy:
         sources = []
         for entry in _split(allow):
             try:
@@ -66,7 +77,7 @@ class EphemeralPolicy:
                                       "they are resolved by the controller")
             sources.append(source)
         return cls(tuple(sources), tuple(e.rstrip("/") for e in _split(endpoints)),
-                   tuple(_split(tiers)))
+                   tuple(_split(tiers)), private, lookup)
 
     def admit(self, spec: DatasetSpec) -> DatasetSpec:
         """`spec` as this node will serve it inline, or InvalidArgument saying why not."""
@@ -77,12 +88,31 @@ class EphemeralPolicy:
         if not any(_covers(allowed, source) for allowed in self.sources):
             hint = " (local:// directories must be listed one by one)" \
                 if source.scheme == "local" else ""
-            raise InvalidArgument(f"inline ephemeral volumes may not read {source.uri}: it is "
+            raise InvalidArgument(f"inline ephemeral volumes may not read {source.shown}: it is "
                                   f"not under any --ephemeral-allow entry of this node{hint}")
         if spec.endpoint and spec.endpoint.rstrip("/") not in self.endpoints:
             raise InvalidArgument(f"inline ephemeral volumes may not use endpoint "
                                   f"{spec.endpoint}: it is not an --ephemeral-endpoint")
+        self._check_address(spec)
         return self._with_tiers(spec)
+
+    def _check_address(self, spec: DatasetSpec) -> None:
+        """Refuse a source host (http(s), an S3 endpoint) on the node's own networks."""
+        scheme = spec.source.scheme
+        url = spec.endpoint if scheme == "s3" else spec.source.uri \
+            if scheme in ("http", "https") else ""
+        host = urlsplit(url).hostname if url and not self.private else None
+        if not host:
+            return  # AWS S3, local://, nfs:// (an NFS server is the administrator's to list)
+        try:
+            address = non_public_address(host, self.lookup)
+        except OSError as e:
+            raise Unavailable(f"inline ephemeral volume: host {host} does not resolve "
+                              f"({e.strerror or e})") from None
+        if address:
+            raise InvalidArgument(
+                f"inline ephemeral volumes may not reach {host} (address {address}): loopback, "
+                "link-local and private addresses need --ephemeral-allow-private on this node")
 
     def _with_tiers(self, spec: DatasetSpec) -> DatasetSpec:
         if not self.tiers:

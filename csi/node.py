@@ -19,6 +19,7 @@ import re
 import threading
 
 from cache_engine.spec import DatasetSpec, check_limits, parse_parameters, parse_secrets
+from cache_engine.ufs import RedirectPolicy
 from eddy.base import log
 from eddy.base.errors import (
     Aborted,
@@ -64,13 +65,15 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                  engine_endpoint: str | None = None, tier_names: tuple[str, ...] = (),
                  cache: VolumeCache | None = None, ephemeral: EphemeralPolicy | None = None,
                  nfs: NfsMounts | None = None, watch_interval: float = WATCH_INTERVAL,
-                 secrets_dir: str = DEFAULT_SECRETS_DIR, kubelet_dir: str = KUBELET_DIR):
+                 secrets_dir: str = DEFAULT_SECRETS_DIR, kubelet_dir: str = KUBELET_DIR,
+                 redirects: RedirectPolicy | None = None):
         self.node_id = node_id
         self.kubelet_dir = kubelet_dir  # every staging and target path the CO names is beneath
         # Without a mounter process of its own, the node runs one here (`eddy serve` alone).
         self.mounter = mounter or Mounter(os.path.join(state_dir, "mounter"), others_hold=False,
                                           secrets_dir=secrets_dir)
         self.engine_endpoint = engine_endpoint  # the node's cache engine, for mount daemons
+        self.redirects = redirects or RedirectPolicy()  # also for daemons reading directly
         self.tier_names = tuple(tier_names)
         self.cache = cache  # the same engine, in this process: preload, usage
         self.max_volumes = max_volumes
@@ -119,7 +122,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         return daemons.DaemonConfig(vol.volume_id, vol.staging_path, vol.parameters,
                                     secrets if secrets is not None else
                                     self._records.secrets(vol.volume_id), self._log_level,
-                                    engine={"endpoint": self.engine_endpoint}
+                                    engine={"endpoint": self.engine_endpoint,
+                                            "redirect_allow": self.redirects.flags()}
                                     if self.engine_endpoint else {})
 
     def _watch(self) -> None:

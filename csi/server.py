@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from cache_engine.host import EngineHost, Volumes, default_tiers
+from cache_engine.ufs import RedirectPolicy
 from eddy.base import log
 from eddy.base.errors import InvalidArgument
 from eddy.base.pb import csi_pb2_grpc
@@ -87,6 +88,8 @@ class DriverConfig:
     ephemeral_allow: list[str] = field(default_factory=list)  # inline volume source prefixes
     ephemeral_endpoints: list[str] = field(default_factory=list)  # S3 endpoints they may use
     ephemeral_tiers: list[str] = field(default_factory=list)  # node tiers they may use
+    ephemeral_private: bool = False  # may they reach loopback, link-local, private addresses
+    http_redirect_allow: list[str] = field(default_factory=list)  # origins beyond a source's
     mounter: str = ""  # unix:///PATH of `eddy mounter`; "" runs the mounter in this process
     secrets_dir: str = DEFAULT_SECRETS_DIR  # node-stage secrets, on tmpfs only
     kubelet_dir: str = KUBELET_DIR  # staging and target paths must be beneath it
@@ -115,18 +118,20 @@ class Driver:
         if with_node:
             self.engine_endpoint = config.engine_endpoint or \
                 f"unix://{os.path.join(config.state_dir, 'engine.sock')}"
+            redirects = RedirectPolicy.from_flags(config.http_redirect_allow)
             self.host = EngineHost(config.tiers or default_tiers(config.state_dir),
-                                   os.path.join(config.state_dir, "engine"))
+                                   os.path.join(config.state_dir, "engine"),
+                                   redirects=redirects)
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
                                     config.log_level, mounter=_mounter(config),
                                     secrets_dir=config.secrets_dir,
                                     kubelet_dir=config.kubelet_dir,
                                     engine_endpoint=self.engine_endpoint,
                                     tier_names=self.host.tier_names,
-                                    cache=VolumeCache(self.host.engine),
+                                    cache=VolumeCache(self.host.engine), redirects=redirects,
                                     ephemeral=EphemeralPolicy.from_flags(
                                         config.ephemeral_allow, config.ephemeral_endpoints,
-                                        config.ephemeral_tiers))
+                                        config.ephemeral_tiers, config.ephemeral_private))
             csi_pb2_grpc.add_NodeServicer_to_server(self.node, self.server)
             # The engine's API lives only on its own 0600 socket (for the daemons and the CLI),
             # never on the CSI socket, which the CO's sidecars reach.

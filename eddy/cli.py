@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="S3 endpoints inline ephemeral volumes may name; repeatable")
     s.add_argument("--ephemeral-tiers", action="append", default=[], metavar="NAME[,NAME]",
                    help="node tiers inline ephemeral volumes may use (default: all)")
+    s.add_argument("--ephemeral-allow-private", action="store_true",
+                   help="let inline ephemeral volumes reach loopback, link-local and private "
+                        "addresses (default: refused at NodePublishVolume)")
+    _redirect_argument(s)
     s.add_argument("--mounter", default="", metavar="unix:///PATH",
                    help="the socket of `eddy mounter`, which mounts the volumes and keeps their "
                         "daemons (default: run the mounter in this process)")
@@ -90,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                         "may use it, and a later mount of the same dataset finds its blocks "
                         "warm (default: %(default)s)")
     _tier_argument(m, "STATE-DIR/cache, 10Gi")
+    _redirect_argument(m)
 
     u = sub.add_parser("umount", help="unmount what `eddy mount` mounted")
     u.add_argument("mountpoint")
@@ -129,6 +134,13 @@ def _tier_argument(p: argparse.ArgumentParser, default: str) -> None:
                         f"(default: one SSD tier in {default})")
 
 
+def _redirect_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http-redirect-allow", action="append", default=[], metavar="ORIGIN",
+                   help="an origin (https://host[:port]) http(s) sources may be redirected to, "
+                        "or '*' for any with public addresses; repeatable (default: a source "
+                        "is redirected within its own origin only)")
+
+
 def _secrets_dir_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secrets-dir", default="/run/eddy/secrets", metavar="DIR",
                    help="where node-stage secrets are kept while their volume is staged; it "
@@ -156,7 +168,9 @@ def _serve(args) -> int:
         metrics_address=args.metrics_address, state_store=args.state_store,
         state_namespace=args.state_namespace, ephemeral_allow=args.ephemeral_allow,
         ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers,
-        mounter=args.mounter, socket_group=args.socket_group, secrets_dir=args.secrets_dir,
+        ephemeral_private=args.ephemeral_allow_private,
+        http_redirect_allow=args.http_redirect_allow, mounter=args.mounter,
+        socket_group=args.socket_group, secrets_dir=args.secrets_dir,
         kubelet_dir=args.kubelet_dir))
     stopping = _stop_signals()
     driver.start()
@@ -206,6 +220,7 @@ def _mount(args) -> int:
     from cache_engine.host import default_tiers
     from cache_engine.spec import parse_parameters, parse_secrets
     from cache_engine.tiers import parse_tiers
+    from cache_engine.ufs import RedirectPolicy
     from csi import daemons
     from eddy import cache_cli
 
@@ -225,19 +240,20 @@ def _mount(args) -> int:
     tiers = args.tier or default_tiers(state_dir)
     parse_tiers(tiers)  # a bad --tier is reported here, not by the detached daemon
     engine = {"tiers": tiers, "state_dir": state_dir,
-              "socket": cache_cli.mount_socket(mountpoint)}  # for `eddy status`/`preload`
+              "socket": cache_cli.mount_socket(mountpoint),  # for `eddy status`/`preload`
+              "redirect_allow": RedirectPolicy.from_flags(args.http_redirect_allow).flags()}
     if args.foreground:
         from csi.fuse.daemon import run
 
         run(mountpoint, volume_id, spec.to_parameters(), secrets,
-            ready_callback=lambda: print(f"mounted {spec.source.uri} at {mountpoint}",
+            ready_callback=lambda: print(f"mounted {spec.source.shown} at {mountpoint}",
                                          flush=True), engine=engine)
         return 0
     log_path = os.path.join(args.log_dir, f"{volume_id}.log")
     daemon = daemons.start(daemons.DaemonConfig(volume_id, mountpoint, spec.to_parameters(),
                                                 secrets, args.log_level, log_path,
                                                 engine=engine))
-    print(json.dumps({"mounted": spec.source.uri, "mountpoint": mountpoint, "pid": daemon.pid,
+    print(json.dumps({"mounted": spec.source.shown, "mountpoint": mountpoint, "pid": daemon.pid,
                       "log": log_path, "state_dir": state_dir}))
     return 0
 

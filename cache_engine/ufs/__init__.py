@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from ..spec import DatasetSpec
 from .base import Entry, Kind, UfsBackend, UfsUnavailable, VersionChanged
+from .redirects import SAME_ORIGIN, RedirectPolicy
 
-__all__ = ["Entry", "Kind", "UfsBackend", "UfsUnavailable", "VersionChanged", "open_ufs"]
+__all__ = ["Entry", "Kind", "RedirectPolicy", "UfsBackend", "UfsUnavailable", "VersionChanged",
+           "open_ufs"]
 
 
-def open_ufs(spec: DatasetSpec, secrets: dict[str, str] | None = None) -> UfsBackend:
-    """The backend for `spec.source`; `secrets` holds the node-stage secret's keys."""
+def open_ufs(spec: DatasetSpec, secrets: dict[str, str] | None = None,
+             redirects: RedirectPolicy = SAME_ORIGIN) -> UfsBackend:
+    """The backend for `spec.source`; `secrets` holds the node-stage secret's keys;
+    `redirects` is the node's rule for where an http(s) source may be redirected."""
     scheme = spec.source.scheme
     if scheme == "local":
         from .local import LocalUfs
@@ -22,7 +26,7 @@ def open_ufs(spec: DatasetSpec, secrets: dict[str, str] | None = None) -> UfsBac
     if scheme in ("http", "https"):
         from .http import HttpUfs
 
-        return HttpUfs(spec, secrets or {})
+        return HttpUfs(spec, secrets or {}, redirects=redirects)
     if scheme == "pvc":
         raise UfsUnavailable("pvc:// sources are resolved to their PersistentVolume by the CSI "
                              "controller at CreateVolume; use them in a StorageClass")

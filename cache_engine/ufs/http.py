@@ -1,6 +1,7 @@
 """Files on a web server as a dataset source (`http(s)://...`), through urllib3.
 
-The shape is decided once, when the backend opens: a URL that ends in "/" (after redirects) and
+The shape is decided once, when the backend opens: a URL that ends in "/" (after redirects,
+which stay within the URL's origin unless the node allows more: `redirects`) and
 answers with an HTML page is a directory, listed by the links of its index page (nginx
 autoindex, Apache mod_autoindex, Python's http.server; which links count: `http_index`); any
 other URL is a dataset of that one file.
@@ -26,16 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    MaxRetryError,
-    NameResolutionError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    ResponseError,
-    SSLError,
-)
+
+from eddy.base.uris import shown_uri
 
 from ..spec import DatasetSpec
 from .base import (
@@ -51,21 +44,21 @@ from .base import (
 from .http_index import (
     decode_page,
     etag_of,
-    final_url,
+    failure_reason,
     header_int,
     index_children,
     is_etag,
     is_html,
     mtime_ns,
-    shown_url,
     version_of,
 )
+from .redirects import SAME_ORIGIN, RedirectPolicy
 
 DEFAULT_TIMEOUT = urllib3.Timeout(connect=5.0, read=30.0)
 # Retry failed connects, and a read error once: a keep-alive connection the server closed just
 # as it was reused. HTTP statuses are never retried here.
 DEFAULT_RETRIES = urllib3.Retry(
-    total=8, connect=2, read=1, status=0, other=0, redirect=5, backoff_factor=0.1,
+    total=8, connect=2, read=1, status=0, other=0, redirect=False, backoff_factor=0.1,
     raise_on_status=False, respect_retry_after_header=False,
 )
 MAX_UNRANGED = 16 << 20  # the largest file read whole from a server that ignores Range
@@ -74,21 +67,6 @@ _DRAIN_LIMIT = 64 << 10  # unread bytes worth reading to keep a connection
 _HEADERS = {"Accept-Encoding": "identity", "User-Agent": "eddy-csi"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
-_REASONS = (  # the most specific first
-    (NameResolutionError, "host name does not resolve"),
-    (NewConnectionError, "cannot connect (connection refused or host unreachable)"),
-    (ConnectTimeoutError, "connect timed out"),
-    (ReadTimeoutError, "read timed out"),
-    (SSLError, "TLS failed (certificate or handshake)"),
-    (ProtocolError, "connection broken"),
-    (ResponseError, "too many redirects"),
-)
-
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, MaxRetryError) and e.reason is not None:
-        e = e.reason
-    return next((text for cls, text in _REASONS if isinstance(e, cls)), type(e).__name__)
 
 
 def _discard(resp) -> None:
@@ -114,12 +92,14 @@ class HttpUfs(UfsBackend):
         retries: urllib3.Retry = DEFAULT_RETRIES,
         max_connections: int = 16,
         max_unranged: int = MAX_UNRANGED,
+        redirects: RedirectPolicy = SAME_ORIGIN,
     ):
         del secrets  # http(s) sources are public: nothing to sign requests with
         parts = urlsplit(spec.source.root)
         url = urlunsplit((parts.scheme.lower(), parts.netloc, parts.path or "/", parts.query, ""))
-        self.description = shown_url(url)
+        self.description = shown_uri(url)
         self.max_unranged = max_unranged
+        self._redirects = redirects
         self._pool = urllib3.PoolManager(
             num_pools=4, maxsize=max_connections, block=True, timeout=timeout, retries=retries
         )
@@ -160,7 +140,7 @@ class HttpUfs(UfsBackend):
         parent, name = posixpath.split(rel)
         kind = self._children(parent).get(name)
         if kind is None:
-            where = shown_url(self._dir_url(parent))
+            where = shown_uri(self._dir_url(parent))
             raise FileNotFoundError(errno.ENOENT, f"not listed in {where}", rel)
         if kind is Kind.DIR:
             return Entry(rel, Kind.DIR)
@@ -213,10 +193,10 @@ class HttpUfs(UfsBackend):
             headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
             if version and is_etag(version) and self._if_match_ok:
                 headers["If-Match"] = f'"{version}"'
-            resp = self._request("GET", url, rel, headers, allow=(412, 416))
+            resp, final = self._request("GET", url, rel, headers, allow=(412, 416))
             try:
                 if resp.status != 412:
-                    return self._ranged_body(resp, url, rel, offset, length, version)
+                    return self._ranged_body(resp, url, final, rel, offset, length, version)
             finally:
                 _discard(resp)
             # Changed, or a weak ETag (If-Match compares strongly): HEAD tells which.
@@ -225,9 +205,9 @@ class HttpUfs(UfsBackend):
             self._if_match_ok = False
 
     def _ranged_body(
-        self, resp, url: str, rel: str, offset: int, length: int, version: str | None
+        self, resp, url: str, final: str, rel: str, offset: int, length: int,
+        version: str | None,
     ) -> tuple[bytes, int | None]:
-        final = final_url(resp, url)
         if urlsplit(final).path.endswith("/") and not urlsplit(url).path.endswith("/"):
             raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
         if resp.status == 416:  # at or after the end of the file
@@ -238,14 +218,14 @@ class HttpUfs(UfsBackend):
         if resp.status == 206:
             match = _CONTENT_RANGE.match((resp.headers.get("Content-Range") or "").strip())
             if not match or int(match.group(1)) != offset:
-                raise UfsUnavailable(f"{shown_url(url)} answered with a range it was not asked for")
+                raise UfsUnavailable(f"{shown_uri(url)} answered with a range it was not asked for")
             total = None if match.group(3) == "*" else int(match.group(3))
             if version:
                 self._check(resp.headers, total, version, rel)
             want = min(length, int(match.group(2)) - offset + 1)
             data = self._body(resp, url, want)
             if len(data) < want:
-                raise UfsUnavailable(f"{shown_url(url)} ended its answer early")
+                raise UfsUnavailable(f"{shown_uri(url)} ended its answer early")
             return data[:want], total
         # 200: the server ignored Range and sends the whole file.
         size = header_int(resp.headers.get("Content-Length"))
@@ -253,11 +233,11 @@ class HttpUfs(UfsBackend):
         body = self._body(resp, url, self.max_unranged + 1) if small else b""
         if not small or len(body) > self.max_unranged:
             raise UfsUnavailable(
-                f"{shown_url(url)}: server does not support range requests, and the file is too "
+                f"{shown_uri(url)}: server does not support range requests, and the file is too "
                 f"large to read whole (over {self.max_unranged} bytes)"
             )
         if size is not None and len(body) < size:
-            raise UfsUnavailable(f"{shown_url(url)} ended its answer early")
+            raise UfsUnavailable(f"{shown_uri(url)} ended its answer early")
         if version:
             self._check(resp.headers, len(body), version, rel)
         return body[offset:offset + length], len(body)
@@ -293,13 +273,13 @@ class HttpUfs(UfsBackend):
         """(headers, size, final URL) of `url`; a 1-byte GET where HEAD is refused."""
         refused = False
         if self._head_ok:
-            resp = self._request("HEAD", url, rel, allow=(403, 405, 501))
+            resp, final = self._request("HEAD", url, rel, allow=(403, 405, 501))
             _discard(resp)
             size = header_int(resp.headers.get("Content-Length"))
             if resp.status < 300 and (size is not None or not need_size):
-                return resp.headers, size, final_url(resp, url)
+                return resp.headers, size, final
             refused = resp.status >= 300  # 403: URLs signed for GET only refuse HEAD
-        resp = self._request("GET", url, rel, {"Range": "bytes=0-0"}, allow=(416,))
+        resp, final = self._request("GET", url, rel, {"Range": "bytes=0-0"}, allow=(416,))
         _discard(resp)
         content_range = (resp.headers.get("Content-Range") or "").strip()
         match = _CONTENT_RANGE.match(content_range) or _UNSATISFIED_RANGE.match(content_range)
@@ -308,16 +288,16 @@ class HttpUfs(UfsBackend):
         else:
             size = header_int(resp.headers.get("Content-Length"))
         if size is None and need_size:
-            raise UfsUnavailable(f"{shown_url(url)} does not tell the size of the file")
+            raise UfsUnavailable(f"{shown_uri(url)} does not tell the size of the file")
         if refused:
             self._head_ok = False
-        return resp.headers, size, final_url(resp, url)
+        return resp.headers, size, final
 
     def _children(self, rel: str) -> dict[str, Kind]:
         """The index page of the directory `rel`, parsed."""
         url = self._dir_url(rel)
         try:
-            resp = self._request("GET", url, rel)
+            resp, final = self._request("GET", url, rel)
         except FileNotFoundError:
             if rel and self._is_file(rel):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel) from None
@@ -329,8 +309,8 @@ class HttpUfs(UfsBackend):
         finally:
             _discard(resp)
         if len(body) > MAX_INDEX_PAGE:
-            raise UfsUnavailable(f"the index page {shown_url(url)} is over {MAX_INDEX_PAGE} bytes")
-        return index_children(decode_page(body, resp.headers), final_url(resp, url))
+            raise UfsUnavailable(f"the index page {shown_uri(url)} is over {MAX_INDEX_PAGE} bytes")
+        return index_children(decode_page(body, resp.headers), final)
 
     def _is_file(self, rel: str) -> bool:
         parent, name = posixpath.split(rel)
@@ -361,35 +341,39 @@ class HttpUfs(UfsBackend):
             return self._executor
 
     def _request(self, method: str, url: str, rel: str, headers: dict | None = None,
-                 allow: tuple[int, ...] = ()):
-        """A streamed response with a 2xx status or one in `allow`; anything else raised as
-        the UfsBackend error for it. The caller reads the body and calls `_discard`."""
-        try:
-            resp = self._pool.request(
-                method, url, headers={**_HEADERS, **(headers or {})},
-                preload_content=False, decode_content=False,
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise UfsUnavailable(f"{shown_url(url)} cannot be reached: {_reason(e)}") from None
+                 allow: tuple[int, ...] = ()) -> tuple:
+        """A streamed response with a 2xx status or one in `allow`, after the redirects the
+        node allows (`redirects.py`), and the URL that gave it; anything else raised as the
+        UfsBackend error for it. The caller reads the body and calls `_discard`."""
+        def send(method: str, url: str):
+            try:
+                return self._pool.request(
+                    method, url, headers={**_HEADERS, **(headers or {})},
+                    preload_content=False, decode_content=False, redirect=False)
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise UfsUnavailable(
+                    f"{shown_uri(url)} cannot be reached: {failure_reason(e)}") from None
+
+        resp, url = self._redirects.follow(send, method, url, _discard)
         status = resp.status
         if status < 300 or status in allow:
-            return resp
+            return resp, url
         _discard(resp)
         if status in (404, 410):
             raise FileNotFoundError(
-                errno.ENOENT, f"not found at {shown_url(url)} (HTTP {status})", rel
+                errno.ENOENT, f"not found at {shown_uri(url)} (HTTP {status})", rel
             )
         if status in (401, 403, 407):
             raise PermissionError(
-                errno.EACCES, f"access to {shown_url(url)} was denied (HTTP {status}); "
+                errno.EACCES, f"access to {shown_uri(url)} was denied (HTTP {status}); "
                 "eddy reads public http(s) sources only", rel,
             )
         reason = (resp.reason or "")[:100]
-        raise UfsUnavailable(f"{shown_url(url)} answered HTTP {status} {reason}".rstrip())
+        raise UfsUnavailable(f"{shown_uri(url)} answered HTTP {status} {reason}".rstrip())
 
     def _body(self, resp, url: str, limit: int, decode: bool = False) -> bytes:
         """Up to `limit` bytes of the body; file bytes are never decoded (ranges count raw)."""
         try:
             return resp.read(limit, decode_content=decode)
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise UfsUnavailable(f"{shown_url(url)} cannot be read: {_reason(e)}") from None
+            raise UfsUnavailable(f"{shown_uri(url)} cannot be read: {failure_reason(e)}") from None

@@ -1,4 +1,5 @@
-"""What a web server's answers say about its files: validators and directory index pages.
+"""What a web server's answers say about its files: validators and directory index pages;
+and what a failure to answer says (`failure_reason`).
 
 `http.HttpUfs` asks the server; this reads what came back. A file's version is its ETag, or
 size + Last-Modified when the server sends none; a directory's children are the links of its
@@ -15,12 +16,37 @@ import re
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit
+
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from .base import Kind
 
 CHARSET = re.compile(r"charset=\"?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 DEFAULT_PORTS = {"http": 80, "https": 443}
+_REASONS = (  # the most specific first
+    (NameResolutionError, "host name does not resolve"),
+    (NewConnectionError, "cannot connect (connection refused or host unreachable)"),
+    (ConnectTimeoutError, "connect timed out"),
+    (ReadTimeoutError, "read timed out"),
+    (SSLError, "TLS failed (certificate or handshake)"),
+    (ProtocolError, "connection broken"),
+)
+
+
+def failure_reason(e: Exception) -> str:
+    """Why a request got no answer, in words (urllib3's own text may hold the URL)."""
+    if isinstance(e, MaxRetryError) and e.reason is not None:
+        e = e.reason
+    return next((text for cls, text in _REASONS if isinstance(e, cls)), type(e).__name__)
 
 
 def etag_of(headers) -> str:
@@ -58,8 +84,8 @@ def is_html(headers) -> bool:
 
 
 def url_origin(url: str) -> tuple:
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
     except ValueError:
         return ("invalid", url)
@@ -118,13 +144,6 @@ def decode_page(body: bytes, headers) -> str:
     except LookupError:
         charset = "utf-8"
     return body.decode(charset, errors="replace")
-
-
-def shown_url(url: str) -> str:
-    """`url` for messages: without userinfo, and a query (maybe a signature) elided."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
 def final_url(resp, url: str) -> str:

@@ -9,7 +9,7 @@ JSON object on stdin, never on argv, which any user can read in /proc:
 `engine` says where blocks come from: `{"endpoint": "unix:///..."}` is the node plugin's cache
 engine (reads fall back to the source while it is unreachable); `{"tiers": [...],
 "state_dir": DIR}` runs an engine inside this process (`eddy mount`); absent, the daemon reads
-the source directly.
+the source directly. Its `redirect_allow` is the node's --http-redirect-allow (ufs/redirects.py).
 
 `session`, when present (`{"fd": N, "dir": DIR}`), says the mounter already mounted the
 connection and passed its /dev/fuse descriptor as fd N; DIR is the connection's session
@@ -46,7 +46,7 @@ import structlog
 import trio
 
 from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
-from cache_engine.ufs import Kind, UfsBackend, open_ufs
+from cache_engine.ufs import Kind, RedirectPolicy, UfsBackend, open_ufs
 from eddy.base import log
 from eddy.base.errors import EddyError, InvalidArgument, NotFound, Unavailable
 from eddy.base.sockets import socket_path
@@ -178,6 +178,7 @@ class _Reader:
         self.host = None
         self.client = None
         engine = engine or {}
+        redirects = RedirectPolicy.from_flags(engine.get("redirect_allow") or [])
         if engine.get("endpoint"):
             from cache_engine.client import EngineClient
             from cache_engine.reader import DatasetReader
@@ -185,7 +186,7 @@ class _Reader:
             self.client = EngineClient(engine["endpoint"])
             try:
                 self.backend = DatasetReader(self.client, spec, secrets,
-                                             direct=lambda: open_ufs(spec, secrets),
+                                             direct=lambda: open_ufs(spec, secrets, redirects),
                                              volume_id=volume_id)
             except BaseException:
                 self.client.close()
@@ -195,7 +196,8 @@ class _Reader:
             from cache_engine.reader import DatasetReader
 
             try:
-                self.host = EngineHost(engine.get("tiers") or [], engine["state_dir"], threads=4)
+                self.host = EngineHost(engine.get("tiers") or [], engine["state_dir"], threads=4,
+                                       redirects=redirects)
             except StateDirBusy as e:
                 raise StateDirBusy(
                     f"{e} (another mount is using it: give this one its own --state-dir)"
@@ -210,7 +212,7 @@ class _Reader:
                 self.host.close()
                 raise
         else:
-            self.backend = open_ufs(spec, secrets)
+            self.backend = open_ufs(spec, secrets, redirects)
 
     def close(self) -> None:
         self.backend.close()
@@ -250,7 +252,7 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     # A session's mountpoint is mounted already: a stat would wait for this very daemon.
     if session is None and not os.path.isdir(mountpoint):
         raise InvalidArgument(f"mountpoint {mountpoint} is not a directory")
-    logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.uri)
+    logger = log.get("csi.fuse", volume_id=volume_id, source=spec.source.shown)
     journal = session.journal() if session is not None else Journal(None)
     resume_init = journal.init_request()
     if resume_init is not None and not pyfuse3_can_resume():
@@ -260,7 +262,7 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     opened = _Reader(spec, secrets, engine, volume_id)
     try:
         if resume_init is None:  # a resumed mount serves what it can, whatever the source
-            _check_source(opened.backend, spec.source.uri)
+            _check_source(opened.backend, spec.source.shown)
         on_init = None
         if session is not None and pyfuse3_can_resume():
             def on_init() -> None:  # before the INIT is answered: a successor needs it

@@ -8,7 +8,8 @@ method named like an RPC (CamelCase) is wrapped once:
   a source becomes its code too, with its errno in the trailing metadata key `eddy-errno`, so a
   mount daemon can answer the kernel with the same errno; every such error also carries
   `eddy-error` (its class name), which a connection failure never has; a message is cut to
-  1 KiB (gRPC would drop a call whose status does not fit its metadata limit),
+  1 KiB (gRPC would drop a call whose status does not fit its metadata limit) and shows no
+  URL's query string (`eddy.base.uris`),
 - anything else becomes INTERNAL with one logged traceback.
 
 Called without a context (plain unit tests), the wrapped method returns or raises as written.
@@ -27,6 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from eddy.base import errors, log
 from eddy.base.limits import bounded
 from eddy.base.sockets import claim_socket_path
+from eddy.base.uris import scrub_uris
 
 # Ordered: the first matching class wins, so subclasses come before their bases.
 ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -91,12 +93,13 @@ def _wrap(name: str, method):
             if isinstance(e, OSError) and e.errno:
                 metadata.append((ERRNO_KEY, str(e.errno)))
             context.set_trailing_metadata(tuple(metadata))
-            context.abort(code, bounded(str(e)))
+            context.abort(code, bounded(scrub_uris(str(e))))
         except Exception as e:
             logger.exception("rpc.internal_error", duration=round(time.monotonic() - start, 4))
             if context is None:
                 raise
-            context.abort(grpc.StatusCode.INTERNAL, bounded(f"internal error in {name}: {e}"))
+            context.abort(grpc.StatusCode.INTERNAL,
+                          bounded(scrub_uris(f"internal error in {name}: {e}")))
         if logger.is_enabled_for(level):
             logger.log(level, "rpc.done", duration=round(time.monotonic() - start, 4))
         return response

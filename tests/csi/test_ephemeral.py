@@ -17,7 +17,7 @@ import pytest
 
 from cache_engine.spec import parse_parameters
 from csi.ephemeral import EphemeralPolicy, is_ephemeral
-from eddy.base.errors import InvalidArgument
+from eddy.base.errors import InvalidArgument, Unavailable
 from eddy.base.pb import csi_pb2
 from tests.support.driver import (
     AccessMode,
@@ -27,11 +27,17 @@ from tests.support.driver import (
     mount_capability,
     mounts_under,
 )
+from tests.support.http_source import HttpSource
 
 EPHEMERAL = {"csi.storage.k8s.io/ephemeral": "true",
              "csi.storage.k8s.io/pod.name": "reader", "csi.storage.k8s.io/pod.namespace": "ml"}
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                                 reason="needs /dev/fuse and root for real FUSE and bind mounts")
+
+
+def public(host: str) -> list[str]:
+    """A resolver for which every name is on the internet (no DNS in unit tests)."""
+    return ["93.184.216.34"]
 
 
 def admit(policy: EphemeralPolicy, **params):
@@ -48,7 +54,7 @@ def test_nothing_is_allowed_by_default():
 
 def test_allowed_prefixes_match_whole_path_segments():
     policy = EphemeralPolicy.from_flags(["s3://datasets/public,https://mirror.example.com/hf",
-                                         "local:///srv/shared"])
+                                         "local:///srv/shared"], lookup=public)
     for source in ("s3://datasets/public", "s3://datasets/public/mnist",
                    "https://mirror.example.com/hf/x.bin", "local:///srv/shared/a/b"):
         assert admit(policy, source=source).source.uri.startswith(source.split("/x")[0])
@@ -74,7 +80,8 @@ def test_pvc_sources_are_never_inline():
 
 
 def test_s3_endpoints_must_be_listed():
-    policy = EphemeralPolicy.from_flags(["s3://bucket"], ["http://minio.internal:9000/"])
+    policy = EphemeralPolicy.from_flags(["s3://bucket"], ["http://minio.internal:9000/"],
+                                        lookup=public)
     assert admit(policy, source="s3://bucket/x").endpoint == ""
     assert admit(policy, source="s3://bucket/x", endpoint="http://minio.internal:9000")
     with pytest.raises(InvalidArgument, match="endpoint http://10.0.0.1"):
@@ -92,6 +99,39 @@ def test_bad_flag_entries_name_the_flag():
     with pytest.raises(InvalidArgument, match="--ephemeral-allow.*ftp"):
         EphemeralPolicy.from_flags(["ftp://host/x"])
     assert EphemeralPolicy.from_flags([""], [""], [""]) == EphemeralPolicy()
+
+
+@pytest.mark.parametrize(("params", "address"), [
+    ({"source": "http://127.0.0.1:8080/data/"}, "127.0.0.1"),
+    ({"source": "http://169.254.169.254/latest/meta-data/"}, "169.254.169.254"),
+    ({"source": "https://[::1]/x"}, "::1"),
+    ({"source": "https://mirror.example.com/hf/x"}, "10.1.2.3"),  # a name that resolves inside
+    ({"source": "s3://bucket/x", "endpoint": "http://minio.internal:9000"}, "100.64.0.7"),
+])
+def test_private_loopback_and_link_local_hosts_are_refused_unless_allowed(params, address):
+    allow = ["http://127.0.0.1:8080/data,http://169.254.169.254/latest,https://[::1]/x",
+             "https://mirror.example.com/hf,s3://bucket"]
+    inside = {"mirror.example.com": ["93.184.216.34", "10.1.2.3"],
+              "minio.internal": ["100.64.0.7"]}
+
+    def lookup(host: str) -> list[str]:
+        return inside.get(host, [host])
+
+    policy = EphemeralPolicy.from_flags(allow, ["http://minio.internal:9000"], lookup=lookup)
+    with pytest.raises(InvalidArgument, match=f"address {address}.*--ephemeral-allow-private"):
+        admit(policy, **params)
+    allowed = EphemeralPolicy.from_flags(allow, ["http://minio.internal:9000"], private=True,
+                                         lookup=lookup)
+    assert admit(allowed, **params).source.uri == params["source"]
+
+
+def test_a_host_that_does_not_resolve_is_unavailable():
+    def nowhere(host: str) -> list[str]:
+        raise OSError(-2, "Name or service not known")
+
+    policy = EphemeralPolicy.from_flags(["https://gone.example.com"], lookup=nowhere)
+    with pytest.raises(Unavailable, match="gone.example.com does not resolve"):
+        admit(policy, source="https://gone.example.com/x")
 
 
 def test_is_ephemeral():
@@ -181,6 +221,50 @@ def test_allowed_source_is_mounted_readable_readopted_and_unpublished(driver, tm
     state = driver.state_dir
     assert os.listdir(os.path.join(state, "ephemeral")) == []
     assert not [n for n in os.listdir(os.path.join(state, "node")) if "csi-inline-3" in n]
+
+
+@pytest.fixture
+def http_site(dataset):
+    with HttpSource(dataset) as site:
+        yield site
+
+
+def http_driver(tmp_path, site: HttpSource, *flags: str) -> DriverProcess:
+    allowed = f"{site.url},http://169.254.169.254/latest"
+    return DriverProcess(str(tmp_path / "driver"), mode="node",
+                         extra_args=("--ephemeral-allow", allowed, *flags)).start()
+
+
+def test_loopback_and_metadata_addresses_are_refused_at_publish(tmp_path, http_site):
+    drv = http_driver(tmp_path, http_site)
+    try:
+        target = str(tmp_path / "pods" / "p4" / "mount")
+        for source, address in ((http_site.url, "127.0.0.1"),
+                                ("http://169.254.169.254/latest/meta-data/", "169.254.169.254")):
+            with pytest.raises(grpc.RpcError) as info:
+                drv.node.NodePublishVolume(publish_request("csi-inline-4", target, source=source))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"address {address}" in info.value.details()
+            assert "--ephemeral-allow-private" in info.value.details()
+        assert http_site.requests == []  # the node never asked the address anything
+        assert not os.path.exists(target)
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+@needs_fuse
+def test_the_node_may_allow_private_addresses(tmp_path, http_site, dataset):
+    drv = http_driver(tmp_path, http_site, "--ephemeral-allow-private")
+    try:
+        target = str(tmp_path / "pods" / "p5" / "mount")
+        unpublish = csi_pb2.NodeUnpublishVolumeRequest(volume_id="csi-inline-5", target_path=target)
+        drv.node.NodePublishVolume(publish_request("csi-inline-5", target, source=http_site.url))
+        assert read(target) == read(str(dataset))
+        drv.node.NodeUnpublishVolume(unpublish)
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
 
 
 def read(root: str) -> bytes:

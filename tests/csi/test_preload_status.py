@@ -26,6 +26,7 @@ from tests.support.driver import (
     mounts_under,
     stage_and_publish,
     teardown_volume,
+    unpublish_and_unstage,
 )
 from tests.support.http_source import HttpSource
 from tests.support.tiers import tier_bytes
@@ -195,3 +196,37 @@ def test_a_preload_interrupted_by_an_engine_kill_resumes_without_refetching(tmp_
     finally:
         drv.stop()
         cleanup_mounts(str(tmp_path))
+
+
+@pytest.mark.expect_error_log("startup failed")
+def test_a_signed_urls_query_is_never_shown(node, tmp_path):
+    """The query of a presigned URL is used, and appears in no log line, error, status or
+    metric: the driver's log (which the mounter's daemons write to as well), a failed stage's
+    message, `eddy status` plain, --wide and --json, and /metrics."""
+    marker = "SECRETMARKER123"
+    files = make_files(tmp_path / "src", {"model.bin": 300 * KI})
+    with HttpSource(tmp_path / "src") as http:
+        signed = f"{http.url}model.bin?X-Amz-Signature={marker}&X-Amz-Credential=AKIA"
+        volume = create(node, "pvc-signed", {"source": signed})
+        assert volume.volume_context["source"] == signed  # the real URL is what is used
+        staging, targets = stage_and_publish(node, tmp_path, volume, targets=("pod-a",))
+        read_all(targets[0], files)
+        assert any(marker in r.path for r in http.requests)
+
+        gone = create(node, "pvc-gone", {"source": f"{http.url}gone.bin?X-Amz-Signature={marker}"})
+        with pytest.raises(grpc.RpcError) as info:
+            stage_and_publish(node, tmp_path, gone, targets=())
+        assert "gone.bin?…" in info.value.details() and marker not in info.value.details()
+
+        where = ("--endpoint", node.engine_endpoint)
+        shown = [eddy("status", *where, *extra).stdout
+                 for extra in ((), ("--wide",), ("--json",))]
+        [row] = json.loads(shown[2])
+        assert row["source"] == f"{http.url}model.bin?…"
+        assert f"{http.url}model.bin?…" in shown[1]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics",
+                                         timeout=10).read().decode()
+        unpublish_and_unstage(node, volume, staging, targets)
+    for text in (*shown, metrics, node.log()):
+        assert marker not in text
+    assert "model.bin?…" in node.log()

@@ -28,6 +28,8 @@ import pytest
 from cache_engine.spec import parse_parameters
 from cache_engine.ufs import Kind, UfsUnavailable, VersionChanged, open_ufs
 from cache_engine.ufs.http import HttpUfs, index_children
+from cache_engine.ufs.redirects import RedirectPolicy
+from eddy.base.errors import InvalidArgument
 
 BIG = random.Random(11).randbytes(5 << 20)
 ODD = "100% sure?#+.txt"
@@ -71,6 +73,13 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 
     def _serve(self, handle):
         self.server.log.append((self.command, self.path, dict(self.headers)))
+        target = self.server.opts.redirect.get(self.path.split("?")[0])
+        if target:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         status = self.server.opts.status.get(self.path.split("?")[0])
         if status:
             self.send_error(status)
@@ -126,7 +135,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, root, **opts):
         super().__init__(("127.0.0.1", 0), partial(_RangeHandler, directory=str(root)))
         self.opts = SimpleNamespace(etag=True, weak_etag=False, ranges=True, if_match=True,
-                                    no_head=False, max_range=None, status={})
+                                    no_head=False, max_range=None, status={},
+                                    redirect={})
         vars(self.opts).update(opts)
         self.log: list[tuple[str, str, dict]] = []
         self.connections_opened = 0
@@ -451,3 +461,60 @@ def test_index_children_of_nginx_and_apache_pages():
     </td></tr></table><address>Apache Server</address>"""
     assert index_children(apache, "http://h:80/pub/data/") == {
         "docs": Kind.DIR, "abs.txt": Kind.FILE}
+
+
+# -- redirects: within the origin, unless the node allows more ---------------------------------
+
+def test_a_redirect_to_another_origin_is_refused_naming_both(serve):
+    target = serve()
+    source = serve(redirect={"/": target.url + "/", "/a.txt": target.url + "/a.txt"})
+    with pytest.raises(UfsUnavailable) as info:
+        make_ufs(source.url + "/")
+    message = str(info.value)
+    assert f"redirect from {source.url}" in message and f"to {target.url}" in message
+    assert "--http-redirect-allow" in message
+    ufs = make_ufs(source.url + "/sub%20dir/")  # it opens; then its server redirects a file
+    source.opts.redirect["/sub%20dir/inner.txt"] = target.url + "/a.txt"
+    with pytest.raises(PermissionError, match=f"redirect from {source.url} to {target.url}"):
+        ufs.read("inner.txt", 0, 5)
+    ufs.close()
+    assert target.log == []  # never asked anything
+
+
+def test_a_redirect_within_the_origin_is_followed(serve):
+    server = serve(redirect={"/old/": "/sub%20dir/", "/moved.txt": "/a.txt"})
+    ufs = make_ufs(server.url + "/old/")
+    assert [e.name for e in ufs.list("")] == ["deeper", "inner.txt"]
+    assert ufs.read("inner.txt", 0, 100) == b"inner"
+    ufs.close()
+    ufs = make_ufs(server.url + "/moved.txt")
+    assert ufs.read("moved.txt", 0, 100) == FILES["a.txt"]
+    ufs.close()
+
+
+def test_the_node_may_allow_other_origins(serve):
+    target = serve()
+    source = serve(redirect={"/": target.url + "/"})
+    ufs = make_ufs(source.url + "/", redirects=RedirectPolicy.from_flags([target.url]))
+    assert ufs.read("a.txt", 0, 100) == FILES["a.txt"]
+    assert target.log
+    ufs.close()
+    # "*": any origin with public addresses; loopback must be named
+    with pytest.raises(UfsUnavailable, match="address 127.0.0.1 is not public"):
+        make_ufs(source.url + "/", redirects=RedirectPolicy.from_flags(["*"]))
+    anywhere = RedirectPolicy.from_flags(["*"], lookup=lambda host: ["93.184.216.34"])
+    ufs = make_ufs(source.url + "/", redirects=anywhere)
+    assert ufs.read("a.txt", 0, 100) == FILES["a.txt"]
+    ufs.close()
+
+
+def test_redirect_loops_and_bad_allow_entries(serve):
+    server = serve(redirect={"/a/": "/b/", "/b/": "/a/"})
+    with pytest.raises(UfsUnavailable, match="more than 5 redirects"):
+        make_ufs(server.url + "/a/")
+    for bad in ("ftp://host", "https://host/path", "https://host?x=1", "host:80", "http://[x"):
+        with pytest.raises(InvalidArgument, match="--http-redirect-allow"):
+            RedirectPolicy.from_flags([bad])
+    policy = RedirectPolicy.from_flags(["https://CDN.example.com", "http://h:8080/,*"])
+    assert policy.flags() == ["http://h:8080", "https://cdn.example.com:443", "*"]
+    assert RedirectPolicy.from_flags(policy.flags()) == policy
