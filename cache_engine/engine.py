@@ -35,6 +35,7 @@ from .blocks import Block, BlockKey, block_path, prepare_tiers
 from .dataset import Dataset, dataset_id
 from .extents import Extents
 from .fetch import BlockFetcher, block_length
+from .health import TierHealth
 from .index import BlockIndex
 from .maintenance import Maintenance
 from .placement import Placement
@@ -101,14 +102,12 @@ class CacheEngine:
         self._datasets: dict[str, Dataset] = {}
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._served_bytes = {t.name: 0 for t in self.tiers}  # block bytes located per tier
-        for block in recovered.blocks:
-            if block.tier in self._tier:
-                self._table.add(block)
-        for (tier, file), n in recovered.held.items():
-            self._table.hold_file(tier, file, n)
-        self._maintenance = Maintenance(self.tiers, self._table, self._index, self._lock, clock)
-        self._places = Placement(self.tiers, self._table, self._index, self._lock,
-                                 self._tiers_of, self._maintenance.wake, clock, pin_seconds)
+        self._table.restore(recovered.blocks, recovered.held)
+        self._health = TierHealth(self.tiers)
+        self._maintenance = Maintenance(self.tiers, self._table, self._index, self._lock, clock,
+                                        self._health)
+        self._places = Placement(self.tiers, self._table, self._index, self._lock, self._tiers_of,
+                                 self._maintenance.wake, clock, pin_seconds, self._health)
         self._prefetcher = Prefetcher(prefetch_workers)
         self._extents = Extents(self.tiers, self._table, self._lock, self._places, held_in_ram)
         self._fetcher = BlockFetcher(self.tiers, self._table, self._lock, self._places,
@@ -120,7 +119,8 @@ class CacheEngine:
         self._closed = False
         _log.info("engine.start", tiers=[t.name for t in self.tiers],
                   blocks=len(recovered.blocks), tmp_removed=recovered.tmp_removed,
-                  orphans_removed=recovered.orphans_removed, rows_dropped=recovered.rows_dropped)
+                  orphans_removed=recovered.orphans_removed, bytes_freed=recovered.bytes_freed,
+                  rows_dropped=recovered.rows_dropped)
         for tier in self.tiers:  # a tier may have shrunk since the last run
             self._places.demote_until(tier, tier.size)
         self._maintenance.start(self._places, maintenance_interval if maintenance else None)
@@ -354,10 +354,10 @@ class CacheEngine:
         """A snapshot of the counters since start, and of every tier and dataset now."""
         with self._lock:
             return EngineStatistics(
-                tiers=tier_statistics(self.tiers, self._table, self._served_bytes),
+                tiers=tier_statistics(self.tiers, self._table, self._served_bytes, self._health),
                 datasets=dataset_statistics(self._table, set(self._datasets)),
-                **self._counters, **self._fetcher.counts(),
-                **self._places.counts(), **self._extents.counts(),
+                index_write_failures=self._index.failures, **self._counters,
+                **self._fetcher.counts(), **self._places.counts(), **self._extents.counts(),
                 fetch_seconds=tuple(self._fetcher.fetch_seconds.cumulative()),
                 fetch_seconds_sum=self._fetcher.fetch_seconds.sum)
 

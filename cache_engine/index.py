@@ -7,14 +7,26 @@ on the read path: it loads all rows once at start into its in-memory mirror
 (`table.BlockTable`) and only writes here afterwards. LRU access counters are written in
 batches (`update_access`); losing the last batch in a crash costs LRU precision, never
 consistency.
+
+A write that SQLite refuses (disk full, database locked, I/O error) raises `IndexWriteFailed`,
+counted in `failures` and logged once per outage: callers serve the block uncached, or go on
+with a row left behind that points at a file they remove (the next start drops such rows), so
+a failing state disk never fails a read. An index.db that is not a database or fails its
+integrity check is moved aside (`index.db.corrupt-<time>`) and the engine starts empty;
+recovery then removes the tier files no row names (their names hash the key: no row can be
+rebuilt from them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
+
+from eddy.base import log
 
 from .blocks import Block, BlockKey
 
@@ -36,6 +48,24 @@ CREATE TABLE IF NOT EXISTS blocks (
 ) WITHOUT ROWID;
 """
 _KEY = "dataset_id = ? AND path = ? AND version = ? AND block = ?"
+_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_log = log.get("cache_engine.index")
+
+
+class IndexWriteFailed(Exception):
+    """SQLite refused a write (disk full, locked, I/O error): the index did not change."""
+
+
+class _FailedCheck(sqlite3.DatabaseError):
+    """The index opened, but `PRAGMA integrity_check` found damage."""
+
+    sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+
+
+def _corrupt(error: sqlite3.DatabaseError) -> bool:
+    """Whether the file is damaged (not a database, malformed), not merely unwritable."""
+    return (not isinstance(error, sqlite3.OperationalError)
+            and getattr(error, "sqlite_errorcode", None) in _CORRUPT)
 
 
 def _signed(u: int) -> int:
@@ -47,15 +77,35 @@ def _unsigned(s: int) -> int:
 
 
 class BlockIndex:
-    """SQLite persistence of the block table; thread-safe (one connection behind a lock)."""
+    """SQLite persistence of the block table; thread-safe (one connection behind a lock).
+
+    `failures` counts the writes SQLite refused; `moved_aside` names where a corrupt index
+    went at start (None if it was sound)."""
 
     def __init__(self, path: str):
+        self.failures = 0
+        self._failing = False
+        self.moved_aside: str | None = None
+        self._lock = threading.Lock()
+        try:
+            self._open(path)
+        except sqlite3.DatabaseError as e:
+            if not _corrupt(e):
+                raise
+            self._db.close()
+            self.moved_aside = _move_aside(path)
+            _log.warning("index.corrupt", path=path, moved_to=self.moved_aside, error=str(e))
+            self._open(path)
+
+    def _open(self, path: str) -> None:
         if not os.path.exists(path):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         os.chmod(path, 0o600)  # SQLite gives -wal and -shm the same mode
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
         with self._lock:
+            problems = [row[0] for row in self._db.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise _FailedCheck("; ".join(map(str, problems[:3])))
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -76,31 +126,54 @@ class BlockIndex:
                       offset=offset)
                 for d, p, v, i, tier, file, length, ck, seq, offset in rows]
 
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """Hold the lock for one write; a refused write becomes `IndexWriteFailed`."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.ProgrammingError:
+                raise  # a bug (or a closed index), not the disk
+            except sqlite3.DatabaseError as e:
+                self.failures += 1
+                if not self._failing:
+                    self._failing = True
+                    _log.warning("index.write_failed", write=what, error=str(e),
+                                 fallback="blocks are served uncached")
+                raise IndexWriteFailed(str(e)) from e
+            if self._failing:
+                self._failing = False
+                _log.info("index.writes_again", write=what)
+
     def insert(self, block: Block) -> None:
         k = block.key
-        with self._lock:
+        with self._writing("insert"):
             self._db.execute(
                 "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (k.dataset_id, k.path, k.version, k.index, block.tier, block.file,
                  block.length, _signed(block.checksum), block.seq, block.offset))
 
     def delete(self, key: BlockKey) -> None:
-        with self._lock:
+        with self._writing("delete"):
             self._db.execute(f"DELETE FROM blocks WHERE {_KEY}", tuple(key))
 
     def delete_many(self, keys: Iterable[BlockKey]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(f"DELETE FROM blocks WHERE {_KEY}",
-                                     [tuple(k) for k in keys])
-            except BaseException:
+        with self._writing("delete"):
+            self._transaction(f"DELETE FROM blocks WHERE {_KEY}", [tuple(k) for k in keys])
+
+    def _transaction(self, sql: str, params: list[tuple]) -> None:
+        """Under the lock: `sql` for every parameter tuple, in one transaction."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(sql, params)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            raise
+        self._db.execute("COMMIT")
 
     def move(self, key: BlockKey, tier: str, file: str, offset: int = 0) -> None:
-        with self._lock:
+        with self._writing("move"):
             self._db.execute(f'UPDATE blocks SET tier = ?, file = ?, "offset" = ? WHERE {_KEY}',
                              (tier, file, offset, *key))
 
@@ -109,15 +182,18 @@ class BlockIndex:
         params = [(seq, *key) for key, seq in seqs]
         if not params:
             return
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(f"UPDATE blocks SET last_access = ? WHERE {_KEY}", params)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._writing("access"):
+            self._transaction(f"UPDATE blocks SET last_access = ? WHERE {_KEY}", params)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _move_aside(path: str) -> str:
+    """Rename a corrupt index (and its -wal, -shm) to `<path>.corrupt-<time>`; the new name."""
+    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+    for suffix in ("-wal", "-shm", ""):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path + suffix, aside + suffix)
+    return aside

@@ -3,7 +3,8 @@
 Stores and hits only change the in-memory table; this is what makes a tier above its high
 watermark give blocks down to its low one (the last tier evicts), and what writes the LRU
 access counters to the index in batches, so the order survives a restart without a write per
-hit. One thread runs it, woken early when a store pushes a tier over its high watermark.
+hit, and what probes the tiers out of service (`health.TierHealth.probe`) to take them back.
+One thread runs it, woken early when a store pushes a tier over its high watermark.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 
 from eddy.base import log
 
-from .index import BlockIndex
+from .health import TierHealth
+from .index import BlockIndex, IndexWriteFailed
 from .placement import Placement
 from .table import BlockTable
 from .tiers import Tier
@@ -32,8 +34,9 @@ class Maintenance:
     """
 
     def __init__(self, tiers: list[Tier], table: BlockTable, index: BlockIndex,
-                 lock: threading.Condition, clock: Callable[[], float]):
+                 lock: threading.Condition, clock: Callable[[], float], health: TierHealth):
         self._tiers = tiers
+        self._health = health
         self._table = table
         self._index = index
         self._lock = lock
@@ -59,9 +62,10 @@ class Maintenance:
             self._thread.start()
 
     def maintain(self) -> None:
-        """Demote (last tier: evict) LRU blocks of tiers above their high watermark to the low
-        watermark, and write LRU access counters when due."""
+        """Probe the tiers, demote (last tier: evict) LRU blocks of tiers above their high
+        watermark to the low watermark, and write LRU access counters when due."""
         with self._maintain_lock:
+            self._health.probe()
             for tier in self._tiers:
                 with self._lock:
                     over = self._table.tier_used[tier.name] > tier.high * tier.size
@@ -71,10 +75,14 @@ class Maintenance:
                 self.flush_access()
 
     def flush_access(self) -> None:
-        """Write the LRU access counters changed since the last flush to the index."""
+        """Write the LRU access counters changed since the last flush to the index (if it
+        refuses, they are lost: the order on disk is older, nothing else)."""
         with self._lock:
             dirty = self._table.take_dirty()
-        self._index.update_access(dirty)
+        try:
+            self._index.update_access(dirty)
+        except IndexWriteFailed:
+            pass
         self._last_flush = self._clock()
 
     def _loop(self, interval: float) -> None:

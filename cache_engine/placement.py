@@ -14,6 +14,9 @@ land. A block that leaves an extent (demoted, evicted, dropped) frees nothing un
 extent's last row is gone: its bytes are held against the tier until then
 (`BlockTable.unref_file`).
 
+A tier that refuses a write is out of service (`health.TierHealth`) until a probe finds it
+working; an index write that SQLite refuses never fails a read (`store`, `_relocate`, `_discard`).
+
 A block handed out in the last `pin_seconds` is pinned: it may move to another tier (its
 reader, finding the old file gone, asks again and is sent to the new one) but is not deleted,
 so a reader can always open what it was given. When a cache is too small for the blocks its
@@ -27,7 +30,6 @@ is notified whenever a claim ends.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from eddy.base import log
@@ -45,11 +47,11 @@ from .blocks import (
     write_block,
 )
 from .dataset import Dataset
-from .index import BlockIndex
+from .health import TierHealth
+from .index import BlockIndex, IndexWriteFailed
 from .table import BlockTable
 from .tiers import Tier
 
-WARN_EVERY = 60.0  # seconds between repeated warnings about one failing tier
 # What placement counts (read by the engine's `statistics`).
 COUNTERS = ("uncached_reads", "tier_write_failures", "evictions", "demotions", "promotions",
             "checksum_failures", "extents_built")
@@ -65,13 +67,14 @@ class Placement:
     `maintenance.Maintenance` calls `demote_until`. It owns its counters (`counts`). The lock
     is shared with the engine, not owned: the engine's hit path touches the same `BlockTable`
     rows and claims, and a claim's end must wake whoever waits on that one condition.
-    `tiers_of` answers which tiers a dataset may use (None: not open, any tier).
+    `tiers_of` answers which tiers a dataset may use (None: not open, any tier); `health`
+    which are in service.
     """
 
     def __init__(self, tiers: list[Tier], table: BlockTable, index: BlockIndex,
                  lock: threading.Condition, tiers_of: Callable[[str], list[Tier] | None],
                  wake_maintenance: Callable[[], None], clock: Callable[[], float],
-                 pin_seconds: float):
+                 pin_seconds: float, health: TierHealth):
         self.tiers = tiers
         self._tier = {t.name: t for t in tiers}
         self._order = {t.name: i for i, t in enumerate(tiers)}
@@ -83,38 +86,39 @@ class Placement:
         self._wake = wake_maintenance
         self._clock = clock
         self._pin_seconds = pin_seconds
-        self._warned: dict[str, float] = {}
+        self._health = health
 
     # --- new blocks -------------------------------------------------------------------------
 
     def store(self, ds: Dataset, key: BlockKey, data: bytes, checksum: int) -> Block | None:
-        """Cache a block fetched from the source; None when no tier could take it."""
+        """Cache a block fetched from the source; None when no tier could take it (or the
+        index could not record it). A tier that refuses the write is taken out of service
+        and the next one tried."""
         n = len(data)
-        tier = self._reserve(ds, n)
-        if tier is None:
-            self._count("uncached_reads")
-            return None
-        file = new_file_name(key)
-        try:
-            write_block(tier, file, data)
-        except OSError as e:
-            with self._lock:
-                self._table.unreserve_tier(tier.name, n)
-                self._table.unreserve_dataset(ds.id, n)
-                self._counters["tier_write_failures"] += 1
-                self._counters["uncached_reads"] += 1
-            self._warn(tier, e)
-            return None
+        while True:
+            tier = self._reserve(ds, n)
+            if tier is None:
+                self._count("uncached_reads")
+                return None
+            file = new_file_name(key)
+            try:
+                write_block(tier, file, data)
+                break
+            except OSError as e:
+                self._unreserve(tier, ds.id, n)
+                self._count("tier_write_failures")
+                self._health.fault(tier, e, n)
         with self._lock:
             block = Block(key, tier.name, file, n, checksum, self._table.next_seq(),
                           self._clock())
         try:
             self._index.insert(block)
-        except BaseException:
+        except BaseException as e:
             remove_quietly(block_path(tier, file))
-            with self._lock:
-                self._table.unreserve_tier(tier.name, n)
-                self._table.unreserve_dataset(ds.id, n)
+            self._unreserve(tier, ds.id, n)
+            if isinstance(e, IndexWriteFailed):
+                self._count("uncached_reads")
+                return None
             raise
         with self._lock:
             self._table.unreserve_tier(tier.name, n)
@@ -125,8 +129,13 @@ class Placement:
             self._wake()
         return block
 
+    def _unreserve(self, tier: Tier, dataset_id: str, n: int) -> None:
+        with self._lock:
+            self._table.unreserve_tier(tier.name, n)
+            self._table.unreserve_dataset(dataset_id, n)
+
     def _reserve(self, ds: Dataset, n: int) -> Tier | None:
-        tiers = [t for t in ds.tiers if n <= t.size]
+        tiers = [t for t in ds.tiers if n <= t.size and self._health.in_service(t.name)]
         if not tiers or not self._reserve_dataset(ds.id, n):
             return None
         for tier in tiers:
@@ -168,7 +177,7 @@ class Placement:
         tiers = self._tiers_of(block.key.dataset_id)
         allowed = {t.name for t in (tiers if tiers is not None else self.tiers)}
         for tier in self.tiers[self._order[block.tier] + 1:]:
-            if tier.name in allowed:
+            if tier.name in allowed and self._health.in_service(tier.name):
                 return tier
         return None
 
@@ -206,7 +215,8 @@ class Placement:
         if block.busy or not ds.tiers:
             return None
         top = ds.tiers[0]
-        if self._order[block.tier] <= self._order[top.name]:
+        if (self._order[block.tier] <= self._order[top.name]
+                or not self._health.in_service(top.name)):
             return None
         if not self._table.reserve_tier(top.name, block.length, int(top.high * top.size)):
             return None
@@ -235,18 +245,20 @@ class Placement:
                   offset: int = 0) -> CopyResult:
         """Copy a claimed block into `dst` (room reserved), move its row, let go of the old
         file: to a new block file, or into `extent` at `offset`. A corrupt or vanished block
-        is dropped; on a write failure it stays claimed."""
+        is dropped; on a write failure (the tier's or the index's) it stays claimed."""
         src = self._tier[block.tier]
         new_file = extent or new_file_name(block.key)
         result = copy_block(block, src, dst, new_file, offset if extent else None)
         if result is CopyResult.COPIED:
             try:
                 self._index.move(block.key, dst.name, new_file, offset)
-            except BaseException:
+            except BaseException as e:
                 if extent is None:
                     remove_quietly(block_path(dst, new_file))
                 with self._lock:
                     self._table.unreserve_tier(dst.name, block.length)
+                    if isinstance(e, IndexWriteFailed):
+                        return CopyResult.WRITE_FAILED  # the row still names the old file
                     self._release(block)
                 raise
             old_file = block.file
@@ -260,7 +272,7 @@ class Placement:
             self._table.unreserve_tier(dst.name, block.length)
         if result is CopyResult.WRITE_FAILED:
             self._count("tier_write_failures")
-            self._warn(dst, None)
+            self._health.fault(dst, None, block.length)
         else:
             _log.warning("block.dropped", reason=result.value, tier=src.name,
                          dataset=block.key.dataset_id, block=block.key.index)
@@ -276,6 +288,8 @@ class Placement:
         went, the tier had no free room for one block, or a write failed: rows already moved
         stay valid where they are."""
         tier = self._tier[blocks[0].tier]
+        if not self._health.in_service(tier.name):
+            return None
         with self._lock:
             if (any(b.tier != tier.name for b in blocks)
                     or self._table.tier_room(tier.name) < blocks[0].length):
@@ -285,7 +299,7 @@ class Placement:
             create_extent(tier, extent)
         except OSError as e:
             self._count("tier_write_failures")
-            self._warn(tier, e)
+            self._health.fault(tier, e)
             return None
         with self._lock:
             self._table.ref_file(tier.name, extent)  # this writer: the file stays meanwhile
@@ -342,9 +356,12 @@ class Placement:
 
     def _discard(self, block: Block, counter: str | None) -> None:
         """Drop a claimed block: row first (committed), then its file. Its bytes count against
-        the tier until the file is unlinked, so the disk never holds more than the tier size."""
+        the tier until the file is unlinked, so the disk never holds more than the tier size.
+        If the index refuses the delete, the row stays behind: the next start drops it."""
         try:
             self._index.delete(block.key)
+        except IndexWriteFailed:
+            pass
         except BaseException:
             with self._lock:
                 self._release(block)
@@ -377,10 +394,3 @@ class Placement:
     def _count(self, counter: str) -> None:
         with self._lock:
             self._counters[counter] += 1
-
-    def _warn(self, tier: Tier, error: OSError | None) -> None:
-        now = time.monotonic()
-        if now - self._warned.get(tier.name, -WARN_EVERY) >= WARN_EVERY:
-            self._warned[tier.name] = now
-            _log.warning("tier.write_failed", tier=tier.name, path=tier.path,
-                         error=error.strerror if error else "copy failed")

@@ -27,6 +27,7 @@ import xxhash
 from eddy.base import log
 
 from . import spec as specmod
+from .buffers import BlockBuffers
 from .sequential import SequentialTracker
 from .types import Location
 from .ufs.base import Entry, Kind, UfsBackend, VersionChanged
@@ -74,7 +75,7 @@ class DatasetReader(UfsBackend):
         self._located: collections.OrderedDict[tuple, Location] = collections.OrderedDict()
         self._sizes: dict[tuple[str, str], int] = {}
         self._sequential = SequentialTracker()  # by (path, version)
-        self._buffers = _Buffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
+        self._buffers = BlockBuffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
         self._ahead = ThreadPoolExecutor(ahead_threads, thread_name_prefix="block-ahead")
 
     def _open(self) -> None:
@@ -315,7 +316,11 @@ class DatasetReader(UfsBackend):
 
     def _fetch(self, path: str, version: str, index: int, size: int,
                run: int = 1) -> memoryview | bytes:
-        for _attempt in range(3):
+        """Block `index`, checked. A tier file that is short, fails its checksum, cannot be
+        read, or is missing when the engine names it a second time (removed behind its back)
+        is reported, so the engine drops the block and the next locate fetches it anew."""
+        gone = None  # a file found missing once: the block may just have moved
+        for _attempt in range(6):
             loc = self._locate(path, version, index, size, run)
             if loc.data is not None:
                 if loc.file is None:  # no tier took it: the source's bytes, kept as they are
@@ -326,22 +331,32 @@ class DatasetReader(UfsBackend):
                 buf = self._buffers.get(loc.length)
                 buf[:loc.length] = loc.data
                 return memoryview(buf)[:loc.length]
-            try:
-                fd = os.open(loc.file, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # evicted between locate and open: ask again
-            buf = self._buffers.get(loc.length)
-            data = memoryview(buf)[:loc.length]  # in an extent, the next block follows
+            data = self._pread(loc)
+            if data is not None:
+                return data
+            if loc.file != gone and not os.path.lexists(loc.file):
+                gone = loc.file
+                continue  # moved or evicted between locate and open: ask again
+            self._call(self._engine.report_corrupt, path, version, index)
+        raise CorruptBlock(errno.EIO, f"block {index} of {path} failed its checksum repeatedly")
+
+    def _pread(self, loc: Location) -> memoryview | None:
+        """The located block's bytes, if its tier file holds them whole and checked."""
+        buf = self._buffers.get(loc.length)
+        data = memoryview(buf)[:loc.length]  # in an extent, the next block follows
+        try:
+            fd = os.open(loc.file, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 got = os.preadv(fd, [data], loc.offset) if loc.length else 0
             finally:
                 os.close(fd)
-            if got == loc.length and xxhash.xxh3_64_intdigest(data) == loc.checksum:
-                return data
-            data.release()
-            self._buffers.put(buf)
-            self._call(self._engine.report_corrupt, path, version, index)
-        raise CorruptBlock(errno.EIO, f"block {index} of {path} failed its checksum repeatedly")
+        except OSError:
+            got = -1  # gone, or the tier's disk fails: as bad as a wrong checksum
+        if got == loc.length and xxhash.xxh3_64_intdigest(data) == loc.checksum:
+            return data
+        data.release()
+        self._buffers.put(buf)
+        return None
 
     def close(self) -> None:
         self._ahead.shutdown(wait=True, cancel_futures=True)
@@ -351,39 +366,3 @@ class DatasetReader(UfsBackend):
             direct, self._direct = self._direct, None
         if direct is not None:
             direct.close()
-
-
-class _Buffers:
-    """Reusable page-aligned block buffers.
-
-    Reading a block into fresh memory costs a page fault per 4 KiB, and into unaligned memory
-    a slow copy; reading into a recycled anonymous mapping costs neither. A buffer is reused
-    only once no view of it is left (a reply still being sent to the kernel holds one).
-    """
-
-    def __init__(self, size: int, keep: int):
-        self._size = size
-        self._keep = keep
-        self._free: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-
-    def get(self, length: int) -> mmap.mmap | bytearray:
-        if length > self._size:
-            return bytearray(length)
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return mmap.mmap(-1, self._size)
-
-    def put(self, buf: mmap.mmap | bytearray) -> None:
-        if not isinstance(buf, mmap.mmap):
-            return
-        try:
-            buf.resize(self._size)  # refused while any view of the buffer is alive
-        except BufferError:
-            return  # still in use: the last view frees it
-        with self._lock:
-            if len(self._free) < self._keep:
-                self._free.append(buf)
-                return
-        buf.close()

@@ -6,8 +6,10 @@ engine serves anything: files in `tmp/` (torn writes), block files and extents w
 (a write or move that did not reach its commit, or an unlink that did not happen), and rows
 whose file is missing or too short (a tier wiped, e.g. tmpfs after a reboot). An extent stays
 while any row points into it; its bytes that no row covers are returned as held, so the engine
-keeps counting them against the tier until the extent goes. The node's HMAC key
-for dataset identities also lives in the state directory and is created here once.
+keeps counting them against the tier until the extent goes. Files without a row are removed,
+never adopted: their names hash the block key, so no row can be rebuilt from one (after a
+corrupt index was moved aside, that is every file; `bytes_freed` says how much). The node's
+HMAC key for dataset identities also lives in the state directory and is created here once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from eddy.base import log
 
 from .blocks import DIR_MODE, Block, is_extent, remove_quietly
-from .index import BlockIndex
+from .index import BlockIndex, IndexWriteFailed
 from .tiers import Tier
 
 NODE_KEY_BYTES = 32
@@ -36,6 +38,7 @@ class Reconciled:
     held: dict[tuple[str, str], int] = field(default_factory=dict)  # (tier, extent) -> bytes
     tmp_removed: int = 0
     orphans_removed: int = 0
+    bytes_freed: int = 0  # bytes of the files without a row
     rows_dropped: int = 0
 
 
@@ -119,9 +122,13 @@ def reconcile(index: BlockIndex, tiers: list[Tier]) -> Reconciled:
                 orphans.append((tier, rel))
             elif size > covered[(tier.name, rel)]:
                 result.held[(tier.name, rel)] = size - covered[(tier.name, rel)]
-    index.delete_many(dropped)  # rows first: a crash here leaves files, never rows
+    try:
+        index.delete_many(dropped)  # rows first: a crash here leaves files, never rows
+    except IndexWriteFailed:
+        pass  # the rows stay, unused, and are dropped again at the next start
     for tier, rel in orphans:
         remove_quietly(os.path.join(tier.blocks_dir, rel))
+        result.bytes_freed += on_disk[tier.name][rel]
     for tier in tiers:
         _remove_empty_dirs(tier.blocks_dir)
     result.rows_dropped, result.orphans_removed = len(dropped), len(orphans)

@@ -11,19 +11,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .health import TierHealth
     from .table import BlockTable
     from .tiers import Tier
 
 
 @dataclass(frozen=True, slots=True)
 class TierStatistics:
-    """One tier: bytes stored, its size, its blocks, bytes reserved for writes in flight."""
+    """One tier: bytes stored, its size, its blocks, bytes reserved for writes in flight,
+    whether it takes new blocks (see `health.TierHealth`)."""
 
     used: int
     size: int
     blocks: int
     reserved: int
     served_bytes: int  # bytes of blocks located in this tier (cache hits), since start
+    in_service: bool = True
+    faults: int = 0  # times it was taken out of service (a write failed), since start
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +62,19 @@ class EngineStatistics:
     prefetches: int
     extents_built: int
     extents_served: int
+    index_write_failures: int  # writes SQLite refused (disk full, locked, I/O error)
     # Source reads of whole blocks: (upper bound in seconds, reads <= it), ending with +inf.
     fetch_seconds: tuple[tuple[float, int], ...]
     fetch_seconds_sum: float
 
 
-def tier_statistics(tiers: list[Tier], table: BlockTable,
-                    served_bytes: dict[str, int]) -> dict[str, TierStatistics]:
+def tier_statistics(tiers: list[Tier], table: BlockTable, served_bytes: dict[str, int],
+                    health: TierHealth) -> dict[str, TierStatistics]:
     """Under the engine's lock: every tier's row."""
     return {t.name: TierStatistics(
         used=table.tier_used[t.name], size=t.size, blocks=len(table.tier_blocks(t.name)),
-        reserved=table.tier_reserved[t.name], served_bytes=served_bytes[t.name]) for t in tiers}
+        reserved=table.tier_reserved[t.name], served_bytes=served_bytes[t.name],
+        in_service=health.in_service(t.name), faults=health.faults(t.name)) for t in tiers}
 
 
 def dataset_statistics(table: BlockTable, open_ids: set[str]) -> dict[str, DatasetStatistics]:

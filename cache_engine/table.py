@@ -73,6 +73,15 @@ class BlockTable:
         self._file_blocks[version] = self._file_blocks.get(version, 0) + 1
         self._push(block)
 
+    def restore(self, blocks: list[Block], held: dict[tuple[str, str], int]) -> None:
+        """Load what recovery kept at start: its rows (of tiers still configured) and the
+        bytes of extents that no row covers, as (tier, file) -> bytes."""
+        for block in blocks:
+            if block.tier in self.tiers:
+                self.add(block)
+        for (tier, file), n in held.items():
+            self.hold_file(tier, file, n)
+
     def remove(self, block: Block) -> int | None:
         """Take the block's row out; what its file may free now (see `unref_file`)."""
         ds = block.key.dataset_id

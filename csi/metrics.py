@@ -32,6 +32,8 @@ COUNTERS = {
     "source_reads": ("eddy_source_reads", "Block reads from sources."),
     "uncached_reads": ("eddy_uncached_reads", "Blocks served from the source without caching."),
     "tier_write_failures": ("eddy_tier_write_failures", "Block writes a tier refused."),
+    "index_write_failures": ("eddy_index_write_failures",
+                             "Block index writes SQLite refused (the block served uncached)."),
     "evictions": ("eddy_cache_evictions", "Blocks dropped from the cache."),
     "demotions": ("eddy_cache_demotions", "Blocks moved down to a slower tier."),
     "promotions": ("eddy_cache_promotions", "Blocks moved up to a faster tier."),
@@ -62,11 +64,17 @@ class NodeCollector:
         used = GaugeMetricFamily("eddy_tier_used_bytes", "Bytes stored in each tier.",
                                  labels=["tier"])
         size = GaugeMetricFamily("eddy_tier_size_bytes", "Size of each tier.", labels=["tier"])
+        faults = CounterMetricFamily("eddy_tier_faults", "Times a tier was taken out of "
+                                     "service because a write to it failed.", labels=["tier"])
+        in_service = GaugeMetricFamily("eddy_tier_in_service", "1 while a tier takes new "
+                                       "blocks, 0 while it is out of service.", labels=["tier"])
         for tier, t in stats.tiers.items():
             served.add_metric([tier], t.served_bytes)
             used.add_metric([tier], t.used)
             size.add_metric([tier], t.size)
-        yield from (served, used, size)
+            faults.add_metric([tier], t.faults)
+            in_service.add_metric([tier], 1 if t.in_service else 0)
+        yield from (served, used, size, faults, in_service)
         cached = GaugeMetricFamily("eddy_dataset_cached_bytes",
                                    "Bytes cached per dataset, all tiers.", labels=["dataset"])
         for ds, d in stats.datasets.items():

@@ -7,6 +7,7 @@ import pytest
 from cache_engine.engine import CacheEngine
 from tests.support.engine import BS, blob, make_tiers
 from tests.support.fake_source import FakeUfs
+from tests.support.mounts import Tmpfs
 
 
 @pytest.fixture
@@ -32,3 +33,11 @@ def engines(tmp_path, source):
     yield make
     for engine in made:
         engine.close()
+
+
+@pytest.fixture
+def tmpfs():
+    """Mount size-limited tmpfs filesystems (`Tmpfs.mount`); all unmounted at the end."""
+    mounts = Tmpfs()
+    yield mounts
+    mounts.unmount_all()

@@ -228,7 +228,17 @@ def test_tier_that_refuses_writes_serves_reads_uncached(engines, source):
     stats = engine.statistics()
     assert stats.tier_write_failures == 1 and stats.uncached_reads == 1
     assert stats.tiers["MEM"] == TierStatistics(used=0, size=4 * BS, blocks=0, reserved=0,
-                                                 served_bytes=0)
+                                                 served_bytes=0, in_service=False, faults=1)
+    # Out of service, the tier is not tried again until a probe finds it working.
+    assert engine.locate(ds, "data/b.bin", entry.version, 1, entry.size).data is not None
+    engine.maintain()
+    stats = engine.statistics()
+    assert stats.tier_write_failures == 1 and stats.uncached_reads == 2
+    assert not stats.tiers["MEM"].in_service
+    os.unlink(mem.tmp_dir)
+    engine.maintain()  # the probe makes tmp/ again and writes there
+    assert engine.statistics().tiers["MEM"].in_service
+    assert engine.locate(ds, "data/b.bin", entry.version, 0, entry.size).file is not None
 
 
 def test_full_tmpfs_tier_serves_reads_uncached(tmp_path):
@@ -250,7 +260,8 @@ def test_full_tmpfs_tier_serves_reads_uncached(tmp_path):
             got = [read_location(engine, ds, "f", version, i, 3 << 20) for i in range(3)]
             assert b"".join(got) == big.data("f")
             stats = engine.statistics()
-            assert stats.tier_write_failures == 3 and stats.uncached_reads == 3
+            # The first failed write takes the tier out of service: no other is tried.
+            assert stats.tier_write_failures == 1 and stats.uncached_reads == 3
             assert os.listdir(tier.tmp_dir) == []  # failed writes leave no tmp files
         finally:
             engine.close()

@@ -7,6 +7,7 @@ return the source's bytes.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -109,6 +110,31 @@ def test_a_corrupt_tier_file_is_never_served(engines, readers, source):
     assert fresh.read_cached(entry.path, BS, BS, entry.version) is None
     assert read_like_a_mount(fresh, entry.path, entry.version, BS, BS) == want
     assert engine.statistics().checksum_failures == 2
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "overwritten"])
+def test_a_tier_file_damaged_behind_the_engine_is_fetched_again(engines, readers, source,
+                                                                 damage):
+    """An admin clears /dev/shm, a disk loses a file's tail or rots: the read still gets the
+    source's bytes, reading the source once more for that block only."""
+    engine = engines()
+    reader = readers(engine)
+    entry = reader.stat("data/b.bin")
+    want = source.data("data/b.bin")
+    loc = engine.locate(reader.info.dataset_id, entry.path, entry.version, 1, entry.size)
+    if damage == "deleted":
+        os.unlink(loc.file)
+    elif damage == "truncated":
+        os.truncate(loc.file, BS // 2)
+    else:
+        with open(loc.file, "r+b") as f:
+            f.write(os.urandom(BS))
+    fetches = [r for r in source.reads if r[1] == BS]
+    assert bytes(reader.read(entry.path, BS, BS, entry.version)) == want[BS:2 * BS]
+    assert [r for r in source.reads if r[1] == BS] == fetches * 2
+    stats = engine.statistics()
+    assert stats.checksum_failures == 1 and stats.source_reads == 2
+    assert read_like_a_mount(readers(engine), entry.path, entry.version, 0, entry.size) == want
 
 
 def test_read_cached_never_waits_for_a_busy_reader(readers):

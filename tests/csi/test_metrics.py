@@ -1,0 +1,43 @@
+"""The node plugin's Prometheus metrics, read from an in-process engine at each scrape."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cache_engine.host import CacheEngine
+from csi.metrics import NodeCollector
+from tests.support.engine import BS, blob, make_spec, make_tiers
+from tests.support.fake_source import FakeUfs
+
+
+def scrape(engine) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(engine))
+    text = generate_latest(registry).decode()
+    return {f"{s.name}{{{','.join(f'{k}={v!r}' for k, v in s.labels.items())}}}": s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_tier_out_of_service_shows_until_it_is_back(tmp_path):
+    source = FakeUfs({"f": blob(2 * BS)})
+    tiers = make_tiers(str(tmp_path), 4, 4)
+    with CacheEngine(tiers, str(tmp_path / "state"), open_ufs=lambda spec, secrets: source,
+                     maintenance=False) as engine:
+        ds = engine.open_dataset(make_spec(), {}).dataset_id
+        version = engine.stat(ds, "f").version
+        assert scrape(engine)["eddy_tier_in_service{tier='MEM'}"] == 1
+        os.rmdir(tiers[0].tmp_dir)
+        with open(tiers[0].tmp_dir, "w"):
+            pass  # writes into MEM's tmp/ now fail with ENOTDIR
+        assert engine.locate(ds, "f", version, 0, 2 * BS).file.startswith(tiers[1].path)
+        metrics = scrape(engine)
+        assert metrics["eddy_tier_in_service{tier='MEM'}"] == 0
+        assert metrics["eddy_tier_faults_total{tier='MEM'}"] == 1
+        assert metrics["eddy_tier_in_service{tier='SSD'}"] == 1
+        assert metrics["eddy_index_write_failures_total{}"] == 0
+        os.unlink(tiers[0].tmp_dir)
+        engine.maintain()
+        assert scrape(engine)["eddy_tier_in_service{tier='MEM'}"] == 1
