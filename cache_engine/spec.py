@@ -14,12 +14,13 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from urllib.parse import SplitResult, urlsplit
 
 from eddy.base.errors import InvalidArgument, InvalidParameter
 from eddy.base.limits import cut, path_problem, shown, text_problem
 from eddy.base.uris import shown_uri
+
+from .quantity import format_bytes, parse_quantity
 
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 SOURCE_SCHEMES = ("local", "s3", "pvc", "nfs", "http", "https")
@@ -44,35 +45,12 @@ PRELOAD_NONE = ("", "false", "no", "0")
 OWNER_KEYS = ("uid", "gid", "fileMode", "dirMode")
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to chown(2): never an owner
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i|[kMGTPE])?$")
-_SUFFIX = {
-    None: 1,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
-}
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 # S3 bucket names: 3-63 chars of lowercase letters, digits, dots and hyphens.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^[0-9]+(\.[0-9]+){3}$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _OCTAL_MODE = re.compile(r"^(?:0o)?([0-7]{1,4})$")
-
-
-def parse_quantity(text: str) -> int:
-    """Bytes in a Kubernetes-style quantity ("20Gi", "500M", "4096"); ValueError if malformed."""
-    m = _QUANTITY.fullmatch(text.strip())
-    if not m:
-        raise ValueError(f"{shown(text)} is not a size such as 4Mi, 20Gi or 1000000")
-    number, suffix = m.groups()
-    return int(Fraction(number) * _SUFFIX[suffix])  # exact: no float overflow or rounding
-
-
-def format_bytes(n: int) -> str:
-    """Human-readable binary size: 1.5GiB, 512MiB, 0B."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n}B"
 
 
 @dataclass(frozen=True)

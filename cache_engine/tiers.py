@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from eddy.base.errors import InvalidArgument
 
-from .spec import parse_quantity
+from .quantity import parse_quantity
 
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 DEFAULT_HIGH = 0.95

@@ -15,7 +15,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from cache_engine.spec import MIN_CACHE_CAPACITY, DatasetSpec, format_bytes, parse_parameters
+from cache_engine.quantity import format_bytes
+from cache_engine.spec import MIN_CACHE_CAPACITY, DatasetSpec, parse_parameters
 from csi import validate
 from csi.inflight import InFlight
 from csi.state.volumes import VolumeRecord, VolumeStore

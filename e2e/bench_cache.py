@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from cache_engine.spec import parse_quantity
+from cache_engine.quantity import parse_quantity
 from e2e.bench.measure import drop_caches, peak_rss_mib, read_file
 from e2e.bench.source import make_big_file
 

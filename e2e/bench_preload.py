@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import obstore
 
 from cache_engine.engine import CacheEngine
-from cache_engine.spec import parse_parameters, parse_quantity
+from cache_engine.quantity import parse_quantity
+from cache_engine.spec import parse_parameters
 from cache_engine.tiers import Tier
 from cache_engine.types import JobState
 from tests.support.s3server import S3Server

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from cache_engine.spec import parse_quantity
+from cache_engine.quantity import parse_quantity
 from eddy import __version__
 
 from . import report, scenarios
