@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import stat
 import uuid
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -178,11 +179,38 @@ def remove_quietly(path: str) -> None:
 
 
 def prepare_tiers(tiers: list[Tier]) -> None:
-    """Create each tier's block and temporary directories; FailedPrecondition if it cannot."""
+    """Make each tier's root private and create its block and temporary directories;
+    FailedPrecondition, saying what to fix, if it cannot."""
     for tier in tiers:
         try:
+            _secure_root(tier)
             os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
             os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
         except OSError as e:
             raise FailedPrecondition(
                 f"tier {tier.name}: cannot use {tier.path}: {e.strerror}") from None
+
+
+def _secure_root(tier: Tier) -> None:
+    """A tier holds every dataset's bytes, so its root is a real directory owned by eddy's user
+    and open to no one else. A root that others could write to, that another user owns, or that
+    is a symlink (either could put someone else's files or links where eddy trusts its own) is
+    refused; a root only too readable (0755, as kubelet creates a hostPath) is made 0700."""
+    os.makedirs(tier.path, DIR_MODE, exist_ok=True)
+    st = os.lstat(tier.path)
+    if stat.S_ISLNK(st.st_mode):
+        raise FailedPrecondition(f"tier {tier.name}: {tier.path} is a symlink; give the "
+                                 f"directory's real path ({os.path.realpath(tier.path)})")
+    if not stat.S_ISDIR(st.st_mode):
+        raise FailedPrecondition(f"tier {tier.name}: {tier.path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise FailedPrecondition(f"tier {tier.name}: {tier.path} is owned by uid {st.st_uid}, "
+                                 f"not by eddy's (uid {os.geteuid()}): chown it, or give "
+                                 f"another directory")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise FailedPrecondition(f"tier {tier.name}: {tier.path} is writable by others (mode "
+                                 f"{mode:04o}): make it 0700 (chmod 0700 {tier.path}), or give "
+                                 f"another directory")
+    if mode & 0o077:
+        os.chmod(tier.path, 0o700)
