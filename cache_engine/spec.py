@@ -32,6 +32,14 @@ MAX_BLOCK_SIZE = 64 << 20
 DEFAULT_METADATA_TTL = 60.0
 DEFAULT_READ_AHEAD = 8
 MAX_READ_AHEAD = 64
+# A block read from the source that takes longer fails that read (ETIMEDOUT); a mount's
+# engine call waits up to client.LOCATE_TIMEOUT (300 s), so the longest allowed stays below.
+DEFAULT_SOURCE_TIMEOUT = 60.0
+MIN_SOURCE_TIMEOUT = 0.1
+MAX_SOURCE_TIMEOUT = 240.0
+METADATA_TIMEOUT = 20.0  # stat and list wait at most this (below client.CALL_TIMEOUT, 30 s)
+DEFAULT_SOURCE_CONCURRENCY = 8  # source operations of one dataset in flight at once
+MAX_SOURCE_CONCURRENCY = 64
 MAX_PARAMETERS = 64  # keys in one parameter map, reserved keys included
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 4096  # PATH_MAX: a source URI or a preload list is at most a path long
@@ -94,6 +102,8 @@ class DatasetSpec:
     preload: tuple[str, ...] | bool = False
     metadata_ttl: float | None = DEFAULT_METADATA_TTL  # None = immutable
     read_ahead: int = DEFAULT_READ_AHEAD
+    source_timeout: float = DEFAULT_SOURCE_TIMEOUT  # seconds a block read may take
+    source_concurrency: int = DEFAULT_SOURCE_CONCURRENCY  # source operations in flight
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_parameters(self) -> dict[str, str]:
@@ -117,7 +127,16 @@ class DatasetSpec:
             out["preload"] = "/" + listed if keyword else listed
         out["metadataTTL"] = _format_ttl(self.metadata_ttl)
         out["readAhead"] = str(self.read_ahead)
+        if self.source_timeout != DEFAULT_SOURCE_TIMEOUT:
+            out["sourceTimeout"] = _format_seconds(self.source_timeout)
+        if self.source_concurrency != DEFAULT_SOURCE_CONCURRENCY:
+            out["sourceConcurrency"] = str(self.source_concurrency)
         return out
+
+    @property
+    def metadata_timeout(self) -> float:
+        """Seconds a stat or list of the source may take: less than a block read."""
+        return min(self.source_timeout, METADATA_TIMEOUT)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,9 +144,11 @@ class DatasetSpec:
 
 def _format_ttl(ttl: float | None) -> str:
     """Exact, so that parsing the canonical parameters gives back the same spec."""
-    if ttl is None:
-        return "immutable"
-    return str(int(ttl)) if ttl == int(ttl) else repr(ttl)
+    return "immutable" if ttl is None else _format_seconds(ttl)
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
 
 
 def parse_source(value: str, key: str = "source") -> Source:
@@ -282,6 +303,17 @@ def _parse_ttl(value: str) -> float | None:
     return ttl
 
 
+def _parse_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidParameter("sourceTimeout", f"{shown(value)} is not seconds") from None
+    if not MIN_SOURCE_TIMEOUT <= seconds <= MAX_SOURCE_TIMEOUT:
+        raise InvalidParameter("sourceTimeout", f"{shown(value)} is outside "
+                               f"{MIN_SOURCE_TIMEOUT}..{MAX_SOURCE_TIMEOUT:g} seconds")
+    return seconds
+
+
 def check_limits(params: dict[str, str]) -> None:
     """Refuse a parameter map (or volume context) with too many keys, or with a key or value
     that is too long or holds a control character; the message names the key."""
@@ -307,7 +339,7 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         if key in dataset:
             raise InvalidParameter(key, "credentials belong in the node-stage secret, not here")
     known = {"source", "endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
-             "metadataTTL", "readAhead"}
+             "metadataTTL", "readAhead", "sourceTimeout", "sourceConcurrency"}
     for key in sorted(dataset):
         if key not in known:
             raise InvalidParameter(key, f"unknown parameter (known: {', '.join(sorted(known))})")
@@ -339,6 +371,11 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         kwargs["metadata_ttl"] = _parse_ttl(dataset["metadataTTL"])
     if "readAhead" in dataset:
         kwargs["read_ahead"] = _parse_int("readAhead", dataset["readAhead"], 0, MAX_READ_AHEAD)
+    if "sourceTimeout" in dataset:
+        kwargs["source_timeout"] = _parse_timeout(dataset["sourceTimeout"])
+    if "sourceConcurrency" in dataset:
+        kwargs["source_concurrency"] = _parse_int(
+            "sourceConcurrency", dataset["sourceConcurrency"], 1, MAX_SOURCE_CONCURRENCY)
     return DatasetSpec(**kwargs)
 
 

@@ -70,6 +70,13 @@ INVALID = [
      ["endpoint", "credentials"]),
     ("bad-region", {"source": "s3://b-1/x", "region": "US East"}, ["region"]),
     ("preload-dotdot", LOCAL | {"preload": "a,../b"}, ["preload", ".."]),
+    ("bad-source-timeout", LOCAL | {"sourceTimeout": "forever"}, ["sourceTimeout", "forever"]),
+    ("zero-source-timeout", LOCAL | {"sourceTimeout": "0"}, ["sourceTimeout", "outside"]),
+    ("nan-source-timeout", LOCAL | {"sourceTimeout": "nan"}, ["sourceTimeout", "outside"]),
+    ("source-timeout-too-long", LOCAL | {"sourceTimeout": "3600"}, ["sourceTimeout", "240"]),
+    ("zero-source-concurrency", LOCAL | {"sourceConcurrency": "0"}, ["sourceConcurrency"]),
+    ("bad-source-concurrency", LOCAL | {"sourceConcurrency": "many"},
+     ["sourceConcurrency", "integer"]),
 ]
 
 RESERVED = {
@@ -109,6 +116,9 @@ VALID = [
      DatasetSpec(Source("https", "https://example.com/data/?x=1",
                         root="https://example.com/data/?x=1"),
                  read_ahead=64, block_size=64 * MiB, metadata_ttl=1234567.0)),
+    ("source-limits", LOCAL | {"sourceTimeout": "2.5", "sourceConcurrency": "3"},
+     DatasetSpec(Source("local", "local:///data", root="/data"), source_timeout=2.5,
+                 source_concurrency=3)),
 ]
 
 
@@ -196,7 +206,7 @@ def test_create_volume_returns_the_canonical_parameters(controller, case, params
 # --- fuzzing: any text gives a spec or InvalidArgument, never another exception -------------
 
 KNOWN_KEYS = ("endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
-              "metadataTTL", "readAhead")
+              "metadataTTL", "readAhead", "sourceTimeout", "sourceConcurrency")
 SOURCES = ("local:///data", "s3://bucket/x", "pvc://ns/claim/sub", "nfs://nas/exports",
            "https://example.com/d/", "http://[::1]:8080/x", "local://", "s3://", "http://[")
 # Any character (lone surrogates too: a command line's undecodable bytes become those), and
@@ -222,6 +232,8 @@ PLAUSIBLE_PARAMETERS = st.fixed_dictionaries({"source": st.sampled_from(SOURCES[
                          st.sampled_from(("true", "No", "/true", "0/", "a,,b", ".."))),
     "metadataTTL": st.one_of(st.floats().map(repr), st.sampled_from(("immutable", "1e-320"))),
     "readAhead": st.integers(-5, 100).map(str),
+    "sourceTimeout": st.one_of(st.floats().map(repr), st.sampled_from(("60", "0.1", "1e2"))),
+    "sourceConcurrency": st.integers(-1, 100).map(str),
 })
 ANY_PARAMETERS = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS + ("source",)), ANY_TEXT,
                                            st.just("csi.storage.k8s.io/pvc/name")),
