@@ -180,8 +180,8 @@ class CacheEngine:
         path = clean_path(path)
         cached = ds.meta.entry(path)
         if cached is None or cached.entry is None:  # absence is never cached here
-            with ds.source() as ufs:
-                cached = ds.meta.put_entry(path, ufs.stat(path))
+            entry = ds.call_source(lambda ufs: ufs.stat(path), f"stat of {path!r}")
+            cached = ds.meta.put_entry(path, entry)
         return cached.entry, ds.meta.remaining(cached.expiry)
 
     def list_fresh(self, dataset_id: str, path: str) -> tuple[list[Entry], float]:
@@ -190,8 +190,8 @@ class CacheEngine:
         path = clean_path(path)
         listing = ds.meta.listing(path)
         if listing is None:
-            with ds.source() as ufs:
-                listing = ds.meta.put_listing(path, ufs.list(path))
+            entries = ds.call_source(lambda ufs: ufs.list(path), f"list of {path!r}")
+            listing = ds.meta.put_listing(path, entries)
         return list(listing.entries), ds.meta.remaining(listing.expiry)
 
     # --- blocks -----------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class EngineStatistics:
     promotions: int
     checksum_failures: int
     prefetches: int
+    prefetches_skipped: int  # read-ahead not started: the dataset's source slots were needed
     extents_built: int
     extents_served: int
     # Source reads of whole blocks: (upper bound in seconds, reads <= it), ending with +inf.
