@@ -98,6 +98,7 @@ class SourceBudget:
                 self._overdue += 1
                 self.timeouts += 1
                 stuck = self._overdue
+                self._lock.notify_all()  # waiters for a slot: maybe every one is stuck now
             else:
                 stuck = -1
         if stuck < 0:  # it finished just now
