@@ -43,6 +43,29 @@ class SourceTimeout(UfsUnavailable):
         super().__init__(errno.ETIMEDOUT, message)
 
 
+def call_within(fn: Callable[[], T], seconds: float, what: str,
+                discard: Callable[[T], object] | None = None) -> T:
+    """`fn()` on a thread of its own, waited for `seconds`; SourceTimeout past them, and what
+    it returns late is handed to `discard`. For the rare source call outside any dataset's
+    budget (opening its backend), so it cannot hold the calling engine thread either."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as e:  # noqa: BLE001 - handed to the waiter
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="source-open", daemon=True).start()
+    wait([future], seconds)
+    if future.done():
+        return future.result()
+    if discard is not None:
+        future.add_done_callback(lambda f: f.exception() is None and discard(f.result()))
+    _log.warning("source.timeout", what=what)
+    raise SourceTimeout(f"{what} did not finish in time (sourceTimeout)")
+
+
 class SourceBudget:
     """At most `slots` source operations of one dataset in flight, each waited for until a
     deadline; the workers that run them.

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from .budget import SourceBudget, SourceTimeout
+from .budget import SourceBudget, SourceTimeout, call_within
 from .metadata import MetadataCache
 from .sequential import SequentialTracker
 from .spec import DatasetSpec
@@ -42,6 +42,15 @@ def dataset_id(spec: DatasetSpec, secrets: dict[str, str], node_key: bytes) -> s
     parts = (spec.source.uri, spec.endpoint, str(spec.block_size),
              credential_identity(secrets, node_key))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:ID_HEX_CHARS]
+
+
+def open_backend(open_ufs: Callable[[DatasetSpec, dict], UfsBackend], spec: DatasetSpec,
+                 secrets: dict) -> UfsBackend:
+    """`open_ufs(spec, secrets)`, given up after the spec's metadata timeout: opening may ask
+    the source already (an HTTP HEAD, a stat of an NFS root) and must not hang an engine
+    thread. A backend opened too late is closed."""
+    return call_within(lambda: open_ufs(spec, secrets), spec.metadata_timeout,
+                       f"opening source {spec.source.uri}", lambda ufs: ufs.close())
 
 
 class _Lease:

@@ -32,7 +32,7 @@ from eddy.base.mounttable import in_memory
 
 from . import ufs as ufsmod
 from .blocks import Block, BlockKey, block_path, prepare_tiers
-from .dataset import Dataset, dataset_id
+from .dataset import Dataset, dataset_id, open_backend
 from .extents import Extents
 from .fetch import BlockFetcher, block_length
 from .index import BlockIndex
@@ -140,7 +140,7 @@ class CacheEngine:
                 f"(node tiers: {', '.join(self._tier) or 'none'})")
         allowed = [t for t in self.tiers if not spec.tiers or t.name in spec.tiers]
         ds_id = dataset_id(spec, secrets, self._node_key)
-        backend = self._open_ufs(spec, secrets)
+        backend = open_backend(self._open_ufs, spec, secrets)
         with self._lock:
             ds = self._datasets.get(ds_id)
             known = ds is not None

@@ -136,3 +136,22 @@ def test_a_slot_held_by_a_late_operation_is_given_back_when_it_returns():
     assert budget.run(lambda: 42, time.monotonic() + 5, "a quick call") == 42
     with pytest.raises(ValueError):  # an operation's own error reaches its caller
         budget.run(lambda: int("x"), time.monotonic() + 5, "a failing call")
+
+
+def test_opening_a_source_that_hangs_fails_in_time(engines):
+    gate = threading.Event()
+    opened: list = []
+
+    def open_ufs(spec, secrets):
+        gate.wait()
+        ufs = FakeUfs({"a": b"x"})
+        opened.append(ufs)
+        return ufs
+
+    engine = engines(open_ufs=open_ufs)
+    spec = make_spec("local:///hangs", sourceTimeout=str(TIMEOUT))
+    error, seconds = _timed(engine.open_dataset, spec, {})
+    assert isinstance(error, SourceTimeout) and seconds < TIMEOUT * MARGIN
+    gate.set()
+    wait_for(lambda: opened and opened[0].closed, what="the late backend to be closed")
+    assert engine.open_dataset(spec, {}).dataset_id
