@@ -60,6 +60,7 @@ from .http_index import (
     shown_url,
     version_of,
 )
+from .trickle import read_within
 
 DEFAULT_TIMEOUT = urllib3.Timeout(connect=5.0, read=30.0)
 # Retry failed connects, and a read error once: a keep-alive connection the server closed just
@@ -120,6 +121,7 @@ class HttpUfs(UfsBackend):
         url = urlunsplit((parts.scheme.lower(), parts.netloc, parts.path or "/", parts.query, ""))
         self.description = shown_url(url)
         self.max_unranged = max_unranged
+        self._source_timeout = spec.source_timeout  # for a whole body (per recv: `timeout`)
         self._pool = urllib3.PoolManager(
             num_pools=4, maxsize=max_connections, block=True, timeout=timeout, retries=retries
         )
@@ -390,6 +392,6 @@ class HttpUfs(UfsBackend):
     def _body(self, resp, url: str, limit: int, decode: bool = False) -> bytes:
         """Up to `limit` bytes of the body; file bytes are never decoded (ranges count raw)."""
         try:
-            return resp.read(limit, decode_content=decode)
+            return read_within(resp, url, limit, decode, self._source_timeout)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise UfsUnavailable(f"{shown_url(url)} cannot be read: {_reason(e)}") from None
