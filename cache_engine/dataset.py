@@ -13,8 +13,8 @@ import hashlib
 import hmac
 import posixpath
 import threading
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 
 from eddy.base.errors import InvalidArgument
 
-from .budget import SourceTimeout
 from .blocks import Block, BlockKey, block_path, checksum
+from .budget import SourceTimeout
 from .dataset import Dataset
 from .placement import Placement
 from .prefetch import Prefetcher

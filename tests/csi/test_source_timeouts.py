@@ -17,24 +17,14 @@ import time
 
 import pytest
 
-from tests.support.driver import (
-    DriverProcess,
-    cleanup_mounts,
-    create,
-    sha,
-    stage_and_publish,
-    tier_args,
-    unpublish_and_unstage,
-)
+from tests.support import driver
+from tests.support.driver import DriverProcess, sha, stage_and_publish, tier_args
+from tests.support.fuse import fuse_problem
 from tests.support.http_source import HttpSource
 from tests.support.wait import wait_for
 
-pytestmark = [
-    pytest.mark.fuse,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                       reason="needs /dev/fuse and root for real FUSE and bind mounts"),
-    pytest.mark.timeout(300),
-]
+pytestmark = [pytest.mark.fuse, pytest.mark.timeout(300),
+              pytest.mark.skipif(fuse_problem() is not None, reason=str(fuse_problem()))]
 
 MiB = 1 << 20
 TIMEOUT = 2.0  # the hung volume's sourceTimeout
@@ -72,9 +62,9 @@ def test_a_hung_http_source_fails_its_reads_in_time_while_another_volume_reads(t
         drv = DriverProcess(str(tmp_path / "driver"),
                             extra_args=tier_args(f"SSD:{tmp_path / 'ssd'}:256Mi")).start()
         try:
-            sick = create(drv, "pvc-sick", {"source": http.url, "metadataTTL": "immutable",
+            sick = driver.create(drv, "pvc-sick", {"source": http.url, "metadataTTL": "immutable",
                                             "readAhead": "0", "sourceTimeout": str(TIMEOUT)})
-            well = create(drv, "pvc-well", {"source": f"local://{tmp_path / 'local'}"})
+            well = driver.create(drv, "pvc-well", {"source": f"local://{tmp_path / 'local'}"})
             sick_staging, [sick_mount] = stage_and_publish(drv, tmp_path, sick,
                                                            targets=("pod-sick",))
             well_staging, [well_mount] = stage_and_publish(drv, tmp_path, well,
@@ -122,9 +112,9 @@ def test_a_hung_http_source_fails_its_reads_in_time_while_another_volume_reads(t
                      TIMEOUT * MARGIN * 4, "the recovered volume to read")
             for name, data in sick_files.items():
                 assert sha(_read(os.path.join(sick_mount, name))) == sha(data), name
-            unpublish_and_unstage(drv, sick, sick_staging, [sick_mount])
-            unpublish_and_unstage(drv, well, well_staging, [well_mount])
+            driver.unpublish_and_unstage(drv, sick, sick_staging, [sick_mount])
+            driver.unpublish_and_unstage(drv, well, well_staging, [well_mount])
         finally:
             http.gate.set()
             drv.stop()
-            cleanup_mounts(str(tmp_path))
+            driver.cleanup_mounts(str(tmp_path))
