@@ -13,15 +13,19 @@ import hashlib
 import hmac
 import posixpath
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
+from .budget import SourceBudget, SourceTimeout, call_within
 from .metadata import MetadataCache
 from .sequential import SequentialTracker
 from .spec import DatasetSpec
 from .tiers import Tier
 from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 
+T = TypeVar("T")
 ID_HEX_CHARS = 24
 MAX_TRACKED_DIRS = 64  # directories whose scan (files opened in listing order) is followed
 
@@ -40,6 +44,15 @@ def dataset_id(spec: DatasetSpec, secrets: dict[str, str], node_key: bytes) -> s
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:ID_HEX_CHARS]
 
 
+def open_backend(open_ufs: Callable[[DatasetSpec, dict], UfsBackend], spec: DatasetSpec,
+                 secrets: dict) -> UfsBackend:
+    """`open_ufs(spec, secrets)`, given up after the spec's metadata timeout: opening may ask
+    the source already (an HTTP HEAD, a stat of an NFS root) and must not hang an engine
+    thread. A backend opened too late is closed."""
+    return call_within(lambda: open_ufs(spec, secrets), spec.metadata_timeout,
+                       f"opening source {spec.source.uri}", lambda ufs: ufs.close())
+
+
 class _Lease:
     """A backend plus how many calls use it, so a replaced backend closes when idle."""
 
@@ -53,7 +66,8 @@ class Dataset:
     """One open dataset on this node: its spec, allowed tiers, source backend and metadata.
 
     The engine makes one per dataset id (`CacheEngine.open_dataset`) and calls it on every
-    lookup: `source()` leases the backend (a rotated secret replaces it; the old one closes
+    lookup: `call_source` runs a source operation within the dataset's budget and deadline,
+    `source()` leases the backend (a rotated secret replaces it; the old one closes
     when idle), `meta` answers stat and list within the TTL, `sequential` and `next_files`
     decide read-ahead. `hits` and `misses` are counted under the engine's lock.
     """
@@ -66,6 +80,7 @@ class Dataset:
         self.meta = MetadataCache(spec.metadata_ttl, clock)
         self._lock = threading.Lock()
         self._lease = _Lease(ufs)
+        self.budget = SourceBudget(id, spec.source_concurrency)
         self._sequential = SequentialTracker()  # by path
         self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
         self.volumes: set[str] = set()  # volumes that opened it, for status
@@ -99,10 +114,29 @@ class Dataset:
             old, self._lease = self._lease, _Lease(ufs)
             self.spec, self.tiers = spec, tiers
             self.meta.ttl = spec.metadata_ttl
+            self.budget.slots = spec.source_concurrency
             old.retired = True
             idle = old.users == 0
         if idle:
             old.backend.close()
+
+    def call_source(self, op: Callable[[UfsBackend], T], what: str,
+                    deadline: float | None = None, taken: bool = False) -> T:
+        """`op(backend)` within the dataset's budget (`budget.SourceBudget`): SourceTimeout
+        past `deadline` (time.monotonic; default: `metadata_timeout` from now, for a stat or a
+        list). `taken`: the caller holds a slot from `budget.try_take`."""
+        if deadline is None:
+            deadline = time.monotonic() + self.spec.metadata_timeout
+
+        def leased() -> T:
+            with self.source() as ufs:
+                return op(ufs)
+
+        try:
+            return self.budget.run(leased, deadline, what, taken)
+        except SourceTimeout as e:
+            self.source_error = str(e)
+            raise
 
     @contextlib.contextmanager
     def source(self) -> Iterator[UfsBackend]:

@@ -32,7 +32,7 @@ from eddy.base.mounttable import in_memory
 
 from . import ufs as ufsmod
 from .blocks import Block, BlockKey, block_path, prepare_tiers
-from .dataset import Dataset, dataset_id
+from .dataset import Dataset, dataset_id, open_backend
 from .extents import Extents
 from .fetch import BlockFetcher, block_length
 from .health import TierHealth
@@ -140,7 +140,7 @@ class CacheEngine:
                 f"(node tiers: {', '.join(self._tier) or 'none'})")
         allowed = [t for t in self.tiers if not spec.tiers or t.name in spec.tiers]
         ds_id = dataset_id(spec, secrets, self._node_key)
-        backend = self._open_ufs(spec, secrets)
+        backend = open_backend(self._open_ufs, spec, secrets)
         with self._lock:
             ds = self._datasets.get(ds_id)
             known = ds is not None
@@ -180,8 +180,8 @@ class CacheEngine:
         path = clean_path(path)
         cached = ds.meta.entry(path)
         if cached is None or cached.entry is None:  # absence is never cached here
-            with ds.source() as ufs:
-                cached = ds.meta.put_entry(path, ufs.stat(path))
+            entry = ds.call_source(lambda ufs: ufs.stat(path), f"stat of {path!r}")
+            cached = ds.meta.put_entry(path, entry)
         return cached.entry, ds.meta.remaining(cached.expiry)
 
     def list_fresh(self, dataset_id: str, path: str) -> tuple[list[Entry], float]:
@@ -190,8 +190,8 @@ class CacheEngine:
         path = clean_path(path)
         listing = ds.meta.listing(path)
         if listing is None:
-            with ds.source() as ufs:
-                listing = ds.meta.put_listing(path, ufs.list(path))
+            entries = ds.call_source(lambda ufs: ufs.list(path), f"list of {path!r}")
+            listing = ds.meta.put_listing(path, entries)
         return list(listing.entries), ds.meta.remaining(listing.expiry)
 
     # --- blocks -----------------------------------------------------------------------------

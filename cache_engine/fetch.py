@@ -12,12 +12,13 @@ import errno
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import replace
 
 from eddy.base.errors import InvalidArgument
 
 from .blocks import Block, BlockKey, block_path, checksum
+from .budget import SourceTimeout
 from .dataset import Dataset
 from .placement import Placement
 from .prefetch import Prefetcher
@@ -29,7 +30,8 @@ from .ufs.base import VersionChanged
 
 # Seconds to read one block from a source: local disk, a LAN object store, a far region.
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-COUNTERS = ("source_reads", "source_bytes", "prefetches")
+# prefetches_skipped: read-ahead not started, the dataset's source slots being needed or stuck
+COUNTERS = ("source_reads", "source_bytes", "prefetches", "prefetches_skipped")
 
 
 class BlockFetcher:
@@ -89,26 +91,45 @@ class BlockFetcher:
     def _prefetch_one(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
         with self._lock:
             self._queued.discard(key)
-            if key in self._table.blocks:
+            if key in self._table.blocks or key in self._inflight:
                 return
+        # Only a slot free beyond the foreground's reserve, never a wait for one: a read-ahead
+        # must not hold up a reader's own request, least of all when the source hangs.
+        if not ds.budget.try_take():
+            with self._lock:
+                self._counters["prefetches_skipped"] += 1
+            return
+        with self._lock:
             self._counters["prefetches"] += 1
-        self.fetch(ds, key, file_size)
+        self.fetch(ds, key, file_size, taken=True)
 
-    def fetch(self, ds: Dataset, key: BlockKey, file_size: int) -> Location:
-        """Single-flight: the first thread loads the block, the others wait for its answer."""
+    def fetch(self, ds: Dataset, key: BlockKey, file_size: int, taken: bool = False) -> Location:
+        """Single-flight: the first thread loads the block, the others wait for its answer,
+        each at most until its deadline (the dataset's `sourceTimeout` from now); `taken`: the
+        caller holds a slot of the dataset's budget, for the source read if it makes one."""
+        deadline = time.monotonic() + ds.spec.source_timeout
         with self._lock:
             block = self._table.get(key)
             if block is not None:  # stored while this thread was on its way here
                 self._table.touch(block, self._clock())
-                return self.location(block)
+                found = self.location(block)
             future = self._inflight.get(key)
-            leader = future is None
+            leader = block is None and future is None
             if leader:
                 future = self._inflight[key] = Future()
         if not leader:
+            if taken:
+                ds.budget.give_back()
+            if block is not None:
+                return found
+            done, _ = wait([future], max(deadline - time.monotonic(), 0))
+            if not done:
+                raise SourceTimeout(f"source of dataset {ds.id}: block {key.index} of "
+                                    f"{key.path!r}, read by another request, did not come "
+                                    "in time (sourceTimeout)")
             return future.result()
         try:
-            loc = self._load(ds, key, file_size)
+            loc = self._load(ds, key, file_size, deadline, taken)
         except BaseException as e:
             future.set_exception(e)
             raise
@@ -119,11 +140,13 @@ class BlockFetcher:
             with self._lock:
                 del self._inflight[key]
 
-    def _load(self, ds: Dataset, key: BlockKey, file_size: int) -> Location:
+    def _load(self, ds: Dataset, key: BlockKey, file_size: int, deadline: float,
+              taken: bool) -> Location:
         length = block_length(ds, key, file_size)
         start = time.monotonic()
-        with ds.source() as ufs:
-            data = ufs.read(key.path, key.index * ds.block_size, length, key.version or None)
+        offset, version = key.index * ds.block_size, key.version or None
+        data = ds.call_source(lambda ufs: ufs.read(key.path, offset, length, version),
+                              f"read of block {key.index} of {key.path!r}", deadline, taken)
         with self._lock:
             self.fetch_seconds.observe(time.monotonic() - start)
             self._counters["source_reads"] += 1

@@ -11,19 +11,16 @@ tokens), a secret value of 16 KiB, a path component of 255 bytes; no control cha
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import asdict, dataclass, field
-from urllib.parse import SplitResult, urlsplit
 
 from eddy.base.errors import InvalidArgument, InvalidParameter
-from eddy.base.limits import cut, path_problem, shown, text_problem
-from eddy.base.uris import shown_uri
+from eddy.base.limits import cut, shown, text_problem
 
 from .quantity import format_bytes, parse_quantity
+from .source import MAX_VALUE_BYTES, Source, checked_path, parse_endpoint, parse_source
 
 RESERVED_PREFIX = "csi.storage.k8s.io/"
-SOURCE_SCHEMES = ("local", "s3", "pvc", "nfs", "http", "https")
 SECRET_KEYS = ("accessKeyId", "secretAccessKey", "sessionToken")
 
 DEFAULT_BLOCK_SIZE = 4 << 20
@@ -34,9 +31,16 @@ MAX_BLOCK_SIZE = 64 << 20
 DEFAULT_METADATA_TTL = 60.0
 DEFAULT_READ_AHEAD = 8
 MAX_READ_AHEAD = 64
+# A block read from the source that takes longer fails that read (ETIMEDOUT); a mount's
+# engine call waits up to client.LOCATE_TIMEOUT (300 s), so the longest allowed stays below.
+DEFAULT_SOURCE_TIMEOUT = 60.0
+MIN_SOURCE_TIMEOUT = 0.1
+MAX_SOURCE_TIMEOUT = 240.0
+METADATA_TIMEOUT = 20.0  # stat and list wait at most this (below client.CALL_TIMEOUT, 30 s)
+DEFAULT_SOURCE_CONCURRENCY = 8  # source operations of one dataset in flight at once
+MAX_SOURCE_CONCURRENCY = 64
 MAX_PARAMETERS = 64  # keys in one parameter map, reserved keys included
 MAX_KEY_BYTES = 256
-MAX_VALUE_BYTES = 4096  # PATH_MAX: a source URI or a preload list is at most a path long
 MAX_RESERVED_VALUE_BYTES = 64 << 10  # kubelet's csi.storage.k8s.io/serviceAccount.tokens
 MAX_SECRET_BYTES = 16 << 10  # STS session tokens run to a few KiB
 PRELOAD_ALL = ("true", "yes", "1", "all")
@@ -46,27 +50,7 @@ OWNER_KEYS = ("uid", "gid", "fileMode", "dirMode")
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to chown(2): never an owner
 
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-# S3 bucket names: 3-63 chars of lowercase letters, digits, dots and hyphens.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IPV4 = re.compile(r"^[0-9]+(\.[0-9]+){3}$")
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _OCTAL_MODE = re.compile(r"^(?:0o)?([0-7]{1,4})$")
-
-
-@dataclass(frozen=True)
-class Source:
-    """A parsed `source` parameter. `root` is the path inside the scheme's namespace."""
-
-    scheme: str
-    uri: str
-    bucket: str = ""  # s3 bucket, pvc namespace, or nfs server
-    root: str = ""  # local: absolute dir; s3: key prefix; pvc: name[/subdir]; nfs: absolute
-    #                 export path (the node mounts it); http(s): full URL
-
-    @property
-    def shown(self) -> str:
-        """The URI for people (logs, errors, status): no query string (it may be a signature)."""
-        return shown_uri(self.uri)
 
 
 @dataclass(frozen=True)
@@ -88,6 +72,8 @@ class DatasetSpec:
     gid: int | None = None
     file_mode: int | None = None
     dir_mode: int | None = None
+    source_timeout: float = DEFAULT_SOURCE_TIMEOUT  # seconds a block read may take
+    source_concurrency: int = DEFAULT_SOURCE_CONCURRENCY  # source operations in flight
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_parameters(self) -> dict[str, str]:
@@ -111,6 +97,10 @@ class DatasetSpec:
             out["preload"] = "/" + listed if keyword else listed
         out["metadataTTL"] = _format_ttl(self.metadata_ttl)
         out["readAhead"] = str(self.read_ahead)
+        if self.source_timeout != DEFAULT_SOURCE_TIMEOUT:
+            out["sourceTimeout"] = _format_seconds(self.source_timeout)
+        if self.source_concurrency != DEFAULT_SOURCE_CONCURRENCY:
+            out["sourceConcurrency"] = str(self.source_concurrency)
         owner = (self.uid, self.gid, self.file_mode, self.dir_mode)
         for key, value in zip(OWNER_KEYS, owner, strict=True):
             if value is not None:
@@ -122,106 +112,22 @@ class DatasetSpec:
         owners, and an engine that predates those keys would refuse them."""
         return {k: v for k, v in self.to_parameters().items() if k not in OWNER_KEYS}
 
+    @property
+    def metadata_timeout(self) -> float:
+        """Seconds a stat or list of the source may take: less than a block read."""
+        return min(self.source_timeout, METADATA_TIMEOUT)
+
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def _format_ttl(ttl: float | None) -> str:
     """Exact, so that parsing the canonical parameters gives back the same spec."""
-    if ttl is None:
-        return "immutable"
-    return str(int(ttl)) if ttl == int(ttl) else repr(ttl)
+    return "immutable" if ttl is None else _format_seconds(ttl)
 
 
-def parse_source(value: str, key: str = "source") -> Source:
-    """Validate a source URI; the error names `key` and what is wrong."""
-    if not value:
-        raise InvalidParameter(key, "is required (e.g. s3://bucket/prefix or local:///data)")
-    problem = text_problem(value, MAX_VALUE_BYTES)
-    if problem:
-        raise InvalidParameter(key, problem)
-    parts = _split_url(key, value)
-    scheme = parts.scheme.lower()
-    if scheme not in SOURCE_SCHEMES:
-        raise InvalidParameter(
-            key, f"unsupported URL scheme {parts.scheme!r} (use one of {', '.join(SOURCE_SCHEMES)})"
-        )
-    if parts.username or parts.password:
-        raise InvalidParameter(key, "must not contain credentials; use the node-stage secret")
-    if (parts.query or parts.fragment) and scheme not in ("http", "https"):
-        raise InvalidParameter(key, "must not have a query or fragment")
-    raw_path = parts.path
-    if any(seg == ".." for seg in raw_path.split("/")):
-        raise InvalidParameter(key, "path must not contain '..'")
-    if scheme == "local":
-        if parts.netloc:
-            raise InvalidParameter(key, "local sources are local:///absolute/path (three slashes)")
-        if not raw_path.startswith("/"):
-            raise InvalidParameter(key, "local path must be absolute (local:///abs/dir)")
-        root = _path(key, "/" + posixpath.normpath(raw_path).lstrip("/"))  # normpath keeps "//"
-        return Source("local", f"local://{root}", root=root)
-    if scheme == "s3":
-        bucket = parts.netloc
-        if not bucket:
-            raise InvalidParameter(key, "is missing the bucket (s3://bucket/prefix)")
-        if not _BUCKET.fullmatch(bucket) or ".." in bucket or _IPV4.fullmatch(bucket):
-            raise InvalidParameter(key, f"{shown(bucket)} is not a valid S3 bucket name")
-        prefix = _path(key, posixpath.normpath(raw_path).strip("/") if raw_path.strip("/") else "")
-        uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        return Source("s3", uri, bucket=bucket, root=prefix)
-    if scheme == "pvc":
-        namespace = parts.netloc
-        segs = [s for s in raw_path.split("/") if s]
-        if not namespace or not segs:
-            raise InvalidParameter(key, "pvc sources are pvc://namespace/name[/subdir]")
-        for name in (namespace, segs[0]):
-            if not _K8S_NAME.fullmatch(name):
-                raise InvalidParameter(key, f"{shown(name)} is not a valid Kubernetes name")
-        root = _path(key, "/".join(segs))
-        return Source("pvc", f"pvc://{namespace}/{root}", bucket=namespace, root=root)
-    if scheme == "nfs":
-        return _parse_nfs(key, parts.netloc, parts.hostname, raw_path)
-    # http / https
-    if not parts.hostname:
-        raise InvalidParameter(key, "is missing the host (https://host/path)")
-    return Source(scheme, value, root=value)
-
-
-def _parse_nfs(key: str, netloc: str, host: str | None, raw_path: str) -> Source:
-    """nfs://server/export/path: what a pvc:// source on an NFS PersistentVolume becomes."""
-    if not host or not netloc or ":" in netloc.rsplit("]", 1)[-1]:
-        raise InvalidParameter(key, "nfs sources are nfs://server/export/path (no port)")
-    if not raw_path.startswith("/"):
-        raise InvalidParameter(key, "nfs sources need the export path (nfs://server/export)")
-    root = _path(key, "/" + posixpath.normpath(raw_path).lstrip("/"))
-    return Source("nfs", f"nfs://{netloc}{root}", bucket=netloc, root=root)
-
-
-def _split_url(key: str, value: str) -> SplitResult:
-    """urlsplit, whose ValueError (a bracketed host that is no IPv6 address) names `key`."""
-    try:
-        return urlsplit(value)
-    except ValueError as e:
-        raise InvalidParameter(key, f"is not a valid URL ({e})") from None
-
-
-def _path(key: str, path: str) -> str:
-    """`path` (inside a source), if every component fits a file name."""
-    problem = path_problem(path, absolute=False)
-    if problem:
-        raise InvalidParameter(key, f"path {problem}")
-    return path
-
-
-def _parse_endpoint(value: str) -> str:
-    parts = _split_url("endpoint", value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidParameter("endpoint", f"{shown(value)} is not an http(s):// URL")
-    if parts.username or parts.password:
-        raise InvalidParameter("endpoint", "must not contain credentials")
-    if parts.query or parts.fragment:  # nothing to say to S3 there, and it would be shown
-        raise InvalidParameter("endpoint", "must not have a query or fragment")
-    return value.rstrip("/")
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
 
 
 def _parse_size(key: str, value: str, low: int, high: int | None = None) -> int:
@@ -286,7 +192,7 @@ def _parse_preload(value: str) -> tuple[str, ...] | bool:
             continue
         if any(seg == ".." for seg in p.split("/")):
             raise InvalidParameter("preload", f"path {shown(p)} must not contain '..'")
-        paths.append(_path("preload", p))
+        paths.append(checked_path("preload", p))
     return tuple(paths) or False  # "," or "/" lists nothing: the same as no preload
 
 
@@ -302,6 +208,17 @@ def _parse_ttl(value: str) -> float | None:
     if not 0 <= ttl <= 365 * 86400:
         raise InvalidParameter("metadataTTL", f"{shown(value)} is outside 0..31536000 seconds")
     return ttl
+
+
+def _parse_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidParameter("sourceTimeout", f"{shown(value)} is not seconds") from None
+    if not MIN_SOURCE_TIMEOUT <= seconds <= MAX_SOURCE_TIMEOUT:
+        raise InvalidParameter("sourceTimeout", f"{shown(value)} is outside "
+                               f"{MIN_SOURCE_TIMEOUT}..{MAX_SOURCE_TIMEOUT:g} seconds")
+    return seconds
 
 
 def check_limits(params: dict[str, str]) -> None:
@@ -329,7 +246,7 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         if key in dataset:
             raise InvalidParameter(key, "credentials belong in the node-stage secret, not here")
     known = {"source", "endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
-             "metadataTTL", "readAhead", *OWNER_KEYS}
+             "metadataTTL", "readAhead", "sourceTimeout", "sourceConcurrency", *OWNER_KEYS}
     for key in sorted(dataset):
         if key not in known:
             raise InvalidParameter(key, f"unknown parameter (known: {', '.join(sorted(known))})")
@@ -338,7 +255,7 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
     if "endpoint" in dataset:
         if source.scheme != "s3":
             raise InvalidParameter("endpoint", "only applies to s3:// sources")
-        kwargs["endpoint"] = _parse_endpoint(dataset["endpoint"])
+        kwargs["endpoint"] = parse_endpoint(dataset["endpoint"])
     if "region" in dataset:
         if not re.fullmatch(r"[a-z0-9-]{1,32}", dataset["region"]):
             raise InvalidParameter("region", f"{shown(dataset['region'])} is not a region name")
@@ -361,6 +278,11 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         kwargs["metadata_ttl"] = _parse_ttl(dataset["metadataTTL"])
     if "readAhead" in dataset:
         kwargs["read_ahead"] = _parse_int("readAhead", dataset["readAhead"], 0, MAX_READ_AHEAD)
+    if "sourceTimeout" in dataset:
+        kwargs["source_timeout"] = _parse_timeout(dataset["sourceTimeout"])
+    if "sourceConcurrency" in dataset:
+        kwargs["source_concurrency"] = _parse_int(
+            "sourceConcurrency", dataset["sourceConcurrency"], 1, MAX_SOURCE_CONCURRENCY)
     for key, name in zip(OWNER_KEYS, ("uid", "gid", "file_mode", "dir_mode"), strict=True):
         if key in dataset:
             parse = _parse_id if name in ("uid", "gid") else _parse_mode

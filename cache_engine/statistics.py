@@ -60,6 +60,7 @@ class EngineStatistics:
     promotions: int
     checksum_failures: int
     prefetches: int
+    prefetches_skipped: int  # read-ahead not started: the dataset's source slots were needed
     extents_built: int
     extents_served: int
     index_write_failures: int  # writes SQLite refused (disk full, locked, I/O error)

@@ -32,7 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from cache_engine.spec import DatasetSpec, Source, parse_source
+from cache_engine.source import Source, parse_source
+from cache_engine.spec import DatasetSpec
 from cache_engine.ufs.addresses import Resolve, non_public_address, resolve
 from eddy.base.errors import InvalidArgument, InvalidParameter, Unavailable
 

@@ -39,6 +39,8 @@ COUNTERS = {
     "promotions": ("eddy_cache_promotions", "Blocks moved up to a faster tier."),
     "checksum_failures": ("eddy_checksum_failures", "Cached blocks that failed their checksum."),
     "prefetches": ("eddy_prefetches", "Blocks loaded ahead of sequential readers."),
+    "prefetches_skipped": ("eddy_prefetches_skipped",
+                           "Read-ahead not started: the dataset's source slots were busy."),
     "extents_built": ("eddy_extents_built", "Files compacted into one tier file (an extent)."),
     "extents_served": ("eddy_extents_served",
                        "Opens handed an extent for the kernel to read (FUSE passthrough)."),

@@ -20,7 +20,8 @@ import subprocess
 from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote
 
-from cache_engine.spec import DatasetSpec, parse_source
+from cache_engine.source import parse_source
+from cache_engine.spec import DatasetSpec
 from eddy.base import log
 
 from . import mounts

@@ -53,6 +53,7 @@ from .http_index import (
     version_of,
 )
 from .redirects import SAME_ORIGIN, RedirectPolicy
+from .trickle import read_within
 
 DEFAULT_TIMEOUT = urllib3.Timeout(connect=5.0, read=30.0)
 # Retry failed connects, and a read error once: a keep-alive connection the server closed just
@@ -100,6 +101,7 @@ class HttpUfs(UfsBackend):
         self.description = shown_uri(url)
         self.max_unranged = max_unranged
         self._redirects = redirects
+        self._source_timeout = spec.source_timeout  # for a whole body (per recv: `timeout`)
         self._pool = urllib3.PoolManager(
             num_pools=4, maxsize=max_connections, block=True, timeout=timeout, retries=retries
         )
@@ -374,6 +376,6 @@ class HttpUfs(UfsBackend):
     def _body(self, resp, url: str, limit: int, decode: bool = False) -> bytes:
         """Up to `limit` bytes of the body; file bytes are never decoded (ranges count raw)."""
         try:
-            return resp.read(limit, decode_content=decode)
+            return read_within(resp, url, limit, decode, self._source_timeout)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise UfsUnavailable(f"{shown_uri(url)} cannot be read: {failure_reason(e)}") from None

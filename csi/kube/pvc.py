@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 
-from cache_engine.spec import DatasetSpec, Source, parse_source
+from cache_engine.source import Source, parse_source
+from cache_engine.spec import DatasetSpec
 from eddy.base.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from .api import REQUEST_TIMEOUT, LazyCoreApi, api_errors

@@ -86,6 +86,13 @@ INVALID = [
     ("dir-mode-sticky", LOCAL | {"dirMode": "1777"}, ["dirMode", "sticky"]),
     ("dir-mode-empty", LOCAL | {"dirMode": ""}, ["dirMode", "octal"]),
     ("dir-mode-spaces", LOCAL | {"dirMode": " 755"}, ["dirMode", "octal"]),
+    ("bad-source-timeout", LOCAL | {"sourceTimeout": "forever"}, ["sourceTimeout", "forever"]),
+    ("zero-source-timeout", LOCAL | {"sourceTimeout": "0"}, ["sourceTimeout", "outside"]),
+    ("nan-source-timeout", LOCAL | {"sourceTimeout": "nan"}, ["sourceTimeout", "outside"]),
+    ("source-timeout-too-long", LOCAL | {"sourceTimeout": "3600"}, ["sourceTimeout", "240"]),
+    ("zero-source-concurrency", LOCAL | {"sourceConcurrency": "0"}, ["sourceConcurrency"]),
+    ("bad-source-concurrency", LOCAL | {"sourceConcurrency": "many"},
+     ["sourceConcurrency", "integer"]),
 ]
 
 RESERVED = {
@@ -132,6 +139,9 @@ VALID = [
     ("local-closed-to-all", LOCAL | {"fileMode": "0", "dirMode": "0000", "gid": "4294967294"},
      DatasetSpec(Source("local", "local:///data", root="/data"), gid=4294967294, file_mode=0,
                  dir_mode=0)),
+    ("source-limits", LOCAL | {"sourceTimeout": "2.5", "sourceConcurrency": "3"},
+     DatasetSpec(Source("local", "local:///data", root="/data"), source_timeout=2.5,
+                 source_concurrency=3)),
 ]
 
 
@@ -228,7 +238,8 @@ def test_create_volume_returns_the_canonical_parameters(controller, case, params
 # --- fuzzing: any text gives a spec or InvalidArgument, never another exception -------------
 
 KNOWN_KEYS = ("endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
-              "metadataTTL", "readAhead", "uid", "gid", "fileMode", "dirMode")
+              "metadataTTL", "readAhead", "uid", "gid", "fileMode", "dirMode",
+              "sourceTimeout", "sourceConcurrency")
 SOURCES = ("local:///data", "s3://bucket/x", "pvc://ns/claim/sub", "nfs://nas/exports",
            "https://example.com/d/", "http://[::1]:8080/x", "local://", "s3://", "http://[")
 # Any character (lone surrogates too: a command line's undecodable bytes become those), and
@@ -260,6 +271,8 @@ PLAUSIBLE_PARAMETERS = st.fixed_dictionaries({"source": st.sampled_from(SOURCES[
     "fileMode": st.tuples(st.sampled_from(("", "0", "0o")), st.integers(0, 0o7777))
     .map(lambda t: f"{t[0]}{t[1]:o}"),
     "dirMode": st.from_regex(r"(0o)?[0-9]{1,5}", fullmatch=True),
+    "sourceTimeout": st.one_of(st.floats().map(repr), st.sampled_from(("60", "0.1", "1e2"))),
+    "sourceConcurrency": st.integers(-1, 100).map(str),
 })
 ANY_PARAMETERS = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS + ("source",)), ANY_TEXT,
                                            st.just("csi.storage.k8s.io/pvc/name")),

@@ -180,6 +180,8 @@ CASES = [
     ("source-nfs-component-over-255", source(f"nfs://nas/exports/{LONG_NAME}"), INVALID,
      ["source", "component of 300 bytes"]),
     ("source-ftp", source("ftp://host/x"), INVALID, ["source", "scheme"]),
+    ("source-nfs-server-like-an-option", source("nfs://-oexec/exports"), INVALID,
+     ["source", "-oexec", "not a server name"]),
     # -- CSI fields of the node -----------------------------------------------------------------
     ("stage-id-nul", stage(volume_id="eddy-\x00"), INVALID, ["volume_id", "control"]),
     ("stage-id-over-128-bytes", stage(volume_id="v" * 200), INVALID, ["volume_id", "200 bytes"]),

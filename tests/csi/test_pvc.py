@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cache_engine.spec import parse_parameters, parse_source
+from cache_engine.source import parse_source
+from cache_engine.spec import parse_parameters
 from csi.controller import ControllerService
 from csi.kube.api import LazyCoreApi
 from csi.kube.pvc import PvcResolver

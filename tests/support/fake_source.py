@@ -7,6 +7,8 @@ ufs)`, or `DatasetFs(ufs, ttl)` for a mount without an engine.
     ufs = FakeUfs({"a/b.bin": b"...", "empty-dir": None, "link": ("->", "a/b.bin")})
     ufs.set("a/b.bin", b"new bytes")   # a new version
     ufs.fail = UfsUnavailable("down")  # every later call raises it, until set to None
+    ufs.hold("a/b.bin")                # calls on that path hang (a sick source) until
+    ufs.release()                      # this
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class FakeUfs(UfsBackend):
         self._dirs: set[str] = {""}
         self._links: dict[str, str] = {}
         self._generation = 0
+        self._held: set[str] | None = set()  # paths whose calls hang; None: every path
+        self._gate = threading.Event()  # cleared while something is held
+        self._gate.set()
         for path, node in tree.items():
             if node is None:
                 self._dirs.add(clean_path(path))
@@ -63,11 +68,25 @@ class FakeUfs(UfsBackend):
         """How many calls of `operation` ("stat", "list", "read", ...) were made."""
         return sum(1 for op, _ in self.calls if op == operation)
 
+    def hold(self, *paths: str) -> None:
+        """Calls on `paths` (every path if none is named) hang until `release`."""
+        with self._lock:
+            self._held = {clean_path(p) for p in paths} if paths else None
+            self._gate.clear()
+
+    def release(self) -> None:
+        with self._lock:
+            self._held = set()
+            self._gate.set()
+
     def _call(self, operation: str, path: str) -> str:
         rel = clean_path(path)
         with self._lock:
             self.requests += 1
             self.calls.append((operation, rel))
+            held = self._held is None or rel in self._held
+        if held:
+            self._gate.wait()
         if self.fail is not None:
             raise self.fail
         return rel

@@ -5,7 +5,8 @@ page per directory, a 301 to add the trailing slash), and serves files with what
 backend uses: HEAD, single ranges (206 with Content-Range, 416 past the end), an ETag and
 If-Match (412 when the file changed). Every request is recorded, so a test can tell file data
 (a GET of a file) from metadata (HEADs and index pages) and assert a cache hit costs nothing.
-Clearing `gate` holds every GET of file data until it is set again: a source that stalls.
+Clearing `gate` holds every GET of file data until it is set again: a source that stalls;
+setting `drip` sends file data one byte per `drip` seconds: a source that trickles.
 
     with HttpSource(root) as http:
         params = {"source": http.url}
@@ -19,6 +20,7 @@ import io
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -63,6 +65,18 @@ class _Handler(SimpleHTTPRequestHandler):
         if self._record().is_data:
             self.source.gate.wait(GATE_TIMEOUT)
         super().do_GET()
+
+    def copyfile(self, source, outputfile) -> None:
+        if not self.source.drip:
+            return super().copyfile(source, outputfile)
+        try:
+            while (byte := source.read(1)) and self.source.drip:
+                outputfile.write(byte)
+                outputfile.flush()
+                time.sleep(self.source.drip)
+            outputfile.write(source.read())
+        except OSError:
+            self.close_connection = True  # the client gave up
 
     def do_HEAD(self) -> None:
         self._record()
@@ -128,6 +142,7 @@ class HttpSource:
         self._requests: list[Request] = []
         self.gate = threading.Event()  # cleared: file data waits (a source that stalls)
         self.gate.set()
+        self.drip = 0.0  # seconds between bytes of file data (0: no trickle)
         handler = type("Handler", (_Handler,), {"source": self})
         root = self.root
 
