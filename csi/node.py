@@ -66,9 +66,10 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                  cache: VolumeCache | None = None, ephemeral: EphemeralPolicy | None = None,
                  nfs: NfsMounts | None = None, watch_interval: float = WATCH_INTERVAL,
                  secrets_dir: str = DEFAULT_SECRETS_DIR, kubelet_dir: str = KUBELET_DIR,
-                 redirects: RedirectPolicy | None = None):
+                 redirects: RedirectPolicy | None = None, local_allow: tuple[str, ...] = ()):
         self.node_id = node_id
         self.kubelet_dir = kubelet_dir  # every staging and target path the CO names is beneath
+        self.local_allow = tuple(local_allow)  # where local:// sources may be (empty: anywhere)
         # Without a mounter process of its own, the node runs one here (`eddy serve` alone).
         self.mounter = mounter or Mounter(os.path.join(state_dir, "mounter"), others_hold=False,
                                           secrets_dir=secrets_dir)
@@ -94,11 +95,9 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Take up the volumes staged before a restart, then watch their mounts.
-
-        Nothing here may keep the plugin from serving: a record that cannot be read is moved
-        aside, an export that cannot be mounted is a problem of its volume alone, and both
-        show in NodeGetVolumeStats."""
+        """Take up the volumes staged before a restart, then watch their mounts. Nothing here
+        may stop the plugin: an unreadable record is moved aside, an export that cannot be
+        mounted is its volume's problem alone; both show in NodeGetVolumeStats."""
         volumes, problems = self._records.load_all()
         for problem in problems:
             self._log.error("staging_record.unreadable", problem=problem)
@@ -183,10 +182,10 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeStageVolumeResponse()
 
     def _dataset(self, volume_context: dict[str, str], inline: bool = False) -> DatasetSpec:
-        """The volume's dataset as this node serves it: on known tiers, an nfs:// source
-        rewritten to its mount point under the state dir (csi/nfs.py). Inline volumes must
-        pass the node's ephemeral policy first."""
+        """The volume's dataset as this node serves it (on its tiers, from its local
+        directories, nfs:// as its mount under the state dir); inline ones pass its policy."""
         spec = parse_parameters(volume_context)
+        validate.local_source(spec, self.local_allow)
         if inline:
             spec = self.ephemeral.admit(spec)
         elif spec.source.scheme == "pvc":
@@ -346,8 +345,8 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         its source; it is then published like any staged volume, and re-adopted likewise."""
         spec = self._dataset(dict(request.volume_context), inline=True)
         secrets = parse_secrets(dict(request.secrets))
-        name = "v-" + re.sub(r"[^A-Za-z0-9._-]", "_", request.volume_id)
-        path = os.path.join(self._ephemeral_dir, name)
+        path = os.path.join(self._ephemeral_dir, "v-" + re.sub(r"[^\w.-]", "_", request.volume_id,
+                                                               flags=re.ASCII))
         return self._stage(request.volume_id, path, spec, secrets, inline=True)
 
     def _unstage_inline(self, vol: StagedVolume) -> None:

@@ -93,6 +93,7 @@ class DriverConfig:
     mounter: str = ""  # unix:///PATH of `eddy mounter`; "" runs the mounter in this process
     secrets_dir: str = DEFAULT_SECRETS_DIR  # node-stage secrets, on tmpfs only
     kubelet_dir: str = KUBELET_DIR  # staging and target paths must be beneath it
+    local_allow: list[str] = field(default_factory=list)  # local:// roots (empty: anywhere)
     socket_group: str = ""  # the CSI socket is 0660 for this group ("" : 0600, root's alone)
 
 
@@ -126,6 +127,7 @@ class Driver:
                                     config.log_level, mounter=_mounter(config),
                                     secrets_dir=config.secrets_dir,
                                     kubelet_dir=config.kubelet_dir,
+                                    local_allow=tuple(config.local_allow),
                                     engine_endpoint=self.engine_endpoint,
                                     tier_names=self.host.tier_names,
                                     cache=VolumeCache(self.host.engine), redirects=redirects,

@@ -114,3 +114,15 @@ def node_tiers(spec: DatasetSpec, node_id: str, tier_names: tuple[str, ...]) -> 
         raise InvalidParameter("tiers", f"{', '.join(map(repr, unknown))} "
                                f"{'is not a tier' if len(unknown) == 1 else 'are not tiers'} "
                                f"of node {node_id} (its tiers: {', '.join(tier_names)})")
+
+
+def local_source(spec: DatasetSpec, allowed: tuple[str, ...]) -> None:
+    """Refuse a local:// source (a hostPath pvc:// resolves to one) outside the directories the
+    node serves local sources from (`eddy serve --local-allow`; none given: any directory)."""
+    if spec.source.scheme != "local" or not allowed:
+        return
+    root = spec.source.root
+    if not any(root == d or root.startswith(d.rstrip("/") + "/") for d in allowed):
+        raise InvalidParameter("source", f"{spec.source.shown} is outside the directories this "
+                               f"node serves local sources from (--local-allow: "
+                               f"{', '.join(allowed)})")

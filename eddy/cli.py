@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kubelet-dir", default="/var/lib/kubelet", metavar="DIR",
                    help="kubelet's root: every staging and target path must be beneath it "
                         "(default: %(default)s)")
+    s.add_argument("--local-allow", action="append", default=[], metavar="DIR",
+                   help="a host directory local:// sources (and hostPath pvc:// ones) may be "
+                        "in; repeatable (default: any directory)")
     s.add_argument("--socket-group", default="", metavar="GROUP",
                    help="make the CSI socket 0660 for this group, for sidecars that run as it")
     s.add_argument("--node-id", default=socket.gethostname(),
@@ -171,7 +174,7 @@ def _serve(args) -> int:
         ephemeral_private=args.ephemeral_allow_private,
         http_redirect_allow=args.http_redirect_allow, mounter=args.mounter,
         socket_group=args.socket_group, secrets_dir=args.secrets_dir,
-        kubelet_dir=args.kubelet_dir))
+        kubelet_dir=args.kubelet_dir, local_allow=args.local_allow))
     stopping = _stop_signals()
     driver.start()
     stopping.wait()

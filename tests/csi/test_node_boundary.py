@@ -102,3 +102,26 @@ def test_a_symlink_in_kubelets_directory_cannot_lead_a_target_out(driver, tmp_pa
     with pytest.raises(grpc.RpcError) as e:
         _unpublish(driver, "v1", str(pods / "escape" / "mount"))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_local_sources_only_from_the_directories_the_node_allows(tmp_path):
+    allowed = tmp_path / "datasets"
+    (allowed / "mine").mkdir(parents=True)
+    (allowed / "mine" / "file").write_bytes(b"allowed")
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    drv = DriverProcess(str(tmp_path / "driver"), extra_args=("--local-allow", str(allowed)))
+    try:
+        with drv:
+            inside = create(drv, "pvc-inside", {"source": f"local://{allowed}/mine"})
+            staging, [target] = stage_and_publish(drv, tmp_path, inside, targets=("pod-a",))
+            with open(os.path.join(target, "file"), "rb") as f:
+                assert f.read() == b"allowed"
+            teardown_volume(drv, inside, staging, [target])
+            outside = create(drv, "pvc-outside", {"source": f"local://{elsewhere}"})
+            with pytest.raises(grpc.RpcError) as e:
+                stage_and_publish(drv, tmp_path, outside, targets=("pod-b",))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"--local-allow: {allowed}" in e.value.details()
+    finally:
+        cleanup_mounts(str(tmp_path))

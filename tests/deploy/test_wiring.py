@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from cache_engine.tiers import parse_tiers
 from csi.ephemeral import EphemeralPolicy
@@ -208,6 +209,28 @@ def test_eddy_status_in_the_plugin_container_reaches_its_engine_socket(directory
     plugin = _parser().parse_args(["serve", *eddy_args(objects, "DaemonSet")])
     engine = socket_path(plugin.engine_endpoint or f"unix://{plugin.state_dir}/engine.sock")
     assert socket_path(_parser().parse_args(["status"]).endpoint) == engine
+
+
+@installs()
+def test_every_local_source_directory_is_mounted_where_the_daemons_read_it(directory):
+    """--local-allow names host directories; the node plugin and the mounter (whose daemons
+    read local sources) both see each one at its host path, and the examples' local and
+    hostPath sources lie in one of them."""
+    objects = render(directory)
+    node, mounter = (find(objects, "DaemonSet", n) for n in ("eddy-node", "eddy-mounter"))
+    plugin = _parser().parse_args(["serve", *eddy_args(objects, "DaemonSet")])
+    assert plugin.local_allow, "a cluster node must say where local sources may be"
+    for allowed in plugin.local_allow:
+        for workload in (node, mounter):
+            assert host_path(workload, container(workload, "eddy"), allowed) == allowed
+    with open(DEPLOY / "examples" / "storageclass-local.yaml") as f:
+        [local_class] = yaml.safe_load_all(f)
+    pvs = [o for o in render(DEPLOY / "examples" / "seed" / "store")
+           if o["kind"] == "PersistentVolume"]
+    paths = [local_class["parameters"]["source"].removeprefix("local://"),
+             *(pv["spec"]["hostPath"]["path"] for pv in pvs)]
+    for path in paths:
+        assert any(path.startswith(d.rstrip("/") + "/") for d in plugin.local_allow), path
 
 
 @installs()
