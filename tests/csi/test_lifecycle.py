@@ -61,14 +61,6 @@ def assert_tree(mount_dir: str, files: dict[str, bytes]) -> None:
         ["model.safetensors", "config.json", "tokenizer", "shards", "config-link.json"])
 
 
-@pytest.fixture
-def driver(tmp_path):
-    drv = DriverProcess(str(tmp_path / "driver")).start()
-    yield drv
-    drv.stop()
-    cleanup_mounts(str(tmp_path))
-
-
 def test_local_volume_whole_life(driver, tmp_path):
     src = tmp_path / "dataset"
     files = make_tree(src)

@@ -21,14 +21,6 @@ from tests.support.fuse import fuse_problem
 pytestmark = pytest.mark.skipif(fuse_problem() is not None, reason=str(fuse_problem()))
 
 
-@pytest.fixture
-def driver(tmp_path):
-    drv = DriverProcess(str(tmp_path / "driver")).start()
-    yield drv
-    drv.stop()
-    cleanup_mounts(str(tmp_path))
-
-
 def _volume(driver, tmp_path, name: str):
     src = tmp_path / f"src-{name}"
     src.mkdir()

@@ -22,8 +22,6 @@ from cache_engine.tiers import parse_tiers
 from eddy.base.errors import FailedPrecondition
 from eddy.base.pb import csi_pb2
 from tests.support.driver import (
-    DriverProcess,
-    cleanup_mounts,
     create,
     mount_capability,
     mounts_under,
@@ -33,14 +31,6 @@ from tests.support.driver import (
 from tests.support.fuse import fuse_problem
 
 needs_fuse = pytest.mark.skipif(fuse_problem() is not None, reason=str(fuse_problem()))
-
-
-@pytest.fixture
-def driver(tmp_path):
-    drv = DriverProcess(str(tmp_path / "driver")).start()
-    yield drv
-    drv.stop()
-    cleanup_mounts(str(tmp_path))
 
 
 def _stage_error(driver, tmp_path, source: str) -> grpc.RpcError:
