@@ -21,7 +21,6 @@ from . import metrics
 from .controller import ControllerService
 from .ephemeral import EphemeralPolicy
 from .identity import IdentityService
-from .mounter.mounter import Mounter
 from .mounter.service import MounterClient
 from .node import KUBELET_DIR, NodeService
 from .state.secrets import DEFAULT_SECRETS_DIR
@@ -58,14 +57,6 @@ def _group_id(name: str) -> int | None:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         raise InvalidArgument(f"--socket-group {name!r}: no such group on this host") from None
-
-
-def _mounter(config: DriverConfig) -> Mounter | MounterClient:
-    """The node's mounter: `eddy mounter` over its socket, or one in this process."""
-    if config.mounter:
-        return MounterClient(config.mounter)
-    return Mounter(os.path.join(config.state_dir, "mounter"), others_hold=False,
-                   secrets_dir=config.secrets_dir)
 
 
 @dataclass
@@ -123,8 +114,10 @@ class Driver:
             self.host = EngineHost(config.tiers or default_tiers(config.state_dir),
                                    os.path.join(config.state_dir, "engine"),
                                    redirects=redirects)
+            # Without --mounter, the node runs a mounter in this process.
+            mounter = MounterClient(config.mounter) if config.mounter else None
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,
-                                    config.log_level, mounter=_mounter(config),
+                                    config.log_level, mounter=mounter,
                                     secrets_dir=config.secrets_dir,
                                     kubelet_dir=config.kubelet_dir,
                                     local_allow=tuple(config.local_allow),
@@ -141,11 +134,6 @@ class Driver:
                                    self.node.volume_mounts)
         identity = IdentityService(config.driver_name, with_controller)
         csi_pb2_grpc.add_IdentityServicer_to_server(identity, self.server)
-
-    @property
-    def engine(self):
-        """The node's cache engine (None in controller mode)."""
-        return self.host.engine if self.host is not None else None
 
     def start(self) -> None:
         if self.host is not None:

@@ -122,7 +122,7 @@ def local_source(spec: DatasetSpec, allowed: tuple[str, ...]) -> None:
     if spec.source.scheme != "local" or not allowed:
         return
     root = spec.source.root
-    if not any(root == d or root.startswith(d.rstrip("/") + "/") for d in allowed):
+    if not any(_beneath(root, d) for d in allowed):
         raise InvalidParameter("source", f"{spec.source.shown} is outside the directories this "
                                f"node serves local sources from (--local-allow: "
                                f"{', '.join(allowed)})")

@@ -66,8 +66,7 @@ def mount_options(volume_id: str) -> set[str]:
     """Options for pyfuse3.init; device.mount passes the same ones to mount(2)."""
     # No max_read: pyfuse3 leaves the connection's max_read unset, and libfuse refuses a
     # mismatch. Requests are still up to 1 MiB (libfuse 3 negotiates max_pages = 256).
-    return {f"fsname={device.fsname(volume_id)}", "subtype=eddy", "ro", "allow_other",
-            "default_permissions"}
+    return {f"fsname={device.fsname(volume_id)}", "subtype=eddy", "ro", *device.MOUNT_OPTIONS}
 
 
 def pyfuse3_can_resume() -> bool:

@@ -19,6 +19,7 @@ from eddy.base import mounttable
 from eddy.base.errors import Unavailable
 from eddy.base.mounttable import mount_at
 
+MOUNT_OPTIONS = ("allow_other", "default_permissions")  # every pod's uid; the kernel checks modes
 FUSE_NOTIFY_RESEND = 7  # Linux 6.9+: requests read but not answered go back to the queue
 
 
@@ -37,8 +38,8 @@ def mount(mountpoint: str, volume_id: str) -> tuple[int, str]:
     if not stat.S_ISDIR(st.st_mode):
         raise Unavailable(f"cannot mount at {mountpoint}: not a directory")
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    options = (f"fd={fd},rootmode={stat.S_IFDIR:o},user_id=0,group_id=0,"
-               "allow_other,default_permissions")
+    options = f"fd={fd},rootmode={stat.S_IFDIR:o},user_id=0,group_id=0," + \
+        ",".join(MOUNT_OPTIONS)
     try:
         mounttable.mount(fsname(volume_id), mountpoint, "fuse.eddy",
                          mounttable.MS_RDONLY | mounttable.MS_NOSUID | mounttable.MS_NODEV,

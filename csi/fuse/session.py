@@ -113,6 +113,11 @@ class Journal:
         if self._fd >= 0:
             self._pending.append(json.dumps(record, separators=(",", ":")))
 
+    @property
+    def pending(self) -> bool:
+        """Whether records were added since the last write."""
+        return bool(self._pending)
+
     def flush(self) -> None:
         """Write what was added; called before the kernel gets the answer that depends on it."""
         if not self._pending:
@@ -282,6 +287,8 @@ class SessionTable:
 
     def flush(self) -> None:
         """Journal what changed; rewrite the journal whole once it is mostly history."""
+        if not self._journal.pending:  # most requests (reads, getattr) change nothing
+            return
         live = len(self.lookups) + len(self.files) + len(self.dirs)
         if self._journal.records > max(self._compact_after, 4 * live):
             self._journal.rewrite(self._snapshot())
