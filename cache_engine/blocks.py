@@ -184,11 +184,16 @@ def prepare_tiers(tiers: list[Tier]) -> None:
     for tier in tiers:
         try:
             _secure_root(tier)
-            os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
-            os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
+            make_tier_dirs(tier)
         except OSError as e:
             raise FailedPrecondition(
                 f"tier {tier.name}: cannot use {tier.path}: {e.strerror}") from None
+
+
+def make_tier_dirs(tier: Tier) -> None:
+    """The tier's block and temporary directories, made if missing."""
+    os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
+    os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
 
 
 def _secure_root(tier: Tier) -> None:

@@ -109,13 +109,13 @@ class CacheEngine:
         self._places = Placement(self.tiers, self._table, self._index, self._lock, self._tiers_of,
                                  self._maintenance.wake, clock, pin_seconds, self._health)
         self._prefetcher = Prefetcher(prefetch_workers)
-        self._extents = Extents(self.tiers, self._table, self._lock, self._places, held_in_ram)
-        self._fetcher = BlockFetcher(self.tiers, self._table, self._lock, self._places,
+        self._extents = Extents(self._table, self._lock, self._places, held_in_ram)
+        self._fetcher = BlockFetcher(self._table, self._lock, self._places,
                                      self._prefetcher, clock, self._extents.compact_when_whole)
         self._preloads = Preloads()
         self._room = PreloadRoom(self._table, self._lock)
         self._statuses = DatasetStatuses(self.tiers, self._table, self._lock, self.list,
-                                         self._preloads.progress, self.capacity)
+                                         self._preloads.progress)
         self._closed = False
         _log.info("engine.start", tiers=[t.name for t in self.tiers],
                   blocks=len(recovered.blocks), tmp_removed=recovered.tmp_removed,
@@ -332,7 +332,7 @@ class CacheEngine:
     def _preload_block(self, ds: Dataset, key: BlockKey, file_size: int) -> BlockOutcome:
         """Load one block for a preload job unless it is cached or the dataset has no room."""
         length = block_length(ds, key, file_size)
-        return self._room.load(key, length, self.capacity(ds.id),
+        return self._room.load(key, length, ds.capacity(),
                                lambda: self._fetcher.fetch(ds, key, file_size).file is not None)
 
     # --- maintenance, status, shutdown ----------------------------------------------------

@@ -21,7 +21,6 @@ from .dataset import Dataset
 from .placement import Placement
 from .prefetch import Prefetcher
 from .table import BlockTable
-from .tiers import Tier
 
 _log = log.get("cache_engine")
 
@@ -34,13 +33,12 @@ class Extents:
     engine's `BlockTable` under it; it counts `extents_served` (read with `counts`).
     """
 
-    def __init__(self, tiers: list[Tier], table: BlockTable, lock: threading.Condition,
+    def __init__(self, table: BlockTable, lock: threading.Condition,
                  placement: Placement, held_in_ram: Callable[[str], bool]):
-        self._tier = {t.name: t for t in tiers}
         self._table = table
         self._lock = lock
         self._places = placement
-        self._in_memory = {t.name for t in tiers if held_in_ram(t.path)}
+        self._in_memory = {t.name for t in table.tiers.values() if held_in_ram(t.path)}
         self._compactor = Prefetcher(1)  # one extent built at a time, in the background
         self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
         self._served = 0
@@ -69,7 +67,7 @@ class Extents:
                 for block in blocks:
                     hit(block)
                 self._served += 1
-                extent = block_path(self._tier[blocks[0].tier], blocks[0].file)
+                extent = block_path(self._table.tiers[blocks[0].tier], blocks[0].file)
         if not whole:
             self.compact_when_whole(ds, key, file_size)
         return extent

@@ -24,7 +24,6 @@ from .placement import Placement
 from .prefetch import Prefetcher
 from .status import Histogram
 from .table import BlockTable
-from .tiers import Tier
 from .types import Location
 from .ufs.base import VersionChanged
 
@@ -43,10 +42,9 @@ class BlockFetcher:
     engine's `BlockTable` under it; `counts` and `fetch_seconds` are read under that lock.
     """
 
-    def __init__(self, tiers: list[Tier], table: BlockTable, lock: threading.Condition,
+    def __init__(self, table: BlockTable, lock: threading.Condition,
                  placement: Placement, prefetcher: Prefetcher, clock: Callable[[], float],
                  compact_when_whole: Callable[[Dataset, BlockKey, int], None]):
-        self._tier = {t.name: t for t in tiers}
         self._table = table
         self._lock = lock
         self._places = placement
@@ -63,7 +61,7 @@ class BlockFetcher:
         return dict(self._counters)
 
     def location(self, block: Block) -> Location:
-        return Location(block_path(self._tier[block.tier], block.file), block.offset,
+        return Location(block_path(self._table.tiers[block.tier], block.file), block.offset,
                         block.length, block.checksum)
 
     def schedule(self, ds: Dataset, key: BlockKey, file_size: int, first: int, count: int,

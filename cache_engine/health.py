@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from eddy.base import log
 
-from .blocks import DIR_MODE, FILE_MODE, remove_quietly
+from .blocks import FILE_MODE, make_tier_dirs, remove_quietly
 from .tiers import Tier
 
 PROBE_BYTES = 4096  # what a probe writes (and removes) in a tier's tmp/
@@ -89,8 +89,7 @@ def _works(tier: Tier, room: int) -> bool:
     small file written and removed in its tmp/ (which recovery clears after a crash)."""
     probe = os.path.join(tier.tmp_dir, f"probe-{uuid.uuid4().hex}")
     try:
-        os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
-        os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
+        make_tier_dirs(tier)
         st = os.statvfs(tier.tmp_dir)
         if st.f_bavail * st.f_frsize < room + PROBE_BYTES:
             return False

@@ -79,13 +79,12 @@ def _unsigned(s: int) -> int:
 class BlockIndex:
     """SQLite persistence of the block table; thread-safe (one connection behind a lock).
 
-    `failures` counts the writes SQLite refused; `moved_aside` names where a corrupt index
-    went at start (None if it was sound)."""
+    `failures` counts the writes SQLite refused; a corrupt index is moved aside at start (its
+    new name is logged)."""
 
     def __init__(self, path: str):
         self.failures = 0
         self._failing = False
-        self.moved_aside: str | None = None
         self._lock = threading.Lock()
         try:
             self._open(path)
@@ -93,8 +92,7 @@ class BlockIndex:
             if not _corrupt(e):
                 raise
             self._db.close()
-            self.moved_aside = _move_aside(path)
-            _log.warning("index.corrupt", path=path, moved_to=self.moved_aside, error=str(e))
+            _log.warning("index.corrupt", path=path, moved_to=_move_aside(path), error=str(e))
             self._open(path)
 
     def _open(self, path: str) -> None:

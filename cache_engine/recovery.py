@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from eddy.base import log
 
-from .blocks import DIR_MODE, Block, is_extent, remove_quietly
+from .blocks import Block, is_extent, make_tier_dirs, remove_quietly
 from .index import BlockIndex, IndexWriteFailed
 from .tiers import Tier
 
@@ -99,8 +99,7 @@ def reconcile(index: BlockIndex, tiers: list[Tier]) -> Reconciled:
     result = Reconciled(blocks=[])
     on_disk: dict[str, dict[str, int]] = {}
     for tier in tiers:
-        os.makedirs(tier.blocks_dir, DIR_MODE, exist_ok=True)
-        os.makedirs(tier.tmp_dir, DIR_MODE, exist_ok=True)
+        make_tier_dirs(tier)
         result.tmp_removed += _clear_dir(tier.tmp_dir)
         on_disk[tier.name] = _scan(tier)
     dropped = []

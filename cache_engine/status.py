@@ -169,20 +169,18 @@ class DatasetStatuses:
 
     The engine's `status` and `dataset_status` call it. It reads the engine's `BlockTable`
     under the engine's lock (cached bytes per tier, of the files the walk saw), and asks the
-    engine through callables: `list_dir(dataset_id, path)`, `preload(dataset_id)` (the latest
-    job's progress) and `capacity(dataset_id)`.
+    engine through callables: `list_dir(dataset_id, path)` and `preload(dataset_id)` (the latest
+    job's progress).
     """
 
     def __init__(self, tiers: list[Tier], table: BlockTable, lock: threading.Condition,
                  list_dir: Callable[[str, str], list[Entry]],
-                 preload: Callable[[str], PreloadProgress | None],
-                 capacity: Callable[[str], int]):
+                 preload: Callable[[str], PreloadProgress | None]):
         self._tiers = tiers
         self._table = table
         self._lock = lock
         self._list = list_dir
         self._preload = preload
-        self._capacity = capacity
         self._scans: dict[str, SizeScan] = {}  # dataset id -> its latest size walk
 
     def scan(self, ds: Dataset) -> SizeScan:
@@ -223,7 +221,7 @@ class DatasetStatuses:
             ufs_total_bytes=scan.total if scan is not None else None,
             ufs_files=len(files) if files is not None else None,
             cached_bytes=sum(tier_bytes.values()),
-            capacity=self._capacity(dataset_id) if ds is not None else None,
+            capacity=ds.capacity() if ds is not None else None,
             phase=phase_of(source_error, preload, files is not None),
             hits=hits, misses=misses, tier_bytes=tier_bytes, preload=preload,
             message=scrub_uris(source_error or (scan.error if scan is not None else "")))
