@@ -303,10 +303,6 @@ class CacheEngine:
 
     # --- preload -----------------------------------------------------------------------------
 
-    def capacity(self, dataset_id: str) -> int:
-        """Bytes the dataset can keep cached at rest (see `Dataset.capacity`)."""
-        return self._dataset(dataset_id).capacity()
-
     def preload(self, dataset_id: str, paths: tuple[str, ...] = (),
                 workers: int = DEFAULT_WORKERS) -> PreloadProgress:
         """Start loading the dataset (or `paths` in it); if a job runs already, that one."""
