@@ -24,7 +24,7 @@ from .engine import CacheEngine
 from .service import CacheEngineService, Volumes
 from .tiers import parse_tiers
 from .types import StateDirBusy
-from .ufs import RedirectPolicy, open_ufs
+from .ufs import SAME_ORIGIN, RedirectPolicy, open_ufs
 
 DEFAULT_TIER_SIZE = "10Gi"
 __all__ = ["CacheEngine", "EngineHost", "StateDirBusy", "Volumes", "default_tiers", "engine_server",
@@ -63,9 +63,9 @@ class EngineHost:
     """
 
     def __init__(self, tiers: list[str], state_dir: str, threads: int = THREADS,
-                 redirects: RedirectPolicy | None = None):
+                 redirects: RedirectPolicy = SAME_ORIGIN):
         self.engine = CacheEngine(parse_tiers(tiers), state_dir, open_ufs=functools.partial(
-            open_ufs, redirects=redirects or RedirectPolicy()))
+            open_ufs, redirects=redirects))
         self.server = engine_server(threads)
         self.path: str | None = None
 

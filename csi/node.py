@@ -19,7 +19,7 @@ import re
 import threading
 
 from cache_engine.spec import DatasetSpec, check_limits, parse_parameters, parse_secrets
-from cache_engine.ufs import RedirectPolicy
+from cache_engine.ufs import SAME_ORIGIN, RedirectPolicy
 from eddy.base import log
 from eddy.base.errors import (
     Aborted,
@@ -66,7 +66,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                  cache: VolumeCache | None = None, ephemeral: EphemeralPolicy | None = None,
                  nfs: NfsMounts | None = None, watch_interval: float = WATCH_INTERVAL,
                  secrets_dir: str = DEFAULT_SECRETS_DIR, kubelet_dir: str = KUBELET_DIR,
-                 redirects: RedirectPolicy | None = None, local_allow: tuple[str, ...] = ()):
+                 redirects: RedirectPolicy = SAME_ORIGIN, local_allow: tuple[str, ...] = ()):
         self.node_id = node_id
         self.kubelet_dir = kubelet_dir  # every staging and target path the CO names is beneath
         self.local_allow = tuple(local_allow)  # where local:// sources may be (empty: anywhere)
@@ -74,7 +74,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         self.mounter = mounter or Mounter(os.path.join(state_dir, "mounter"), others_hold=False,
                                           secrets_dir=secrets_dir)
         self.engine_endpoint = engine_endpoint  # the node's cache engine, for mount daemons
-        self.redirects = redirects or RedirectPolicy()  # also for daemons reading directly
+        self.redirects = redirects  # also for daemons reading directly
         self.tier_names = tuple(tier_names)
         self.cache = cache  # the same engine, in this process: preload, usage
         self.max_volumes = max_volumes

@@ -144,11 +144,3 @@ def decode_page(body: bytes, headers) -> str:
     except LookupError:
         charset = "utf-8"
     return body.decode(charset, errors="replace")
-
-
-def final_url(resp, url: str) -> str:
-    """The URL that answered, after the redirects urllib3 followed."""
-    for hop in resp.retries.history if resp.retries else ():
-        if hop.redirect_location:
-            url = urljoin(hop.url, hop.redirect_location)
-    return url

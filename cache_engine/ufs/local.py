@@ -30,33 +30,41 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _open_root(root: str) -> int:
-    """An fd of the directory `root` (absolute), reached from / without following a symlink."""
-    fd = os.open("/", _DIR_FLAGS)
-    walked = ""
+def _descend(start: int, parts: list[str], own_start: bool) -> int:
+    """The fd of the directory `parts` lead to from `start`, each opened without following a
+    symlink; the fds opened on the way are closed, and `start` too when `own_start`."""
+    fd = start
     try:
-        for part in [p for p in root.split("/") if p]:
-            walked += "/" + part
-            try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                raise UfsUnavailable(f"source directory {root} does not exist") from None
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(walked):
-                    raise UfsUnavailable(
-                        f"source {root}: {walked} is a symlink, and eddy follows none on the "
-                        f"way to a source; give the directory's real path "
-                        f"({os.path.realpath(root)})") from None
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UfsUnavailable(f"source {root} is not a directory") from None
-                raise UfsUnavailable(
-                    f"cannot open source directory {root}: {e.strerror}") from None
-            os.close(fd)
+        for part in parts:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            if fd != start or own_start:
+                os.close(fd)
             fd = nfd
     except BaseException:
-        os.close(fd)
+        if fd != start or own_start:
+            os.close(fd)
         raise
     return fd
+
+
+def _open_root(root: str) -> int:
+    """An fd of the directory `root` (absolute), reached from / without following a symlink."""
+    parts = [p for p in root.split("/") if p]
+    try:
+        return _descend(os.open("/", _DIR_FLAGS), parts, own_start=True)
+    except FileNotFoundError:
+        raise UfsUnavailable(f"source directory {root} does not exist") from None
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise UfsUnavailable(
+                f"cannot open source directory {root}: {e.strerror}") from None
+        walked = ("/" + "/".join(parts[:i + 1]) for i in range(len(parts)))
+        link = next((p for p in walked if os.path.islink(p)), None)
+        if link is None:
+            raise UfsUnavailable(f"source {root} is not a directory") from None
+        raise UfsUnavailable(
+            f"source {root}: {link} is a symlink, and eddy follows none on the way to a "
+            f"source; give the directory's real path ({os.path.realpath(root)})") from None
 
 
 def version_of(st: os.stat_result) -> str:
@@ -76,20 +84,12 @@ class LocalUfs(UfsBackend):
     def _parent_fd(self, rel: str) -> tuple[int, str]:
         """An fd of the directory holding `rel` (caller closes unless it is the root fd)."""
         parts = rel.split("/")
-        fd = self._root_fd
-        for part in parts[:-1]:
-            try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                if fd != self._root_fd:
-                    os.close(fd)
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel) from None
-                raise
-            if fd != self._root_fd:
-                os.close(fd)
-            fd = nfd
-        return fd, parts[-1]
+        try:
+            return _descend(self._root_fd, parts[:-1], own_start=False), parts[-1]
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel) from None
+            raise
 
     def _entry(self, rel: str, st: os.stat_result, target: str | None = None) -> Entry:
         owner = {"mode": statmod.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}

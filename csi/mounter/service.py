@@ -27,7 +27,7 @@ import threading
 
 from eddy.base import errors, log
 from eddy.base.errors import EddyError, InvalidArgument, Unavailable
-from eddy.base.sockets import claim_socket_path, socket_path
+from eddy.base.sockets import born_private, claim_socket_path, socket_path
 
 from ..daemons import DaemonConfig
 from . import wire
@@ -51,11 +51,8 @@ class MounterServer:
     def start(self) -> None:
         claim_socket_path(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
-        try:
+        with born_private():
             sock.bind(self.path)
-        finally:
-            os.umask(old)
         sock.listen(16)
         self._sock = sock
         threading.Thread(target=self._accept, name="mounter-accept", daemon=True).start()

@@ -8,7 +8,7 @@ it elided (`eddy.base.uris`): a presigned source URL is a secret too.
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -43,16 +43,21 @@ def configure(level: str = "info", stream=None) -> None:
 
 def scrub_event(logger, method: str, event: dict) -> dict:
     """structlog processor: every string in the event, nested ones too, through `scrub_uris`."""
-    return _scrubbed(event)
+    for key, value in event.items():
+        event[key] = _walk(value, scrub_uris)
+    return event
 
 
-def _scrubbed(value: Any) -> Any:
+def _walk(value: Any, leaf: Callable[[str], str], hidden: frozenset = frozenset()) -> Any:
+    """A copy of `value` with each string through `leaf`, and fields named in `hidden` (when
+    set) replaced by a marker, at any depth."""
     if isinstance(value, str):
-        return scrub_uris(value)
+        return leaf(value)
     if isinstance(value, Mapping):
-        return {k: _scrubbed(v) for k, v in value.items()}
+        return {k: (REDACTED if k in hidden and v else _walk(v, leaf, hidden))
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrubbed(v) for v in value]
+        return [_walk(v, leaf, hidden) for v in value]
     return value
 
 
@@ -60,10 +65,7 @@ class ScrubUris(logging.Filter):
     """Elides the URLs' queries in a stdlib record's message (urllib3 logs its request targets)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = scrub_uris(message)
-        if scrubbed != message:
-            record.msg, record.args = scrubbed, None
+        record.msg, record.args = scrub_uris(record.getMessage()), None  # formatted once
         return True
 
 
@@ -73,10 +75,4 @@ def get(name: str | None = None, **bound: Any):
 
 def redact(value: Any) -> Any:
     """A copy of `value` with every secret-named field replaced by a marker, recursively."""
-    if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if k in SECRET_KEYS and v else redact(v)) for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
+    return _walk(value, str, SECRET_KEYS)

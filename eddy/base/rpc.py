@@ -27,7 +27,7 @@ from google.protobuf.json_format import MessageToDict
 
 from eddy.base import errors, log
 from eddy.base.limits import bounded
-from eddy.base.sockets import claim_socket_path
+from eddy.base.sockets import born_private, claim_socket_path
 from eddy.base.uris import scrub_uris
 
 # Ordered: the first matching class wins, so subclasses come before their bases.
@@ -137,11 +137,8 @@ def bind_unix(server: grpc.Server, path: str, mode: int = 0o600, group: int | No
     connect), then given `mode` (0660 with a `group`, for a CO whose sidecars run as that group).
     """
     claim_socket_path(path)
-    old = os.umask(0o177)
-    try:
+    with born_private():
         server.add_insecure_port(f"unix://{path}")
-    finally:
-        os.umask(old)
     if group is not None:
         os.chown(path, -1, group)
     os.chmod(path, mode)

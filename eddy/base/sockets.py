@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterator
 
 from eddy.base.errors import InvalidArgument
 
@@ -22,6 +24,17 @@ def socket_path(endpoint: str) -> str:
     if not path.startswith("/"):
         raise InvalidArgument(f"endpoint {endpoint!r}: the socket path must be absolute")
     return path
+
+
+@contextlib.contextmanager
+def born_private() -> Iterator[None]:
+    """Sockets bound inside are created 0600 whatever the process's umask: there is no
+    moment at which others may connect. (The umask is the process's: keep the block short.)"""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def claim_socket_path(path: str) -> None:
