@@ -39,10 +39,15 @@ def _errno(err: grpc.RpcError, default: int) -> int:
     return int(value) if value else default
 
 
+_GONE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
 def translate(err: grpc.RpcError) -> Exception:
     code, details = err.code(), err.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and ERROR_KEY not in _metadata(err):
-        return EngineUnreachable(errno.EIO, f"cache engine unreachable: {details}")
+    if code in _GONE and ERROR_KEY not in _metadata(err):
+        # No answer from the engine's code: nobody listens, or a stopping engine cancelled
+        # the call (its grace ran out). Either way the mount reads the source instead.
+        return EngineUnreachable(errno.EIO, f"cache engine unreachable: {code.name}: {details}")
     if code == grpc.StatusCode.NOT_FOUND:
         return FileNotFoundError(_errno(err, errno.ENOENT), details)
     if code == grpc.StatusCode.PERMISSION_DENIED:

@@ -5,18 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
+import grpc
 import pytest
 
-from cache_engine.client import EngineClient
+from cache_engine.client import EngineClient, translate
 from cache_engine.host import engine_server, start_private
 from cache_engine.reader import DatasetReader
 from cache_engine.service import CacheEngineService
+from cache_engine.ufs.base import UfsUnavailable
 from cache_engine.ufs.local import LocalUfs
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
 from eddy.base.pb import cache_pb2_grpc
+from eddy.base.rpc import ERRNO_KEY, ERROR_KEY
 from tests.support.engine import FakeClock, blob, make_spec
 from tests.support.fake_source import FakeUfs
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -119,6 +124,66 @@ def test_errors_keep_their_meaning_across_the_socket(served, tmp_path):
             nobody.stat("any", "x")
     finally:
         nobody.close()
+
+
+def test_a_call_cut_by_a_stopping_engine_is_unreachable_not_an_error(engines, tmp_path):
+    """An engine stopping for an upgrade cancels the calls its grace did not cover: the mount
+    must read the source for them (EngineUnreachable), not fail the pod's read with EIO."""
+    src = FakeUfs({"slow.bin": blob(100)})
+    server = engine_server(4)
+    cache_pb2_grpc.add_CacheEngineServicer_to_server(
+        CacheEngineService(engines(ufs=src)), server)
+    start_private(server, str(tmp_path / "engine.sock"))
+    client = EngineClient(f"unix://{tmp_path / 'engine.sock'}")
+    try:
+        ds = client.open_dataset(make_spec(), {}).dataset_id
+        src.hold("slow.bin")
+        outcome = []
+
+        def stat() -> None:
+            try:
+                client.stat(ds, "slow.bin")
+                outcome.append(None)
+            except Exception as e:  # noqa: BLE001 - the test looks at which one
+                outcome.append(e)
+
+        call = threading.Thread(target=stat)
+        call.start()
+        wait_for(lambda: src.count("stat") >= 1, 10, "the stat to reach the source")
+        server.stop(0.3).wait()
+        src.release()
+        call.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], EngineUnreachable), outcome
+    finally:
+        src.release()
+        client.close()
+        server.stop(None).wait()
+
+
+class _CutCall(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, metadata=()):
+        self._code, self._metadata = code, metadata
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._code.name
+
+    def trailing_metadata(self):
+        return self._metadata
+
+
+def test_a_call_the_transport_cancelled_is_unreachable_but_an_engine_answer_is_not():
+    """A plugin upgrade in CI cut a lookup with CANCELLED (no eddy-error metadata): that is the
+    engine going away, so the mount falls back to the source. An answer the engine's own code
+    gave keeps its meaning."""
+    assert isinstance(translate(_CutCall(grpc.StatusCode.CANCELLED)), EngineUnreachable)
+    assert isinstance(translate(_CutCall(grpc.StatusCode.UNAVAILABLE)), EngineUnreachable)
+    answered = translate(_CutCall(grpc.StatusCode.UNAVAILABLE,
+                                  ((ERROR_KEY, "UfsUnavailable"), (ERRNO_KEY, "110"))))
+    assert type(answered) is UfsUnavailable and answered.errno == 110
+    assert not isinstance(translate(_CutCall(grpc.StatusCode.INTERNAL)), EngineUnreachable)
 
 
 def test_a_mount_daemon_loads_no_engine_machinery():
