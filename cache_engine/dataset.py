@@ -1,21 +1,26 @@
 """An open dataset on this node: its identity, allowed tiers, source backend and metadata.
 
 A dataset id is a hash of what decides the bytes a reader may see: the source URI, the
-endpoint, the block size and who reads (an HMAC of the access key pair under the node's own
-key, or "anonymous"). Two volumes of one source with the same credentials therefore share
-blocks; different credentials never do, and the id reveals nothing about the secret.
+endpoint, the region, the block size and who reads (an HMAC of the access key pair under the
+node's own key, or "anonymous"). Two volumes of one source with the same credentials therefore
+share blocks; different credentials never do, and the id reveals nothing about the secret.
+
+Volumes that share a dataset keep their own settings (`shared_spec`, README "Volumes that share
+a dataset"): the engine applies the most generous of them, so no volume opened later can shrink
+what another asked for, and a volume's settings leave with it (`Dataset.leave`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import posixpath
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .budget import SourceBudget, SourceTimeout, call_within
@@ -41,7 +46,32 @@ def credential_identity(secrets: dict[str, str], node_key: bytes) -> str:
 def dataset_id(spec: DatasetSpec, secrets: dict[str, str], node_key: bytes) -> str:
     parts = (spec.source.uri, spec.endpoint, str(spec.block_size),
              credential_identity(secrets, node_key))
+    if spec.region:  # appended only when set: ids of datasets without one stay as they were
+        parts += (f"region={spec.region}",)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:ID_HEX_CHARS]
+
+
+def shared_spec(specs: Iterable[DatasetSpec]) -> DatasetSpec:
+    """What the engine applies to a dataset that several volumes read, from their specs
+    (oldest first; the newest gives what the rule below leaves alone).
+
+    The blocks are shared, so each setting takes the value that serves every volume: the
+    largest `cacheCapacity` (none, i.e. as much as the tiers hold, if any volume set none),
+    the union of `tiers` (all of them if any volume named none), the shortest `metadataTTL`,
+    and the largest `readAhead`, `sourceTimeout` and `sourceConcurrency`.
+    """
+    specs = list(specs)
+    capacities = [s.cache_capacity for s in specs]
+    ttls = [s.metadata_ttl for s in specs if s.metadata_ttl is not None]
+    every_tier = any(not s.tiers for s in specs)
+    return dataclasses.replace(
+        specs[-1],
+        cache_capacity=None if None in capacities else max(capacities),
+        tiers=() if every_tier else tuple(dict.fromkeys(t for s in specs for t in s.tiers)),
+        metadata_ttl=min(ttls) if ttls else None,
+        read_ahead=max(s.read_ahead for s in specs),
+        source_timeout=max(s.source_timeout for s in specs),
+        source_concurrency=max(s.source_concurrency for s in specs))
 
 
 def open_backend(open_ufs: Callable[[DatasetSpec, dict], UfsBackend], spec: DatasetSpec,
@@ -72,21 +102,28 @@ class Dataset:
     decide read-ahead. `hits` and `misses` are counted under the engine's lock.
     """
 
-    def __init__(self, id: str, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend,
-                 clock: Callable[[], float]):
+    def __init__(self, id: str, spec: DatasetSpec, node_tiers: list[Tier], ufs: UfsBackend,
+                 clock: Callable[[], float], volume_id: str = ""):
         self.id = id
-        self.spec = spec
-        self.tiers = tiers
+        self._node_tiers = node_tiers
+        self._specs = {volume_id: spec}  # each volume's own, in the order they came
+        self.spec = spec  # what applies: `shared_spec` of them
+        self.tiers = self._allowed(spec)
         self.meta = MetadataCache(spec.metadata_ttl, clock)
         self._lock = threading.Lock()
         self._lease = _Lease(ufs)
         self.budget = SourceBudget(id, spec.source_concurrency)
         self._sequential = SequentialTracker()  # by path
         self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
-        self.volumes: set[str] = set()  # volumes that opened it, for status
         self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
         self.misses = 0
         self.source_error = ""  # why the last source request failed as unreachable, if it did
+
+    @property
+    def volumes(self) -> tuple[str, ...]:
+        """The volumes that read it now, for status."""
+        with self._lock:
+            return tuple(sorted(v for v in self._specs if v))
 
     @property
     def block_size(self) -> int:
@@ -108,17 +145,38 @@ class Dataset:
         held = sum(int(t.size * t.low) for t in tiers[:-1]) + int(tiers[-1].size * tiers[-1].high)
         return held if cap is None else min(cap, held)
 
-    def update(self, spec: DatasetSpec, tiers: list[Tier], ufs: UfsBackend) -> None:
-        """Take the newest spec's TTL, read-ahead, tiers and backend (secrets may rotate)."""
+    def _allowed(self, spec: DatasetSpec) -> list[Tier]:
+        return [t for t in self._node_tiers if not spec.tiers or t.name in spec.tiers]
+
+    def _apply(self) -> None:
+        """Apply `shared_spec` of the volumes' specs (under `_lock`)."""
+        self.spec = shared_spec(self._specs.values())
+        self.tiers = self._allowed(self.spec)
+        self.meta.ttl = self.spec.metadata_ttl
+        self.budget.slots = self.spec.source_concurrency
+
+    def join(self, volume_id: str, spec: DatasetSpec, ufs: UfsBackend) -> None:
+        """A volume (again) opened it with `spec`; `ufs` replaces the backend (secrets may
+        have rotated; the old backend closes once idle)."""
         with self._lock:
+            self._specs.pop(volume_id, None)
+            self._specs[volume_id] = spec
+            self._apply()
             old, self._lease = self._lease, _Lease(ufs)
-            self.spec, self.tiers = spec, tiers
-            self.meta.ttl = spec.metadata_ttl
-            self.budget.slots = spec.source_concurrency
             old.retired = True
             idle = old.users == 0
         if idle:
             old.backend.close()
+
+    def leave(self, volume_id: str) -> bool:
+        """The volume no longer reads it: its settings stop counting. The last volume's stay
+        (the blocks stay cached for the next). Whether anything changed."""
+        with self._lock:
+            if volume_id not in self._specs or len(self._specs) == 1:
+                return False
+            del self._specs[volume_id]
+            self._apply()
+            return True
 
     def call_source(self, op: Callable[[UfsBackend], T], what: str,
                     deadline: float | None = None, taken: bool = False) -> T:

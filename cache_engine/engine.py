@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from eddy.base import log
-from eddy.base.errors import InvalidArgument, NotFound, Unavailable
+from eddy.base.errors import NotFound, Unavailable
 from eddy.base.mounttable import in_memory
 
 from . import ufs as ufsmod
@@ -54,7 +54,7 @@ from .statedir import StateDirLock
 from .statistics import EngineStatistics, dataset_statistics, tier_statistics
 from .status import DatasetStatus, DatasetStatuses
 from .table import BlockTable
-from .tiers import Tier, check_tiers
+from .tiers import Tier, check_tier_names, check_tiers
 from .types import CachedBlock, DatasetInfo, Location, PreloadProgress
 from .ufs.base import Entry, UfsBackend, clean_path
 
@@ -128,33 +128,39 @@ class CacheEngine:
     # --- datasets and metadata -------------------------------------------------------------
 
     def open_dataset(self, spec: DatasetSpec, secrets: dict, volume_id: str = "") -> DatasetInfo:
-        """Register a dataset (idempotent); the newest spec's settings and secrets win.
-
-        `volume_id` names a volume that reads it (for status); several volumes may share one."""
+        """Register a dataset read by `volume_id` (idempotent); the newest secrets win. Each
+        volume keeps its settings; the dataset applies `dataset.shared_spec` of them until it
+        leaves (`release_volume`). Opens that name no volume share one slot: the newest wins."""
         if self._closed:
             raise Unavailable("the cache engine is shutting down")
-        unknown = [name for name in spec.tiers if name not in self._tier]
-        if unknown:
-            raise InvalidArgument(
-                f"parameter 'tiers': tier {unknown[0]!r} is not configured on this node "
-                f"(node tiers: {', '.join(self._tier) or 'none'})")
-        allowed = [t for t in self.tiers if not spec.tiers or t.name in spec.tiers]
+        check_tier_names(spec.tiers, self.tiers)
         ds_id = dataset_id(spec, secrets, self._node_key)
         backend = open_backend(self._open_ufs, spec, secrets)
         with self._lock:
             ds = self._datasets.get(ds_id)
-            known = ds is not None
-            if not known:
-                ds = self._datasets[ds_id] = Dataset(ds_id, spec, allowed, backend, self._clock)
-            self._table.capacity[ds_id] = spec.cache_capacity
-        if known:
-            ds.update(spec, allowed, backend)
-        if volume_id:
-            ds.volumes.add(volume_id)
+            if ds is None:
+                ds = self._datasets[ds_id] = Dataset(ds_id, spec, self.tiers, backend,
+                                                     self._clock, volume_id)
+            else:
+                ds.join(volume_id, spec, backend)
+            self._table.capacity[ds_id] = ds.spec.cache_capacity
         self._places.shrink_dataset(ds_id)
-        _log.info("dataset.open", dataset=ds_id, source=spec.source.shown,
-                  tiers=[t.name for t in allowed], capacity=spec.cache_capacity)
+        _log.info("dataset.open", dataset=ds_id, source=spec.source.shown, volume=volume_id,
+                  tiers=[t.name for t in ds.tiers], capacity=ds.spec.cache_capacity)
+        # The volume's own TTL and read-ahead: its mount applies them.
         return DatasetInfo(ds_id, spec.block_size, spec.metadata_ttl, spec.read_ahead)
+
+    def release_volume(self, volume_id: str) -> None:
+        """`volume_id` was unstaged: its settings stop counting for the datasets it read
+        (a smaller capacity left behind is enforced at once)."""
+        with self._lock:
+            changed = [ds for ds in self._datasets.values() if ds.leave(volume_id)]
+            for ds in changed:
+                self._table.capacity[ds.id] = ds.spec.cache_capacity
+        for ds in changed:
+            self._places.shrink_dataset(ds.id)
+            _log.info("dataset.release", dataset=ds.id, volume=volume_id,
+                      tiers=[t.name for t in ds.tiers], capacity=ds.spec.cache_capacity)
 
     def _dataset(self, dataset_id: str) -> Dataset:
         ds = self._datasets.get(dataset_id)

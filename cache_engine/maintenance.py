@@ -62,10 +62,17 @@ class Maintenance:
             self._thread.start()
 
     def maintain(self) -> None:
-        """Probe the tiers, demote (last tier: evict) LRU blocks of tiers above their high
-        watermark to the low watermark, and write LRU access counters when due."""
+        """Probe the tiers, evict datasets above their capacity (blocks pinned when it was
+        lowered), demote (last tier: evict) LRU blocks of tiers above their high watermark to
+        the low watermark, and write LRU access counters when due."""
         with self._maintain_lock:
             self._health.probe()
+            with self._lock:
+                used = self._table.dataset_used
+                over = [ds for ds, cap in self._table.capacity.items()
+                        if cap is not None and used.get(ds, 0) > cap]
+            for ds in over:
+                self._places.shrink_dataset(ds)
             for tier in self._tiers:
                 with self._lock:
                     over = self._table.tier_used[tier.name] > tier.high * tier.size

@@ -52,7 +52,8 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
 
     def OpenDataset(self, request):
         spec = parse_parameters(dict(request.parameters))
-        info = self.engine.open_dataset(spec, parse_secrets(dict(request.secrets)))
+        info = self.engine.open_dataset(spec, parse_secrets(dict(request.secrets)),
+                                        request.volume_id)
         return cache_pb2.OpenDatasetResponse(
             dataset_id=info.dataset_id, block_size=info.block_size,
             metadata_ttl=info.metadata_ttl or 0.0, immutable=info.metadata_ttl is None,

@@ -217,7 +217,7 @@ class DatasetStatuses:
         source_error = ds.source_error if ds is not None else ""
         return DatasetStatus(
             dataset_id=dataset_id, source=ds.spec.source.shown if ds is not None else "",
-            volumes=tuple(sorted(ds.volumes)) if ds is not None else (),
+            volumes=ds.volumes if ds is not None else (),
             ufs_total_bytes=scan.total if scan is not None else None,
             ufs_files=len(files) if files is not None else None,
             cached_bytes=sum(tier_bytes.values()),

@@ -99,3 +99,11 @@ def _nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
+def check_tier_names(names: tuple[str, ...], tiers: list[Tier]) -> None:
+    """InvalidArgument unless every tier a volume names is one of the node's `tiers`."""
+    known = [t.name for t in tiers]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InvalidArgument(
+            f"parameter 'tiers': tier {unknown[0]!r} is not configured on this node "
+            f"(node tiers: {', '.join(known) or 'none'})")

@@ -46,8 +46,10 @@ class VolumeCache:
         return ds if ds is not None else self.open(vol, secrets())
 
     def forget(self, volume_id: str) -> None:
-        """The volume was unstaged: a later staging may name other parameters or secrets."""
+        """The volume was unstaged: a later staging may name other parameters or secrets, and
+        its settings stop counting for a dataset other volumes still read."""
         self._ids.pop(volume_id, None)
+        self.engine.release_volume(volume_id)
 
     def start_preload(self, vol: StagedVolume, secrets: dict[str, str]) -> None:
         """Start the preload named by the volume's `preload` parameter, if any, in the

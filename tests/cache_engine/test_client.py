@@ -82,6 +82,13 @@ def test_a_local_source_modes_and_owners_reach_the_mount_over_the_socket(serve, 
     assert client.stat(ds, "d").mode == 0o750
 
 
+def test_a_volume_opening_over_the_socket_is_named_in_the_status(served):
+    """The daemon's volume id reaches the engine: its settings count for that volume only."""
+    engine, client = served
+    ds = client.open_dataset(make_spec(), {}, "pvc-1").dataset_id
+    assert engine.dataset_status(ds).volumes == ("pvc-1",)
+
+
 def test_locate_over_the_socket_carries_the_following_blocks(served):
     engine, client = served
     ds = client.open_dataset(make_spec(), {}).dataset_id

@@ -167,6 +167,42 @@ def test_a_preload_larger_than_the_capacity_ends_capacity_reached(node, tmp_path
         teardown_volume(node, volume, staging, targets)
 
 
+def test_volumes_of_one_dataset_keep_their_own_capacity_until_unstaged(node, tmp_path):
+    """A small volume staged after a big one of the same source does not shrink its cache;
+    once the big one is unstaged, the small one's capacity applies (README "Volumes that share
+    a dataset")."""
+    files = make_files(tmp_path / "src", {f"shard-{i}.bin": MI for i in range(3)})
+    params = {"source": f"local://{tmp_path / 'src'}", "blockSize": "256Ki"}
+
+    def claim(name: str, size: int) -> csi_pb2.Volume:
+        return node.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+            name=name, volume_capabilities=[mount_capability()],
+            parameters={**params, "cacheCapacity": str(size)},
+            capacity_range=csi_pb2.CapacityRange(required_bytes=size))).volume
+
+    big, small = claim("pvc-big", 2 * MI), claim("pvc-small", MI)
+    big_staging, big_targets = stage_and_publish(node, tmp_path, big, targets=("pod-a",))
+    small_staging, small_targets = stage_and_publish(node, tmp_path, small, targets=("pod-b",))
+    read_all(big_targets[0], files)
+
+    def row() -> dict:
+        [only] = json.loads(eddy("status", "--endpoint", node.engine_endpoint,
+                                 "--json").stdout)
+        return only
+
+    shared = row()
+    assert shared["volumes"] == sorted([big.volume_id, small.volume_id])
+    assert shared["cache_capacity_bytes"] == 2 * MI and shared["cached_bytes"] == 2 * MI
+    teardown_volume(node, big, big_staging, big_targets)
+    alone = row()
+    assert alone["volumes"] == [small.volume_id] and alone["cache_capacity_bytes"] == MI
+    # At once, or at the next maintenance round for blocks a reader was handed just now.
+    wait_for(lambda: row()["cached_bytes"] <= MI, 30, "the cache to shrink to 1 MiB")
+    read_all(small_targets[0], files)
+    assert row()["cached_bytes"] <= MI
+    teardown_volume(node, small, small_staging, small_targets)
+
+
 def test_a_preload_interrupted_by_an_engine_kill_resumes_without_refetching(tmp_path):
     files = make_files(tmp_path / "src", {f"part-{i:02d}.bin": 2 * MI for i in range(8)})
     total = sum(map(len, files.values()))
