@@ -358,7 +358,8 @@ class CacheEngine:
             return EngineStatistics(
                 tiers=tier_statistics(self.tiers, self._table, self._served_bytes, self._health),
                 datasets=dataset_statistics(self._table, set(self._datasets)),
-                index_write_failures=self._index.failures, **self._counters,
+                index_write_failures=self._index.failures,
+                index_in_memory=self._index.in_memory, **self._counters,
                 **self._fetcher.counts(), **self._places.counts(), **self._extents.counts(),
                 fetch_seconds=tuple(self._fetcher.fetch_seconds.cumulative()),
                 fetch_seconds_sum=self._fetcher.fetch_seconds.sum)

@@ -14,7 +14,10 @@ with a row left behind that points at a file they remove (the next start drops s
 a failing state disk never fails a read. An index.db that is not a database or fails its
 integrity check is moved aside (`index.db.corrupt-<time>`) and the engine starts empty;
 recovery then removes the tier files no row names (their names hash the key: no row can be
-rebuilt from them).
+rebuilt from them). An index that cannot even be opened for writing (the state disk is full,
+read-only or failing when the engine starts) is copied into memory and kept there until the
+engine restarts (`in_memory`): blocks cached meanwhile have no row on disk, so the next start
+frees them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
+from urllib.parse import quote
 
 from eddy.base import log
 
@@ -84,16 +88,22 @@ class BlockIndex:
 
     def __init__(self, path: str):
         self.failures = 0
+        self.in_memory = False  # the state disk refused the index at start
         self._failing = False
         self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
         try:
             self._open(path)
-        except sqlite3.DatabaseError as e:
-            if not _corrupt(e):
-                raise
-            self._db.close()
-            _log.warning("index.corrupt", path=path, moved_to=_move_aside(path), error=str(e))
-            self._open(path)
+        except (sqlite3.DatabaseError, OSError) as e:
+            if isinstance(e, sqlite3.DatabaseError) and _corrupt(e):
+                self._db.close()
+                _log.warning("index.corrupt", path=path, moved_to=_move_aside(path),
+                             error=str(e))
+                self._open(path)
+            else:
+                if self._db is not None:
+                    self._db.close()
+                self._open_in_memory(path, e)
 
     def _open(self, path: str) -> None:
         if not os.path.exists(path):
@@ -107,13 +117,34 @@ class BlockIndex:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(blocks)")}
-            if "offset" not in columns:  # an index from before extents: every row at 0
-                self._db.execute('ALTER TABLE blocks ADD COLUMN "offset" INTEGER NOT NULL'
-                                 ' DEFAULT 0')
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
-                             (str(SCHEMA_VERSION),))
+            self._prepare()
+
+    def _open_in_memory(self, path: str, error: Exception) -> None:
+        """Keep the index in memory, starting from what the disk's copy holds if it can be
+        read (without writing: `immutable`); the engine caches on, the next start frees
+        what it cached meanwhile."""
+        self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.in_memory = True
+        copied = False
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(
+                f"file:{quote(os.path.abspath(path))}?mode=ro&immutable=1", uri=True)) as disk:
+            if [row[0] for row in disk.execute("PRAGMA integrity_check")] == ["ok"]:
+                disk.backup(self._db)
+                copied = True
+        with self._lock:
+            self._prepare()
+        _log.warning("index.in_memory", path=path, error=str(error), rows_kept=copied,
+                     consequence="blocks cached until the engine restarts are freed then")
+
+    def _prepare(self) -> None:
+        """Create or upgrade the schema (under the lock)."""
+        self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(blocks)")}
+        if "offset" not in columns:  # an index from before extents: every row at 0
+            self._db.execute('ALTER TABLE blocks ADD COLUMN "offset" INTEGER NOT NULL'
+                             ' DEFAULT 0')
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
+                         (str(SCHEMA_VERSION),))
 
     def load(self) -> list[Block]:
         with self._lock:

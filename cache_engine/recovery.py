@@ -15,6 +15,7 @@ HMAC key for dataset identities also lives in the state directory and is created
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -52,13 +53,21 @@ def node_key(state_dir: str) -> bytes:
         _log.warning("engine_key.invalid", path=path, length=len(key))
     key = os.urandom(NODE_KEY_BYTES)
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            if os.write(fd, key) != NODE_KEY_BYTES:
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as e:  # a full or read-only state disk must not stop the engine
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _log.warning("engine_key.not_saved", path=path, error=str(e),
+                     consequence="dataset ids change at the next start: blocks cached until "
+                                 "then are not found again")
     return key
 
 

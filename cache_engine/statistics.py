@@ -64,6 +64,7 @@ class EngineStatistics:
     extents_built: int
     extents_served: int
     index_write_failures: int  # writes SQLite refused (disk full, locked, I/O error)
+    index_in_memory: bool  # the state disk refused the index at start (`index.BlockIndex`)
     # Source reads of whole blocks: (upper bound in seconds, reads <= it), ending with +inf.
     fetch_seconds: tuple[tuple[float, int], ...]
     fetch_seconds_sum: float

@@ -77,6 +77,9 @@ class NodeCollector:
             faults.add_metric([tier], t.faults)
             in_service.add_metric([tier], 1 if t.in_service else 0)
         yield from (served, used, size, faults, in_service)
+        yield GaugeMetricFamily("eddy_index_in_memory", "1 while the block index is kept in "
+                                "memory: the state disk refused it at start.",
+                                value=1 if stats.index_in_memory else 0)
         cached = GaugeMetricFamily("eddy_dataset_cached_bytes",
                                    "Bytes cached per dataset, all tiers.", labels=["dataset"])
         for ds, d in stats.datasets.items():

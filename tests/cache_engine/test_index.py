@@ -1,7 +1,8 @@
 """The block index when SQLite fails: a full state disk, a corrupt index.db.
 
 Neither ever fails a read: blocks are served from the source (uncached while the index cannot
-record them), and a corrupt index is moved aside at start, its tier files freed.
+record them), an engine that starts on a full state disk keeps its index in memory, and a
+corrupt index is moved aside at start, its tier files freed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import pytest
 
 from cache_engine.reader import DatasetReader
-from tests.support.engine import make_spec
+from tests.support.engine import make_spec, make_tiers
 from tests.support.mounts import fill
 from tests.support.tiers import tier_bytes, tier_files
 
@@ -41,6 +42,46 @@ def test_a_full_state_disk_serves_reads_uncached(tmpfs, engines, source, tmp_pat
     os.unlink(filler)  # room again: the next blocks are cached
     assert read_through(engine, "data/b.bin") == source.data("data/b.bin")
     assert engine.statistics().tiers["MEM"].blocks == 3
+
+
+def test_an_engine_starting_on_a_full_state_disk_keeps_its_index_in_memory(
+        tmpfs, engines, source, tmp_path):
+    tmpfs.mount(tmp_path / "state", "1m")
+    tiers = make_tiers(str(tmp_path), 16, 16)  # room for all: no block moves between tiers
+    engine = engines(tiers)
+    assert read_through(engine, "data/b.bin") == source.data("data/b.bin")  # 3 blocks
+    engine.close()
+    filler = fill(tmp_path / "state")
+    reads = len(source.reads)
+
+    engine = engines(tiers)  # SQLite cannot open the index for writing: it is copied into memory
+    stats = engine.statistics()
+    assert stats.index_in_memory and stats.tiers["MEM"].blocks == 3
+    assert read_through(engine, "data/b.bin") == source.data("data/b.bin")
+    assert len(source.reads) == reads  # what was cached before still hits
+    assert read_through(engine, "data/a.bin") == source.data("data/a.bin")
+    assert read_through(engine, "data/a.bin") == source.data("data/a.bin")
+    assert len(source.reads) == reads + 6  # and new blocks are cached (6 of a.bin, once)
+    assert engine.statistics().index_write_failures == 0
+    engine.close()
+
+    os.unlink(filler)
+    engine = engines(tiers)  # the disk's index never heard of a.bin's blocks: they are freed
+    stats = engine.statistics()
+    assert not stats.index_in_memory
+    assert stats.tiers["MEM"].blocks + stats.tiers["SSD"].blocks == 3
+    assert len(tier_files(tmp_path / "mem")) + len(tier_files(tmp_path / "ssd")) == 3
+
+
+def test_an_engine_starts_on_a_full_state_disk_with_no_state_at_all(tmpfs, engines, source,
+                                                                    tmp_path):
+    tmpfs.mount(tmp_path / "state", "1m")
+    fill(tmp_path / "state")
+    engine = engines()  # no room for the node key or the index: both kept in memory
+    assert engine.statistics().index_in_memory
+    for _ in range(2):
+        assert read_through(engine, "data/a.bin") == source.data("data/a.bin")
+    assert engine.statistics().hits >= 6
 
 
 def damage_a_page(path: str) -> None:

@@ -38,6 +38,7 @@ def test_a_tier_out_of_service_shows_until_it_is_back(tmp_path):
         assert metrics["eddy_tier_faults_total{tier='MEM'}"] == 1
         assert metrics["eddy_tier_in_service{tier='SSD'}"] == 1
         assert metrics["eddy_index_write_failures_total{}"] == 0
+        assert metrics["eddy_index_in_memory{}"] == 0
         os.unlink(tiers[0].tmp_dir)
         engine.maintain()
         assert scrape(engine)["eddy_tier_in_service{tier='MEM'}"] == 1
