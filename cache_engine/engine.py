@@ -72,8 +72,7 @@ class CacheEngine:
     Called by the engine service (`service.py`, for mount daemons and the CLI), by a mount's
     `reader.DatasetReader` in-process (`eddy mount`), and by the node plugin (`csi/`) for
     volume stats, metrics and preload. It owns the datasets, the hit path of lookups, the
-    lock that guards the block table, and the parts it is made of (fetch.BlockFetcher for
-    misses and read-ahead, and those the module docstring names).
+    lock that guards the block table, and the parts the module docstring names.
     """
 
     def __init__(self, tiers: list[Tier], state_dir: str,
@@ -115,7 +114,7 @@ class CacheEngine:
         self._preloads = Preloads()
         self._room = PreloadRoom(self._table, self._lock)
         self._statuses = DatasetStatuses(self.tiers, self._table, self._lock, self.list,
-                                         self._preloads.progress)
+                                         self._preloads.progress, clock)
         self._closed = False
         _log.info("engine.start", tiers=[t.name for t in self.tiers],
                   blocks=len(recovered.blocks), tmp_removed=recovered.tmp_removed,
@@ -160,7 +159,7 @@ class CacheEngine:
         for ds in changed:
             self._places.shrink_dataset(ds.id)
             _log.info("dataset.release", dataset=ds.id, volume=volume_id,
-                      tiers=[t.name for t in ds.tiers], capacity=ds.spec.cache_capacity)
+                      capacity=ds.spec.cache_capacity)
 
     def _dataset(self, dataset_id: str) -> Dataset:
         ds = self._datasets.get(dataset_id)

@@ -175,8 +175,10 @@ class DatasetStatuses:
 
     def __init__(self, tiers: list[Tier], table: BlockTable, lock: threading.Condition,
                  list_dir: Callable[[str, str], list[Entry]],
-                 preload: Callable[[str], PreloadProgress | None]):
+                 preload: Callable[[str], PreloadProgress | None],
+                 clock: Callable[[], float] = time.monotonic):
         self._tiers = tiers
+        self._clock = clock
         self._table = table
         self._lock = lock
         self._list = list_dir
@@ -188,7 +190,8 @@ class DatasetStatuses:
         with self._lock:
             scan = self._scans.get(ds.id)
             if scan is None or scan.stale(ds.meta.ttl):
-                scan = self._scans[ds.id] = SizeScan(functools.partial(self._list, ds.id))
+                scan = self._scans[ds.id] = SizeScan(functools.partial(self._list, ds.id),
+                                                     self._clock)
                 scan.start()
             return scan
 
