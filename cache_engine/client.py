@@ -132,6 +132,11 @@ class EngineClient:
         self._call(self._stub.ReportCorrupt, cache_pb2.ReportCorruptRequest(
             dataset_id=dataset_id, path=path, version=version, index=index))
 
+    def changed(self, dataset_id: str, paths: list[str], load: bool = False,
+                tree: bool = False) -> None:
+        self._call(self._stub.Changed, cache_pb2.ChangedRequest(
+            dataset_id=dataset_id, paths=paths, load=load, tree=tree))
+
     def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
         resp = self._call(self._stub.Extent, cache_pb2.ExtentRequest(
             dataset_id=dataset_id, path=path, version=version, file_size=file_size))

@@ -178,6 +178,23 @@ class Dataset:
             self._apply()
             return True
 
+    def stat_fresh(self, path: str) -> tuple[Entry, float]:
+        """The entry at `path` (clean), and the seconds it stays fresh (inf: immutable): a
+        cache that keeps it keeps it no longer, so a change shows within one TTL."""
+        cached = self.meta.entry(path)
+        if cached is None or cached.entry is None:  # absence is never cached here
+            entry = self.call_source(lambda ufs: ufs.stat(path), f"stat of {path!r}")
+            cached = self.meta.put_entry(path, entry)
+        return cached.entry, self.meta.remaining(cached.expiry)
+
+    def list_fresh(self, path: str) -> tuple[list[Entry], float]:
+        """A directory's entries, and the seconds they stay fresh (as `stat_fresh`)."""
+        listing = self.meta.listing(path)
+        if listing is None:
+            entries = self.call_source(lambda ufs: ufs.list(path), f"list of {path!r}")
+            listing = self.meta.put_listing(path, entries)
+        return list(listing.entries), self.meta.remaining(listing.expiry)
+
     def call_source(self, op: Callable[[UfsBackend], T], what: str,
                     deadline: float | None = None, taken: bool = False) -> T:
         """`op(backend)` within the dataset's budget (`budget.SourceBudget`): SourceTimeout

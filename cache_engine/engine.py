@@ -23,7 +23,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from eddy.base import log
@@ -32,6 +32,7 @@ from eddy.base.mounttable import in_memory
 
 from . import ufs as ufsmod
 from .blocks import Block, BlockKey, block_path, prepare_tiers
+from .changes import apply_changes
 from .dataset import Dataset, dataset_id, open_backend
 from .extents import Extents
 from .fetch import BlockFetcher, block_length
@@ -179,25 +180,12 @@ class CacheEngine:
         return self.list_fresh(dataset_id, path)[0]
 
     def stat_fresh(self, dataset_id: str, path: str) -> tuple[Entry, float]:
-        """The entry at `path`, and the seconds it stays fresh (inf: immutable dataset): a
-        cache that keeps it keeps it no longer, so a change shows within one TTL."""
-        ds = self._dataset(dataset_id)
-        path = clean_path(path)
-        cached = ds.meta.entry(path)
-        if cached is None or cached.entry is None:  # absence is never cached here
-            entry = ds.call_source(lambda ufs: ufs.stat(path), f"stat of {path!r}")
-            cached = ds.meta.put_entry(path, entry)
-        return cached.entry, ds.meta.remaining(cached.expiry)
+        """The entry at `path`, and the seconds it stays fresh (`Dataset.stat_fresh`)."""
+        return self._dataset(dataset_id).stat_fresh(clean_path(path))
 
     def list_fresh(self, dataset_id: str, path: str) -> tuple[list[Entry], float]:
         """A directory's entries, and the seconds they stay fresh (as `stat_fresh`)."""
-        ds = self._dataset(dataset_id)
-        path = clean_path(path)
-        listing = ds.meta.listing(path)
-        if listing is None:
-            entries = ds.call_source(lambda ufs: ufs.list(path), f"list of {path!r}")
-            listing = ds.meta.put_listing(path, entries)
-        return list(listing.entries), ds.meta.remaining(listing.expiry)
+        return self._dataset(dataset_id).list_fresh(clean_path(path))
 
     # --- blocks -----------------------------------------------------------------------------
 
@@ -292,6 +280,13 @@ class CacheEngine:
                                       lambda block: self._count_hit(ds, block, promotions))
         self._places.start_promotions(promotions, self._prefetcher.submit)
         return extent
+
+    def changed(self, dataset_id: str, paths: Sequence[str], load: bool = False,
+                tree: bool = False) -> None:
+        """A writer-mode mount changed `paths` at the source: the node forgets them and drops
+        their stale blocks; `load` caches a written file's new version (`changes`)."""
+        apply_changes(self._dataset(dataset_id), paths, load, tree, self._table, self._lock,
+                      self._places, self._fetcher)
 
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         """A reader found a block whose length or checksum is wrong: drop it, count it."""

@@ -150,5 +150,17 @@ class MetadataCache:
             self._entries.pop(path, None)
             self._listings.pop(path, None)
 
+    def forget_changed(self, path: str, tree: bool = False) -> None:
+        """`path` was changed through this node: drop its records and its parent's listing
+        (which names it); with `tree`, every record below it too (a directory moved away)."""
+        below = f"{path}/" if path else ""
+        with self._lock:
+            for table in (self._entries, self._negative, self._listings):
+                table.pop(path, None)
+                if tree:
+                    for key in [k for k in table if k.startswith(below)]:
+                        del table[key]
+            self._listings.pop(posixpath.dirname(path), None)
+
     def __len__(self) -> int:
         return len(self._entries) + len(self._negative) + len(self._listings)

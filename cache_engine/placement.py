@@ -328,9 +328,9 @@ class Placement:
 
     # --- dropping blocks --------------------------------------------------------------------
 
-    def drop_corrupt(self, key: BlockKey) -> None:
-        """A reader saw a bad copy of `key`: drop it. If a move has the block, wait for it: a
-        move that copied it verified the bytes (the block stays); a corrupt one drops it."""
+    def drop_corrupt(self, key: BlockKey, counter: str | None = "checksum_failures") -> None:
+        """A reader saw a bad copy of `key` (or, `counter` None, a writer made it stale): drop
+        it. If a move has the block, wait: a move that copied it verified the bytes."""
         with self._lock:
             block = self._table.get(key)
             file = block.file if block is not None else None
@@ -339,7 +339,7 @@ class Placement:
                 if self._table.get(key) is not block or block.file != file:
                     return  # dropped, or moved to a verified copy, meanwhile
         if block is not None:
-            self._discard(block, "checksum_failures")
+            self._discard(block, counter)
 
     def shrink_dataset(self, dataset_id: str) -> None:
         """Evict a dataset's LRU blocks until it fits its (possibly lowered) capacity."""

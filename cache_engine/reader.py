@@ -180,6 +180,15 @@ class DatasetReader(UfsBackend):
         except EngineUnreachable:
             return None
 
+    def changed(self, paths: list[str], load: bool = False, tree: bool = False) -> None:
+        """Tell the engine a writer changed `paths` (`CacheEngine.changed`). An engine that
+        is away (restarting) keeps no records to forget, and its blocks of an old version are
+        never served for a new one."""
+        try:
+            self._call(self._engine.changed, paths, load, tree)
+        except EngineUnreachable:
+            pass
+
     def read_cached(self, path: str, offset: int, length: int,
                     version: str | None) -> bytes | memoryview | None:
         """The bytes if checked blocks already in memory hold them all, else None; never blocks.

@@ -89,6 +89,12 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
                    request.version, request.index)
         return cache_pb2.ReportCorruptResponse()
 
+    def Changed(self, request):
+        require(request, "dataset_id")
+        self._call(self.engine.changed, request.dataset_id, list(request.paths), request.load,
+                   request.tree)
+        return cache_pb2.ChangedResponse()
+
     def Extent(self, request):
         require(request, "dataset_id", "path")
         path = self._call(self.engine.extent, request.dataset_id, request.path,

@@ -175,6 +175,22 @@ class ReportCorruptResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ChangedRequest(_message.Message):
+    __slots__ = ("dataset_id", "paths", "load", "tree")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    TREE_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    load: bool
+    tree: bool
+    def __init__(self, dataset_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., load: _Optional[bool] = ..., tree: _Optional[bool] = ...) -> None: ...
+
+class ChangedResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ExtentRequest(_message.Message):
     __slots__ = ("dataset_id", "path", "version", "file_size")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class CacheEngineStub:
                 request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
                 response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
                 _registered_method=True)
+        self.Changed = channel.unary_unary(
+                '/eddy.cache.v1.CacheEngine/Changed',
+                request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ChangedRequest.SerializeToString,
+                response_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ChangedResponse.FromString,
+                _registered_method=True)
         self.Extent = channel.unary_unary(
                 '/eddy.cache.v1.CacheEngine/Extent',
                 request_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ExtentRequest.SerializeToString,
@@ -117,6 +122,13 @@ class CacheEngineServicer:
 
     def ReportCorrupt(self, request, context):
         """The caller found a block whose length or checksum is wrong: drop it, count it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Changed(self, request, context):
+        """A writer-mode mount changed these paths at the source (see cache_engine/changes.py).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +198,11 @@ def add_CacheEngineServicer_to_server(servicer, server):
                     servicer.ReportCorrupt,
                     request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptRequest.FromString,
                     response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptResponse.SerializeToString,
+            ),
+            'Changed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Changed,
+                    request_deserializer=eddy_dot_base_dot_pb_dot_cache__pb2.ChangedRequest.FromString,
+                    response_serializer=eddy_dot_base_dot_pb_dot_cache__pb2.ChangedResponse.SerializeToString,
             ),
             'Extent': grpc.unary_unary_rpc_method_handler(
                     servicer.Extent,
@@ -348,6 +365,33 @@ class CacheEngine:
             '/eddy.cache.v1.CacheEngine/ReportCorrupt',
             eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptRequest.SerializeToString,
             eddy_dot_base_dot_pb_dot_cache__pb2.ReportCorruptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Changed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eddy.cache.v1.CacheEngine/Changed',
+            eddy_dot_base_dot_pb_dot_cache__pb2.ChangedRequest.SerializeToString,
+            eddy_dot_base_dot_pb_dot_cache__pb2.ChangedResponse.FromString,
             options,
             channel_credentials,
             insecure,
