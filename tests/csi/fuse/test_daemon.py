@@ -297,16 +297,28 @@ def test_an_object_store_shows_the_volume_s_owner_and_modes(start, tmp_path):
                                              cwd=owned.mountpoint).stderr
 
 
-def test_inode_numbers_are_stable(mount):
+def test_inode_numbers_stay_while_held_and_are_never_reused(mount):
+    """A number stays while the kernel holds its inode (here: open). One the kernel forgot may
+    come back as a new number, never as a number another file had."""
     mnt, _, _ = mount
-    paths = [mnt / "big.bin", mnt / "a" / "b" / "c" / "deep.txt", mnt / "many" / "f0042"]
-    first = [os.stat(p).st_ino for p in paths]
-    assert first == [os.stat(p).st_ino for p in paths]
-    assert len(set(first)) == len(first)
-    # Make the kernel forget its dentries and inodes: the next stat is a fresh lookup.
-    with contextlib.suppress(OSError):
-        Path("/proc/sys/vm/drop_caches").write_text("2\n")
-    assert first == [os.stat(p).st_ino for p in paths]
+    held = [mnt / "big.bin", mnt / "a" / "b" / "c" / "deep.txt"]
+    loose = [mnt / "many" / f"f{i:04d}" for i in range(40, 50)]
+    fds = [os.open(p, os.O_RDONLY) for p in held]
+    try:
+        before = {p: os.stat(p).st_ino for p in held + loose}
+        assert before == {p: os.stat(p).st_ino for p in held + loose}
+        assert len(set(before.values())) == len(before)
+        # Make the kernel forget what it can: the next stat of those is a fresh lookup.
+        with contextlib.suppress(OSError):
+            Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        after = {p: os.stat(p).st_ino for p in held + loose}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert [after[p] for p in held] == [before[p] for p in held]
+    assert len(set(after.values())) == len(after)
+    for p in loose:
+        assert after[p] == before[p] or after[p] not in before.values(), p
 
 
 def test_writes_are_refused(mount):
