@@ -306,6 +306,7 @@ class DatasetFs(pyfuse3.Operations):
             attr = self._attributes(inode, self._table.version_of(inode) or entry,
                                     handle.expiry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attr, index + 1):
+                self._table.forget(inode, 0)  # not sent: a new node id must not stay behind
                 break
             self._table.looked_up(inode)
 

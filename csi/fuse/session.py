@@ -354,7 +354,8 @@ class SessionTable:
         self._record("look", inode, 1)
 
     def forget(self, inode: int, count: int) -> str | None:
-        """The kernel dropped `count` lookups; the inode's path once it holds none."""
+        """The kernel dropped `count` lookups; the inode's path once it holds none. A count
+        of 0 drops a node id the kernel was never told of (a readdir entry that did not fit)."""
         if inode == ROOT_INODE:
             return None
         path = self._paths.get(inode)

@@ -274,6 +274,20 @@ def test_forget_drops_state_but_never_raises():
     assert held == 2 and after == 1  # root stays
 
 
+def test_a_listing_entry_that_did_not_fit_leaves_no_node_id_behind():
+    """The kernel takes a lookup of each entry a readdirplus reply carries; one that did not
+    fit was never sent and will never be forgotten, so the daemon must not keep it."""
+    fs, _, _ = make()
+
+    async def go():
+        fh = await fs.opendir(pyfuse3.ROOT_INODE)
+        await fs.readdir(fh, 0, pyfuse3.ReaddirToken())  # a reply with no room at all
+        await fs.releasedir(fh)
+        return (await fs.statfs(None)).f_files
+
+    assert run(go) == 1  # the root only
+
+
 def test_statfs_and_xattrs():
     fs, _, _ = make()
 
