@@ -321,6 +321,46 @@ def test_inode_numbers_stay_while_held_and_are_never_reused(mount):
         assert after[p] == before[p] or after[p] not in before.values(), p
 
 
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not os.access("/proc/sys/vm/drop_caches", os.W_OK),
+                    reason="cannot make the kernel forget inodes (drop_caches not writable)")
+def test_a_walk_the_kernel_forgot_leaves_no_node_ids_in_the_daemon(tmp_path, start):
+    """A pod that stats 20,000 files: the daemon keeps a node id for each while the kernel
+    holds it and drops it when the kernel sends FORGET, so its memory follows the kernel's
+    cache, not the number of files ever seen. statfs's f_files is the daemon's count."""
+    src = tmp_path / "src"
+    dirs, per_dir = 4, 5000
+    for d in range(dirs):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(per_dir):
+            (src / f"d{d}" / f"f{i:05d}").write_bytes(b"x")
+    daemon = start(src)
+    assert daemon.answer == "READY\n", daemon.log()
+    mnt = daemon.mountpoint
+    started = (os.statvfs(mnt).f_files, vm_rss_kib(daemon.proc.pid))
+    assert len(os.listdir(mnt / "d0")) == per_dir  # readdirplus, in many replies
+    for d in range(dirs):
+        for i in range(per_dir):
+            assert os.stat(mnt / f"d{d}" / f"f{i:05d}").st_size == 1
+    walked = (os.statvfs(mnt).f_files, vm_rss_kib(daemon.proc.pid))
+    assert walked[0] > dirs * per_dir // 2  # (another test's drop_caches may have come)
+
+    def forgotten() -> int | None:
+        Path("/proc/sys/vm/drop_caches").write_text("2\n")  # dentries and inodes: FORGETs
+        known = os.statvfs(mnt).f_files
+        return known if known <= 16 else None
+
+    forgot = (wait_for(forgotten, 60, "the daemon to drop the node ids the kernel forgot",
+                       interval=0.5), vm_rss_kib(daemon.proc.pid))
+    print(f"\nknown inodes / daemon VmRSS KiB: mounted {started}, after stat of "
+          f"{dirs * per_dir} files {walked}, after the kernel forgot them {forgot}")
+    assert os.stat(mnt / "d3" / "f04999").st_size == 1  # looked up anew
+
+
 def test_writes_are_refused(mount):
     mnt, _, _ = mount
     attempts = [("big.bin", os.O_WRONLY), ("big.bin", os.O_RDWR), ("empty", os.O_RDWR),
