@@ -38,6 +38,7 @@ AHEAD_BLOCKS = 4  # blocks loaded ahead of a sequential reader
 AHEAD_THREADS = 4  # threads loading them, for all readers of the mount
 LOCATE_RUN = 8  # blocks (or a folder's next files) one engine call locates: fewer trips
 MAX_LOCATED = 256  # locations kept for blocks not loaded yet
+MAX_KNOWN_SIZES = 65536  # file versions whose size stats and listings gave (else: stat again)
 
 
 class CorruptBlock(OSError):
@@ -55,7 +56,8 @@ class DatasetReader(UfsBackend):
 
     def __init__(self, engine, spec: specmod.DatasetSpec, secrets: dict[str, str],
                  direct: Callable[[], UfsBackend] | None = None, volume_id: str = "",
-                 recent_bytes: int = RECENT_BLOCK_BYTES, ahead_threads: int = AHEAD_THREADS):
+                 recent_bytes: int = RECENT_BLOCK_BYTES, ahead_threads: int = AHEAD_THREADS,
+                 known_sizes: int = MAX_KNOWN_SIZES):
         self._engine = engine  # a CacheEngine, or an EngineClient to the node's engine
         self._spec = spec
         self._secrets = secrets
@@ -73,7 +75,9 @@ class DatasetReader(UfsBackend):
         self._queued: set[tuple] = set()  # blocks handed to the read-ahead threads, not started
         # Where the engine said blocks not loaded yet live (it counted them as hits then).
         self._located: collections.OrderedDict[tuple, Location] = collections.OrderedDict()
-        self._sizes: dict[tuple[str, str], int] = {}
+        # (path, version) -> size, the most recently used `known_sizes` of them
+        self._sizes: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
+        self._max_sizes = known_sizes
         self._sequential = SequentialTracker()  # by (path, version)
         self._buffers = BlockBuffers(self.info.block_size, self._max_recent + AHEAD_BLOCKS)
         self._ahead = ThreadPoolExecutor(ahead_threads, thread_name_prefix="block-ahead")
@@ -89,10 +93,22 @@ class DatasetReader(UfsBackend):
             self._open()
             return method(self.info.dataset_id, *args)
 
-    def _remember(self, entry: Entry) -> Entry:
-        if entry.kind == Kind.FILE:
-            self._sizes[(entry.path, entry.version)] = entry.size
-        return entry
+    def _remember(self, entries: list[Entry]) -> None:
+        """Keep the sizes of file versions a stat or listing gave, so their reads need no stat."""
+        with self._lock:
+            for entry in entries:
+                if entry.kind == Kind.FILE:
+                    self._sizes[(entry.path, entry.version)] = entry.size
+                    self._sizes.move_to_end((entry.path, entry.version))
+            while len(self._sizes) > self._max_sizes:
+                self._sizes.popitem(last=False)
+
+    def _known_size(self, path: str, version: str | None) -> int | None:
+        """The size kept for this file version, or None (under the lock)."""
+        size = self._sizes.get((path, version))
+        if size is not None:
+            self._sizes.move_to_end((path, version))
+        return size
 
     def _through_engine(self, call: Callable, direct_call: Callable):
         """`call()`, or `direct_call(source)` while the engine cannot be reached."""
@@ -128,13 +144,15 @@ class DatasetReader(UfsBackend):
         """The entry and the seconds it stays fresh (None: as long as the TTL, read now)."""
         def engine() -> tuple[Entry, float | None]:
             entry, fresh_for = self._call(self._engine.stat_fresh, path)
-            return self._remember(entry), fresh_for
+            self._remember([entry])
+            return entry, fresh_for
         return self._through_engine(engine, lambda src: (src.stat(path), None))
 
     def list_fresh(self, path: str) -> tuple[list[Entry], float | None]:
         def engine() -> tuple[list[Entry], float | None]:
             entries, fresh_for = self._call(self._engine.list_fresh, path)
-            return [self._remember(e) for e in entries], fresh_for
+            self._remember(entries)
+            return entries, fresh_for
         return self._through_engine(engine, lambda src: (src.list(path), None))
 
     def read(self, path: str, offset: int, length: int,
@@ -147,7 +165,8 @@ class DatasetReader(UfsBackend):
               version: str | None) -> bytes | memoryview:
         if version is None:
             version = self.stat(path).version
-        size = self._sizes.get((path, version))
+        with self._lock:
+            size = self._known_size(path, version)
         if size is None:
             entry = self.stat(path)
             if entry.version != version:
@@ -199,18 +218,18 @@ class DatasetReader(UfsBackend):
         can skip the hop to a worker thread that `read` needs: for a mount daemon that hop
         costs more CPU than serving the request.
         """
-        size = self._sizes.get((path, version))  # no version: only `read` can resolve it
-        if size is None:
-            return None
-        end = min(offset + length, size)
-        if offset >= end:
-            return b""
-        bs = self.info.block_size
-        first = offset // bs
-        keys = [(path, version, index) for index in range(first, (end - 1) // bs + 1)]
         if not self._lock.acquire(blocking=False):
             return None
         try:
+            size = self._known_size(path, version)  # no version: only `read` can resolve it
+            if size is None:
+                return None
+            end = min(offset + length, size)
+            if offset >= end:
+                return b""
+            bs = self.info.block_size
+            first = offset // bs
+            keys = [(path, version, index) for index in range(first, (end - 1) // bs + 1)]
             blocks = [self._recent.get(key) for key in keys]
             if None in blocks:
                 return None

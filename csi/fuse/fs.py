@@ -7,16 +7,18 @@ event loop that answers every other request of the mount. A reader that also has
 (the cache engine's) lets opens of wholly cached files pass through to the kernel
 (passthrough.py), which then reads them without asking this process.
 
-Directories and symlinks get one inode number per path, kept while mounted. A regular file
-gets one inode per (path, version): its attributes and bytes never change, so the kernel may
-keep its page cache across every open of it. When the source file changes, the next lookup
-after the metadata TTL answers a new inode; readers that opened the old version keep reading
-the old inode (its own pages, its own size) and never see a mix of old and new bytes. Numbers
-are never reused: a file version keeps its number across forgets and lookups, and a new version
-gets a new one. Modes and owners are the source's or the volume's (attributes.py), and the
-kernel checks them (`default_permissions`). Node ids and handles live in a `SessionTable`
-(session.py), journaled before each answer, so a daemon that resumes this mount after its
-predecessor died knows them all.
+Directories and symlinks get one inode number per path. A regular file gets one inode per
+(path, version): its attributes and bytes never change, so the kernel may keep its page cache
+across every open of it. When the source file changes, the next lookup after the metadata TTL
+answers a new inode; readers that opened the old version keep reading the old inode (its own
+pages, its own size) and never see a mix of old and new bytes. A number is kept while the
+kernel holds it (a lookup not yet forgotten, an open handle), so the daemon's memory follows
+what the kernel caches, not every path a pod ever walked; once forgotten, a later lookup of the
+path gets a new number. Numbers are never reused while the connection lives. Modes and
+owners are the source's or the volume's (attributes.py), and the kernel checks them
+(`default_permissions`). Node ids and handles live in a `SessionTable` (session.py),
+journaled before each answer, so a daemon that resumes this mount after its predecessor died
+knows them all.
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ class DatasetFs(pyfuse3.Operations):
         return os.fsencode(entry.target)
 
     async def forget(self, inode_list):
-        """Drop what is kept for inodes the kernel let go of; their numbers stay reserved."""
+        """Drop what is kept for inodes the kernel let go of; their numbers are not reused."""
         for inode, nlookup in inode_list:
             path = self._table.forget(inode, nlookup)
             if path is not None:
@@ -304,6 +306,7 @@ class DatasetFs(pyfuse3.Operations):
             attr = self._attributes(inode, self._table.version_of(inode) or entry,
                                     handle.expiry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attr, index + 1):
+                self._table.forget(inode, 0)  # not sent: a new node id must not stay behind
                 break
             self._table.looked_up(inode)
 

@@ -199,7 +199,8 @@ class SessionTable:
     """Node ids and handles the kernel holds for one mount, journaled as they change.
 
     Directories and symlinks get one node id per path; a regular file one per (path, version),
-    whose attributes then never change. Numbers are never reused while the connection lives,
+    whose attributes then never change. A node id lives while the kernel holds a lookup of it
+    or a handle names it (`_prune`); numbers are never reused while the connection lives,
     across successors too. Every change goes through `_apply`, both when it happens (then it
     is also journaled) and when a successor replays it, so the two cannot disagree.
 
@@ -219,8 +220,8 @@ class SessionTable:
         self._inodes: dict[tuple[str, str | None], int] = {("", None): ROOT_INODE}
         self._paths: dict[int, str] = {ROOT_INODE: ""}
         self._versions: dict[int, Entry] = {}  # file inode -> the one version it shows
-        self._forgotten: set[int] = set()  # file inodes the kernel let go of (entry dropped)
         self.lookups: Counter[int] = Counter({ROOT_INODE: 1})
+        self._handles: Counter[int] = Counter()  # inode -> open file and directory handles
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, OpenDir] = {}
         self._next_inode = ROOT_INODE + 1
@@ -254,7 +255,6 @@ class SessionTable:
             self._paths[inode] = path
             if is_file:
                 self._versions[inode] = entry
-                self._forgotten.discard(inode)
             self._next_inode = max(self._next_inode, inode + 1)
         elif op == "look":
             self.lookups[record[1]] += record[2]
@@ -265,25 +265,39 @@ class SessionTable:
                 self.lookups[inode] = left
             else:
                 self.lookups.pop(inode, None)
-                if self._versions.pop(inode, None) is not None:  # a lookup brings it back
-                    self._forgotten.add(inode)
+                self._prune(inode)
         elif op == "open":
             _, fh, inode, path, version, passthrough, backing_id = record
             self.files[fh] = OpenFile(inode, path, version, passthrough, backing_id)
+            self._handles[inode] += 1
             self._next_fh = max(self._next_fh, fh + 1)
-        elif op == "close":
-            self.files.pop(record[1], None)
         elif op == "dir":
             _, fh, inode, path = record
             self.dirs[fh] = OpenDir(inode, path, None, 0.0)
+            self._handles[inode] += 1
             self._next_fh = max(self._next_fh, fh + 1)
-        elif op == "closedir":
-            self.dirs.pop(record[1], None)
+        elif op in ("close", "closedir"):
+            handle = (self.files if op == "close" else self.dirs).pop(record[1])
+            self._handles[handle.inode] -= 1
+            self._prune(handle.inode)
         elif op == "next":
             self._next_inode = max(self._next_inode, record[1])
             self._next_fh = max(self._next_fh, record[2])
         else:
             raise ValueError(op)
+
+    def _prune(self, inode: int) -> None:
+        """Drop `inode` once no lookup of the kernel's and no handle holds it (a RELEASE may
+        come after the FORGET); its number is never handed out again, a request naming it is
+        answered ESTALE."""
+        if inode == ROOT_INODE or self.lookups[inode] > 0 or self._handles[inode] > 0:
+            return
+        self._handles.pop(inode, None)
+        path = self._paths.pop(inode, None)
+        entry = self._versions.pop(inode, None)
+        key = (path, None if entry is None else entry.version)
+        if self._inodes.get(key) == inode:
+            del self._inodes[key]
 
     def flush(self) -> None:
         """Journal what changed; rewrite the journal whole once it is mostly history."""
@@ -297,11 +311,11 @@ class SessionTable:
 
     def _snapshot(self) -> list[list]:
         records = []
-        for inode, count in self.lookups.items():
-            if inode != ROOT_INODE and inode in self._paths:
-                entry = self._versions.get(inode)
-                records.append(["node", inode, self._paths[inode], _entry_record(entry)])
-                records.append(["look", inode, count])
+        for inode, path in self._paths.items():  # only what is live: the rest was pruned
+            if inode != ROOT_INODE:
+                records.append(["node", inode, path, _entry_record(self._versions.get(inode))])
+                if inode in self.lookups:
+                    records.append(["look", inode, self.lookups[inode]])
         records.extend(["open", fh, f.inode, f.path, f.version, f.passthrough, f.backing_id]
                        for fh, f in self.files.items())
         records.extend(["dir", fh, d.inode, d.path] for fh, d in self.dirs.items())
@@ -317,17 +331,16 @@ class SessionTable:
         shows the new mode and owner from then on.
         """
         is_file = entry.kind is Kind.FILE
-        inode = self._inodes.get((path, entry.version if is_file else None))
-        known = self._versions.get(inode) if is_file and inode is not None else None
-        if inode is None or (is_file and (known is None or _owner(known) != _owner(entry))):
+        key = (path, entry.version if is_file else None)
+        inode = self._inodes.get(key)
+        if inode is None or (is_file and _owner(self._versions[inode]) != _owner(entry)):
             self._record("node", inode or self._next_inode, path,
                          _entry_record(entry) if is_file else None)
-            inode = self._inodes[(path, entry.version if is_file else None)]
+            inode = self._inodes[key]
         return inode
 
     def path_of(self, inode: int) -> str:
-        if inode in self._forgotten:
-            raise pyfuse3.FUSEError(errno.ESTALE)
+        """The path of a live node id; ESTALE for one never given or already pruned."""
         try:
             return self._paths[inode]
         except KeyError:
@@ -341,14 +354,17 @@ class SessionTable:
         self._record("look", inode, 1)
 
     def forget(self, inode: int, count: int) -> str | None:
-        """The kernel dropped `count` lookups; the inode's path once it holds none."""
+        """The kernel dropped `count` lookups; the inode's path once it holds none. A count
+        of 0 drops a node id the kernel was never told of (a readdir entry that did not fit)."""
         if inode == ROOT_INODE:
             return None
+        path = self._paths.get(inode)
         self._record("forget", inode, count)
-        return None if inode in self.lookups else self._paths.get(inode)
+        return None if inode in self.lookups else path
 
     @property
     def known_paths(self) -> int:
+        """Node ids kept: the root, those the kernel holds lookups of or handles name."""
         return len(self._paths)
 
     # -- handles -------------------------------------------------------------------------

@@ -50,6 +50,21 @@ class CountingLocates:
         return self.engine.locate(*args)
 
 
+class CountingStats:
+    """An engine whose `stat_fresh` calls are counted in `stats`."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.stats = 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def stat_fresh(self, *args):
+        self.stats += 1
+        return self.engine.stat_fresh(*args)
+
+
 def read_like_a_mount(reader, path: str, version: str, offset: int, length: int) -> bytes:
     """What DatasetFs does: the in-memory answer if there is one, else a (blocking) read."""
     data = reader.read_cached(path, offset, length, version)
@@ -210,3 +225,19 @@ def test_a_sequential_reader_locates_several_blocks_per_engine_call(
                    for off in range(0, entry.size, BS // 2))
     assert got == want
     assert 1 <= len(counting.calls) <= 3, counting.calls  # block 0 on demand, then runs
+
+
+def test_the_sizes_kept_for_reads_stay_within_their_bound(engines, readers):
+    """A listing of more files than the reader keeps sizes for: the kept sizes stay at the
+    bound, the most recent ones answer reads without a stat, an older one costs one stat."""
+    src = FakeUfs({f"many/{i:03d}": blob(10 + i, seed=i) for i in range(40)})
+    counting = CountingStats(engines(ufs=src))
+    reader = readers(counting, known_sizes=16)
+    entries = reader.list("many")
+    assert len(reader._sizes) == 16
+    for entry in (entries[-1], entries[0]):
+        stats = counting.stats
+        assert read_like_a_mount(reader, entry.path, entry.version, 0, 100) == \
+            src.data(entry.path)
+        assert counting.stats == stats + (entry is entries[0])  # the first was let go
+    assert len(reader._sizes) == 16

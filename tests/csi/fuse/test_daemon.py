@@ -297,16 +297,68 @@ def test_an_object_store_shows_the_volume_s_owner_and_modes(start, tmp_path):
                                              cwd=owned.mountpoint).stderr
 
 
-def test_inode_numbers_are_stable(mount):
+def test_inode_numbers_stay_while_held_and_are_never_reused(mount):
+    """A number stays while the kernel holds its inode (here: open). One the kernel forgot may
+    come back as a new number, never as a number another file had."""
     mnt, _, _ = mount
-    paths = [mnt / "big.bin", mnt / "a" / "b" / "c" / "deep.txt", mnt / "many" / "f0042"]
-    first = [os.stat(p).st_ino for p in paths]
-    assert first == [os.stat(p).st_ino for p in paths]
-    assert len(set(first)) == len(first)
-    # Make the kernel forget its dentries and inodes: the next stat is a fresh lookup.
-    with contextlib.suppress(OSError):
-        Path("/proc/sys/vm/drop_caches").write_text("2\n")
-    assert first == [os.stat(p).st_ino for p in paths]
+    held = [mnt / "big.bin", mnt / "a" / "b" / "c" / "deep.txt"]
+    loose = [mnt / "many" / f"f{i:04d}" for i in range(40, 50)]
+    fds = [os.open(p, os.O_RDONLY) for p in held]
+    try:
+        before = {p: os.stat(p).st_ino for p in held + loose}
+        assert before == {p: os.stat(p).st_ino for p in held + loose}
+        assert len(set(before.values())) == len(before)
+        # Make the kernel forget what it can: the next stat of those is a fresh lookup.
+        with contextlib.suppress(OSError):
+            Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        after = {p: os.stat(p).st_ino for p in held + loose}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert [after[p] for p in held] == [before[p] for p in held]
+    assert len(set(after.values())) == len(after)
+    for p in loose:
+        assert after[p] == before[p] or after[p] not in before.values(), p
+
+
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not os.access("/proc/sys/vm/drop_caches", os.W_OK),
+                    reason="cannot make the kernel forget inodes (drop_caches not writable)")
+def test_a_walk_the_kernel_forgot_leaves_no_node_ids_in_the_daemon(tmp_path, start):
+    """A pod that stats 20,000 files: the daemon keeps a node id for each while the kernel
+    holds it and drops it when the kernel sends FORGET, so its memory follows the kernel's
+    cache, not the number of files ever seen. statfs's f_files is the daemon's count."""
+    src = tmp_path / "src"
+    dirs, per_dir = 4, 5000
+    for d in range(dirs):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(per_dir):
+            (src / f"d{d}" / f"f{i:05d}").write_bytes(b"x")
+    daemon = start(src)
+    assert daemon.answer == "READY\n", daemon.log()
+    mnt = daemon.mountpoint
+    started = (os.statvfs(mnt).f_files, vm_rss_kib(daemon.proc.pid))
+    assert len(os.listdir(mnt / "d0")) == per_dir  # readdirplus, in many replies
+    for d in range(dirs):
+        for i in range(per_dir):
+            assert os.stat(mnt / f"d{d}" / f"f{i:05d}").st_size == 1
+    walked = (os.statvfs(mnt).f_files, vm_rss_kib(daemon.proc.pid))
+    assert walked[0] > dirs * per_dir // 2  # (another test's drop_caches may have come)
+
+    def forgotten() -> int | None:
+        Path("/proc/sys/vm/drop_caches").write_text("2\n")  # dentries and inodes: FORGETs
+        known = os.statvfs(mnt).f_files
+        return known if known <= 16 else None
+
+    forgot = (wait_for(forgotten, 60, "the daemon to drop the node ids the kernel forgot",
+                       interval=0.5), vm_rss_kib(daemon.proc.pid))
+    print(f"\nknown inodes / daemon VmRSS KiB: mounted {started}, after stat of "
+          f"{dirs * per_dir} files {walked}, after the kernel forgot them {forgot}")
+    assert os.stat(mnt / "d3" / "f04999").st_size == 1  # looked up anew
 
 
 def test_writes_are_refused(mount):

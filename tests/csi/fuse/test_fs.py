@@ -92,22 +92,28 @@ def test_a_chmod_at_the_source_shows_after_the_ttl_on_the_same_inode(tmp_path):
     assert (attr.st_mode, attr.st_uid) == (0o100600, 1000)
 
 
-def test_inode_numbers_are_stable_and_distinct():
+def test_inode_numbers_are_distinct_and_never_reused():
+    """A number stays while the kernel holds it; once forgotten, the next lookup of the same
+    path gets a new one, and the old one is stale."""
     fs, _, clock = make(ttl=1)
 
     async def go():
         first = (await fs.lookup(pyfuse3.ROOT_INODE, b"dir")).st_ino
-        await fs.forget([(first, 1)])
+        held = (await fs.lookup(pyfuse3.ROOT_INODE, b"dir")).st_ino
+        await fs.forget([(first, 2)])
         clock.now += 10  # expired: the next lookup asks the source again
         again = (await fs.lookup(pyfuse3.ROOT_INODE, b"dir")).st_ino
         other = (await fs.lookup(pyfuse3.ROOT_INODE, b"empty")).st_ino
-        dotdot = (await fs.lookup(first, b"..")).st_ino
-        return first, again, other, dotdot
+        dotdot = (await fs.lookup(again, b"..")).st_ino
+        with pytest.raises(pyfuse3.FUSEError) as stale:
+            await fs.getattr(first)
+        return first, held, again, other, dotdot, stale.value.errno
 
-    first, again, other, dotdot = run(go)
-    assert first == again != other
-    assert pyfuse3.ROOT_INODE not in (first, other)
+    first, held, again, other, dotdot, stale = run(go)
+    assert first == held
+    assert len({pyfuse3.ROOT_INODE, first, again, other}) == 4
     assert dotdot == pyfuse3.ROOT_INODE
+    assert stale == errno.ESTALE
 
 
 def test_metadata_is_cached_for_the_ttl_only():
@@ -266,6 +272,20 @@ def test_forget_drops_state_but_never_raises():
 
     held, after = run(go)
     assert held == 2 and after == 1  # root stays
+
+
+def test_a_listing_entry_that_did_not_fit_leaves_no_node_id_behind():
+    """The kernel takes a lookup of each entry a readdirplus reply carries; one that did not
+    fit was never sent and will never be forgotten, so the daemon must not keep it."""
+    fs, _, _ = make()
+
+    async def go():
+        fh = await fs.opendir(pyfuse3.ROOT_INODE)
+        await fs.readdir(fh, 0, pyfuse3.ReaddirToken())  # a reply with no room at all
+        await fs.releasedir(fh)
+        return (await fs.statfs(None)).f_files
+
+    assert run(go) == 1  # the root only
 
 
 def test_statfs_and_xattrs():

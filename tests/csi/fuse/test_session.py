@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pyfuse3
@@ -95,13 +96,14 @@ def test_nothing_reaches_the_kernel_before_it_is_journaled(tmp_path):
 
 def test_the_journal_is_rewritten_whole_once_it_is_mostly_history(tmp_path):
     table = SessionTable(Journal(str(tmp_path)), compact_after=100)
-    inode = table.inode_of("x", file("x"))
     for _ in range(500):  # lookups and forgets that cancel out: history, nothing live
-        table.looked_up(table.inode_of("x", file("x")))
+        inode = table.inode_of("x", file("x"))
+        table.looked_up(inode)
         table.flush()
         table.forget(inode, 1)
         table.flush()
-    table.looked_up(table.inode_of("x", file("x")))
+    inode = table.inode_of("x", file("x"))
+    table.looked_up(inode)
     fh = table.open_file(inode, "x", "v1", False, 0)
     table.flush()
     lines = (tmp_path / "journal").read_bytes().count(b"\n")
@@ -169,3 +171,117 @@ def test_a_chmod_at_the_source_keeps_the_node_id_and_shows_the_new_mode(tmp_path
     assert table.version_of(inode).mode == 0o600
     table.flush()
     assert SessionTable.resume(Journal(str(tmp_path))).version_of(inode).mode == 0o600
+
+
+def test_a_node_id_the_kernel_forgot_is_dropped_and_stale():
+    table = SessionTable()
+    d = table.inode_of("models", directory("models"))
+    a = table.inode_of("models/a.bin", file("models/a.bin"))
+    for inode in (d, a, a):
+        table.looked_up(inode)
+    assert table.known_paths == 3
+    assert table.forget(a, 1) is None  # one lookup left
+    assert table.forget(a, 1) == "models/a.bin"
+    assert table.forget(d, 1) == "models"
+    assert table.known_paths == 1  # the root only: it is never dropped
+    table.forget(pyfuse3.ROOT_INODE, 1)
+    assert table.path_of(pyfuse3.ROOT_INODE) == ""
+    for inode in (d, a):
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            table.path_of(inode)
+        assert info.value.errno == errno.ESTALE
+        assert table.version_of(inode) is None
+
+
+@pytest.mark.parametrize("forget_first", [True, False], ids=["forget-then-release",
+                                                             "release-then-forget"])
+def test_an_open_file_or_directory_keeps_its_node_id(forget_first):
+    """The kernel's RELEASE may come after its FORGET: the node id goes with the later one."""
+    table = SessionTable()
+    d = table.inode_of("models", directory("models"))
+    a = table.inode_of("models/a.bin", file("models/a.bin"))
+    table.looked_up(d)
+    table.looked_up(a)
+    fh = table.open_file(a, "models/a.bin", "v1", False, 0)
+    dir_fh = table.open_dir(d, "models", [], 0.0)
+    if forget_first:
+        table.forget(a, 1)
+        table.forget(d, 1)
+        assert table.path_of(a) == "models/a.bin" and table.path_of(d) == "models"
+        assert table.version_of(a).size == 10
+        assert table.inode_of("models/a.bin", file("models/a.bin")) == a
+        table.close_file(fh)
+        table.close_dir(dir_fh)
+    else:
+        table.close_file(fh)
+        table.close_dir(dir_fh)
+        assert table.path_of(a) == "models/a.bin" and table.path_of(d) == "models"
+        table.forget(a, 1)
+        table.forget(d, 1)
+    assert table.known_paths == 1
+    with pytest.raises(pyfuse3.FUSEError):
+        table.path_of(a)
+
+
+def test_numbers_are_never_reused_after_a_node_id_is_dropped(tmp_path):
+    table = SessionTable(Journal(str(tmp_path)))
+    given = []
+    for _ in range(3):  # the same path, looked up and forgotten again and again
+        inode = table.inode_of("a.bin", file("a.bin"))
+        table.looked_up(inode)
+        table.forget(inode, 1)
+        given.append(inode)
+    table.flush()
+    assert len(set(given)) == 3
+    resumed = SessionTable.resume(Journal(str(tmp_path)))
+    assert resumed.known_paths == 1
+    assert resumed.inode_of("a.bin", file("a.bin")) > max(given)
+
+
+def test_a_successor_replaying_lookups_and_forgets_ends_with_the_same_pruned_table(tmp_path):
+    table, ids = busy_table(Journal(str(tmp_path)))
+    for i in range(50):  # a walk the kernel forgot again: nothing of it is kept
+        inode = table.inode_of(f"walk/{i}", file(f"walk/{i}"))
+        table.looked_up(inode)
+        table.flush()
+        table.forget(inode, 1)
+    last = inode
+    table.forget(ids["a"], 1)  # its last lookup; its file is still open
+    table.flush()
+    assert table.known_paths == 4  # the root, models, a.bin (open) and b.bin
+    first = SessionTable.resume(Journal(str(tmp_path)))  # replays every record
+    second = SessionTable.resume(Journal(str(tmp_path)))  # replays first's snapshot
+    for resumed in (first, second):
+        assert resumed.known_paths == table.known_paths
+        assert resumed.lookups == table.lookups and resumed.files == table.files
+        for inode in range(1, last + 1):  # every number given so far
+            try:
+                want = table.path_of(inode)
+            except pyfuse3.FUSEError:
+                with pytest.raises(pyfuse3.FUSEError):
+                    resumed.path_of(inode)
+            else:
+                assert resumed.path_of(inode) == want
+    first.close_file(ids["fh_a"])  # the kernel let go of a.bin long ago: now it goes
+    assert first.known_paths == 3
+
+
+def test_a_snapshot_holds_only_live_node_ids(tmp_path):
+    table = SessionTable(Journal(str(tmp_path)), compact_after=10)
+    kept = table.inode_of("kept", file("kept"))
+    table.looked_up(kept)
+    opened = table.inode_of("opened", file("opened"))
+    table.looked_up(opened)
+    table.open_file(opened, "opened", "v1", False, 0)
+    for i in range(100):
+        inode = table.inode_of(f"walk/{i}", file(f"walk/{i}"))
+        table.looked_up(inode)
+        table.forget(inode, 1)
+        table.flush()
+    table.forget(opened, 1)  # forgotten, but its file is open
+    table.flush()
+    assert len(Journal(str(tmp_path)).replay()) < 30  # rewritten as it went: the walk is gone
+    SessionTable.resume(Journal(str(tmp_path)))  # which leaves the journal a snapshot
+    records = Journal(str(tmp_path)).replay()
+    assert sorted(r[1] for r in records if r[0] == "node") == [kept, opened]
+    assert [r[1:] for r in records if r[0] == "look"] == [[kept, 1]]
