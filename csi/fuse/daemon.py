@@ -54,7 +54,8 @@ from eddy.base.sockets import socket_path
 from . import device
 from .attributes import Permissions
 from .fs import DatasetFs
-from .session import Journal, SessionTable
+from .journal import Journal
+from .session import SessionTable
 
 STARTUP_EXIT = 2
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

@@ -6,32 +6,21 @@ outlives its daemon while another process holds its /dev/fuse descriptor (the mo
 node plugin do), so a daemon that dies can be replaced without a new mount; but a successor
 that does not know those numbers would answer every request of a running pod with ESTALE or
 EBADF. So every change to them is applied to a `SessionTable` and appended to its `Journal`
-before the request that made it is answered, and a successor replays the journal.
-
-A session directory belongs to one connection (the mounter makes it with the mount and removes
-it with the mount):
-
-    init      the connection's FUSE_INIT request, as the kernel sent it (once per connection)
-    journal   one JSON array per line, one change each; rewritten as a snapshot of what is
-              live when it has grown well past that, so it stays near the size of the tables
-
-Nothing is fsynced: the journal must survive the death of a process, and a connection never
-survives the death of the node.
+(journal.py) before the request that made it is answered, and a successor replays the journal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 
 import pyfuse3
 
 from cache_engine.ufs.base import Entry, Kind
-from eddy.base import log
+
+from .journal import Journal
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 COMPACT_MIN_RECORDS = 4096  # the journal is rewritten past this many records (and 4x the live)
@@ -58,121 +47,6 @@ class OpenDir:
     path: str
     entries: list[Entry] | None  # the listing readdir offsets index; None: list it again
     expiry: float
-
-
-class Journal:
-    """A session directory: the INIT request, and changes appended as JSON lines.
-
-    `Journal(None)` keeps nothing: a daemon that mounted by itself (`eddy mount`, tests) has
-    no successor.
-    """
-
-    def __init__(self, directory: str | None):
-        self.directory = directory
-        self.records = 0  # appended since the journal was last written whole
-        self._pending: list[str] = []
-        self._fd = -1
-        self._failed = False
-        if directory is not None:
-            self._fd = self._open(os.path.join(directory, "journal"), os.O_APPEND)
-
-    @staticmethod
-    def _open(path: str, flags: int) -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
-
-    def save_init(self, request: bytes) -> None:
-        """Keep the connection's INIT request (written once, before it is answered)."""
-        if self.directory is not None:
-            self._write_whole(os.path.join(self.directory, "init"), request)
-
-    def init_request(self) -> bytes | None:
-        if self.directory is None:
-            return None
-        try:
-            with open(os.path.join(self.directory, "init"), "rb") as f:
-                return f.read() or None
-        except FileNotFoundError:
-            return None
-
-    def replay(self) -> list[list]:
-        """The records written so far; a torn last line (a kill in mid-write) is dropped."""
-        if self.directory is None:
-            return []
-        with open(os.path.join(self.directory, "journal"), "rb") as f:
-            lines = f.read().split(b"\n")
-        records = []
-        for line in lines:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-        self.records = len(records)
-        return records
-
-    def add(self, record: list) -> None:
-        if self._fd >= 0:
-            self._pending.append(json.dumps(record, separators=(",", ":")))
-
-    @property
-    def pending(self) -> bool:
-        """Whether records were added since the last write."""
-        return bool(self._pending)
-
-    def flush(self) -> None:
-        """Write what was added; called before the kernel gets the answer that depends on it."""
-        if not self._pending:
-            return
-        data = ("\n".join(self._pending) + "\n").encode()
-        self.records += len(self._pending)
-        self._pending.clear()
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-        except OSError as e:
-            self._warn(e)
-
-    def rewrite(self, records: list[list]) -> None:
-        """Replace the journal with `records` (a snapshot of what is live)."""
-        if self._fd < 0:
-            return
-        self._pending.clear()
-        path = os.path.join(self.directory, "journal")
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-        try:
-            self._write_whole(path, data)
-            fd = self._open(path, os.O_APPEND)
-        except OSError as e:
-            self._warn(e)
-            return
-        os.close(self._fd)
-        self._fd = fd
-        self.records = len(records)
-
-    def _write_whole(self, path: str, data: bytes) -> None:
-        tmp = f"{path}.tmp"
-        fd = self._open(tmp, os.O_TRUNC)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-
-    def _warn(self, error: OSError) -> None:
-        """A full or broken disk costs the mount its successor, never a request."""
-        if not self._failed:
-            self._failed = True
-            log.get("csi.fuse").warning("session journal not written: a restarted daemon "
-                                        "will not resume this mount", error=str(error),
-                                        directory=self.directory)
-
-    def close(self) -> None:
-        self.flush()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def _entry_record(entry: Entry | None) -> list | None:

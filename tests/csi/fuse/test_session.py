@@ -9,7 +9,8 @@ import pyfuse3
 import pytest
 
 from cache_engine.ufs.base import Entry, Kind
-from csi.fuse.session import Journal, SessionTable
+from csi.fuse.journal import Journal
+from csi.fuse.session import SessionTable
 
 
 def file(path: str, version: str = "v1", size: int = 10) -> Entry:
