@@ -44,6 +44,7 @@ class DaemonConfig:
     engine: dict = field(default_factory=dict)  # where blocks come from (see csi/fuse/daemon.py)
     session_fd: int = -1  # the connection the mounter mounted (-1: the daemon mounts itself)
     session_dir: str = ""  # its session directory (csi/fuse/session.py)
+    writable: bool = False  # mounted read-write: a writer-mode volume (csi/fuse/writes.py)
 
 
 def process_start(pid: int) -> int:
@@ -163,6 +164,8 @@ def start(config: DaemonConfig, timeout: float = READY_TIMEOUT) -> MountDaemon:
                "engine": config.engine}
     if config.session_fd >= 0:
         request["session"] = {"fd": config.session_fd, "dir": config.session_dir}
+    if config.writable:
+        request["writable"] = True
     try:
         proc = subprocess.Popen(
             daemon_command(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -43,7 +43,7 @@ from .mounter.service import MounterClient
 from .nfs import NfsMounts
 from .state.secrets import DEFAULT_SECRETS_DIR
 from .state.staging import StagedVolume, StagingRecords
-from .volume_cache import VolumeCache, condition
+from .volume_cache import VolumeCache
 
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 READER_ONLY = {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
@@ -123,7 +123,7 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
                                     self._records.secrets(vol.volume_id), self._log_level,
                                     engine={"endpoint": self.engine_endpoint,
                                             "redirect_allow": self.redirects.flags()}
-                                    if self.engine_endpoint else {})
+                                    if self.engine_endpoint else {}, writable=vol.writable)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -177,8 +177,9 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         validate.capability(request)
         spec = self._dataset(dict(request.volume_context))
         secrets = parse_secrets(dict(request.secrets))
+        writable = validate.writable(request.volume_capability, request.volume_context)
         with self._inflight.hold(request.volume_id):
-            self._stage(request.volume_id, path, spec, secrets)
+            self._stage(request.volume_id, path, spec, secrets, writable=writable)
         return csi_pb2.NodeStageVolumeResponse()
 
     def _dataset(self, volume_context: dict[str, str], inline: bool = False) -> DatasetSpec:
@@ -195,18 +196,20 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         return self._nfs.local_spec(spec)
 
     def _stage(self, volume_id: str, path: str, spec: DatasetSpec, secrets: dict[str, str],
-               inline: bool = False) -> StagedVolume:
+               inline: bool = False, writable: bool = False) -> StagedVolume:
         """Mount the volume at `path` with its daemon (idempotent); the caller holds its id."""
         vol = self._volumes.get(volume_id)
         if vol is not None:
-            if vol.staging_path != path or vol.parameters != spec.to_parameters():
+            if (vol.staging_path, vol.parameters, vol.writable) != (
+                    path, spec.to_parameters(), writable):
                 raise AlreadyExists(f"volume {volume_id} is already staged at "
                                     f"{vol.staging_path} with other parameters")
             return vol
         if self.max_volumes and len(self._volumes) >= self.max_volumes:
             raise ResourceExhausted(f"node {self.node_id} already holds "
                                     f"{self.max_volumes} volumes")
-        vol = StagedVolume(volume_id, path, spec.to_parameters(), ephemeral=inline)
+        vol = StagedVolume(volume_id, path, spec.to_parameters(), ephemeral=inline,
+                           writable=writable)
         self._nfs.ensure(vol.parameters)
         try:
             state = self.mounter.stage(self._config(vol, secrets))
@@ -369,17 +372,12 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
         abnormal, message = self.health.condition(vol.volume_id)
         usage = []
         if self.cache is not None:
-            try:
-                row = self.cache.status(vol, lambda: self._records.secrets(vol.volume_id))
-            except (EddyError, OSError) as e:
-                return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=csi_pb2.VolumeCondition(
-                    abnormal=True, message=f"cache engine cannot open the dataset: {e}"))
-            if not abnormal:
-                abnormal, message = condition(row, message)
-            total = row.capacity or 0
-            usage.append(csi_pb2.VolumeUsage(  # the volume's share of the node's cache
-                unit=csi_pb2.VolumeUsage.BYTES, total=total, used=row.cached_bytes,
-                available=max(total - row.cached_bytes, 0)))
+            abnormal, message, space = self.cache.stats(
+                vol, lambda: self._records.secrets(vol.volume_id), abnormal, message)
+            if space is not None:  # the volume's share of the node's cache
+                total, used = space
+                usage.append(csi_pb2.VolumeUsage(unit=csi_pb2.VolumeUsage.BYTES, total=total,
+                                                 used=used, available=max(total - used, 0)))
         return csi_pb2.NodeGetVolumeStatsResponse(
             usage=usage,
             volume_condition=csi_pb2.VolumeCondition(abnormal=abnormal, message=message))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from cache_engine.spec import parse_parameters
 from cache_engine.status import DatasetStatus, Phase
 from eddy.base import log
+from eddy.base.errors import EddyError
 
 from .state.staging import StagedVolume
 
@@ -69,6 +70,18 @@ class VolumeCache:
 
     def status(self, vol: StagedVolume, secrets: Callable[[], dict[str, str]]) -> DatasetStatus:
         return self.engine.dataset_status(self.dataset_of(vol, secrets))
+
+    def stats(self, vol: StagedVolume, secrets: Callable[[], dict[str, str]], abnormal: bool,
+              message: str) -> tuple[bool, str, tuple[int, int] | None]:
+        """NodeGetVolumeStats of a volume whose mount is as `abnormal` and `message` say:
+        (abnormal, message, (cache capacity, cached bytes) or None if the engine cannot say)."""
+        try:
+            row = self.status(vol, secrets)
+        except (EddyError, OSError) as e:
+            return True, f"cache engine cannot open the dataset: {e}", None
+        if not abnormal:
+            abnormal, message = condition(row, message)
+        return abnormal, message, (row.capacity or 0, row.cached_bytes)
 
 
 def condition(row: DatasetStatus, mount: str) -> tuple[bool, str]:

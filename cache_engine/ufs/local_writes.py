@@ -22,7 +22,7 @@ import os
 import stat as statmod
 from collections.abc import Iterator
 
-from .base import clean_path, link_stays_inside
+from .base import Entry, clean_path, link_stays_inside
 from .local import LocalUfs
 
 RENAME_NOREPLACE = 1  # renameat2(2) flags, as FUSE passes them
@@ -80,6 +80,12 @@ class LocalWriter:
             raise
         return fd
 
+    def stat(self, path: str, fd: int | None = None) -> Entry:
+        """What `path` is now; by `fd` when one is open on it (right after an unlink too)."""
+        if fd is None:
+            return self._ufs.stat(path)
+        return self._ufs._entry(clean_path(path), os.fstat(fd))
+
     def truncate(self, path: str, size: int) -> None:
         fd = self.open(path, os.O_WRONLY)
         try:
@@ -132,6 +138,11 @@ class LocalWriter:
         with self._at(path) as (dfd, name):
             os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
 
-    def utime(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+    def utime(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
+        """Set the access and modification times; None keeps one as it is."""
         with self._at(path) as (dfd, name):
+            if atime_ns is None or mtime_ns is None:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+                mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
             os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)

@@ -11,7 +11,8 @@ source's values, so a StorageClass can open or close a hostPath dataset to its p
 Only the nine permission bits are shown. setuid and setgid on files would be a way in if a
 mount were ever bound without nosuid; setgid and sticky on directories govern files created
 in them, and nobody creates any here. Write bits are shown as the source has them (`ls -l` on
-an NFS claim looks as on the server); writes still fail with EROFS: the mount is read-only.
+an NFS claim looks as on the server); writes fail with EROFS unless the volume is writable
+(writes.py).
 Symlinks are 0777, as Linux treats every symlink.
 """
 

@@ -33,13 +33,11 @@ Logs are JSON lines on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyfuse3
 import structlog
@@ -47,6 +45,8 @@ import trio
 
 from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
 from cache_engine.ufs import Kind, RedirectPolicy, UfsBackend, open_ufs
+from cache_engine.ufs.local import LocalUfs
+from cache_engine.ufs.local_writes import LocalWriter
 from eddy.base import log
 from eddy.base.errors import EddyError, InvalidArgument, NotFound, Unavailable
 from eddy.base.sockets import socket_path
@@ -55,7 +55,9 @@ from . import device
 from .attributes import Permissions
 from .fs import DatasetFs
 from .journal import Journal
+from .request import Session, read_request
 from .session import SessionTable
+from .writes import WritableFs
 
 STARTUP_EXIT = 2
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -63,27 +65,17 @@ READY_TIMEOUT = 30.0
 READ_AHEAD_KB = 1024  # with 1 MiB requests, the kernel reads ahead one whole request
 
 
-def mount_options(volume_id: str) -> set[str]:
+def mount_options(volume_id: str, writable: bool = False) -> set[str]:
     """Options for pyfuse3.init; device.mount passes the same ones to mount(2)."""
     # No max_read: pyfuse3 leaves the connection's max_read unset, and libfuse refuses a
     # mismatch. Requests are still up to 1 MiB (libfuse 3 negotiates max_pages = 256).
-    return {f"fsname={device.fsname(volume_id)}", "subtype=eddy", "ro", *device.MOUNT_OPTIONS}
+    return {f"fsname={device.fsname(volume_id)}", "subtype=eddy", *device.MOUNT_OPTIONS,
+            *(() if writable else ("ro",))}
 
 
 def pyfuse3_can_resume() -> bool:
     """Whether this pyfuse3 keeps the INIT exchange and can replay it (scripts/build-pyfuse3.sh)."""
     return hasattr(pyfuse3, "get_init_exchange")
-
-
-@dataclass(frozen=True)
-class Session:
-    """A connection the mounter mounted: its /dev/fuse descriptor here, its session dir."""
-
-    fd: int
-    directory: str
-
-    def journal(self) -> Journal:
-        return Journal(self.directory)
 
 
 def raise_read_ahead(dev: int, kb: int = READ_AHEAD_KB) -> bool:
@@ -177,6 +169,8 @@ class _Reader:
                  volume_id: str):
         self.host = None
         self.client = None
+        self._spec = spec
+        self._local = None
         engine = engine or {}
         redirects = RedirectPolicy.from_flags(engine.get("redirect_allow") or [])
         if engine.get("endpoint"):
@@ -214,7 +208,17 @@ class _Reader:
         else:
             self.backend = open_ufs(spec, secrets, redirects)
 
+    def writer(self) -> LocalWriter:
+        """What writes into the volume's source: a directory, the only kind written yet."""
+        if self._spec.source.scheme != "local":
+            raise InvalidArgument(f"source {self._spec.source.shown}: only directory sources "
+                                  "(local://, hostPath and NFS claims) are written yet")
+        self._local = LocalUfs(self._spec.source.root)
+        return LocalWriter(self._local)
+
     def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
         self.backend.close()
         if self.client is not None:
             self.client.close()
@@ -237,14 +241,16 @@ def _own_volume(engine, volume_id: str, spec: DatasetSpec, secrets: dict[str, st
 def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         secrets: dict[str, str] | None = None,
         ready_callback: Callable[[], None] = lambda: None,
-        engine: dict | None = None, session: Session | None = None) -> None:
+        engine: dict | None = None, session: Session | None = None,
+        writable: bool = False) -> None:
     """Serve the volume at `mountpoint` until unmounted or signalled.
 
     Without `session`, mount it first. With one, serve the connection the mounter mounted,
     resuming it when its session directory shows a predecessor served it. Startup problems
     raise an EddyError naming the problem (never a secret) before `ready_callback` runs;
     a daemon that mounted by itself then leaves nothing mounted. Returns normally on
-    SIGTERM/SIGINT and when the mount is removed from outside.
+    SIGTERM/SIGINT and when the mount is removed from outside. `writable` mounts it
+    read-write, writing into its directory source (writes.py).
     """
     spec = parse_parameters(parameters)
     secrets = parse_secrets(secrets or {})
@@ -267,8 +273,9 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         if session is not None and pyfuse3_can_resume():
             def on_init() -> None:  # before the INIT is answered: a successor needs it
                 journal.save_init(pyfuse3.get_init_exchange()[0])
-        fs = DatasetFs(opened.backend, spec.metadata_ttl, table=table, on_init=on_init,
-                       permissions=Permissions.of(spec))
+        options = {"table": table, "on_init": on_init, "permissions": Permissions.of(spec)}
+        fs = WritableFs(opened.backend, spec.metadata_ttl, writer=opened.writer(), **options) \
+            if writable else DatasetFs(opened.backend, spec.metadata_ttl, **options)
         target = mountpoint if session is None else f"/dev/fd/{session.fd}"
         dev_before = os.stat(mountpoint).st_dev if session is None else None
         # From mounting until the signal receiver runs, a SIGTERM would kill the process and
@@ -279,7 +286,7 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         old_handlers = {sig: signal.signal(sig, _already_stopping) for sig in STOP_SIGNALS}
         try:
             try:
-                pyfuse3.init(fs, target, mount_options(volume_id),
+                pyfuse3.init(fs, target, mount_options(volume_id, writable),
                              **({"resume_init": resume_init} if resume_init else {}))
             except RuntimeError as e:
                 raise Unavailable(
@@ -306,41 +313,6 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     finally:
         table.close()
         opened.close()
-
-
-def _read_request(stream) -> tuple[dict, dict, dict, Session | None]:
-    """The one JSON object on stdin: {"parameters": {...}, "secrets": {...}, "engine": {},
-    "session": {"fd": N, "dir": DIR}}."""
-    text = ""
-    request = None
-    for line in stream:
-        text += line
-        try:
-            request = json.loads(text)
-            break
-        except json.JSONDecodeError:
-            continue
-    if not isinstance(request, dict):
-        raise InvalidArgument('stdin must hold one JSON object {"parameters": {...}, '
-                              '"secrets": {...}}')
-    parameters = request.get("parameters")
-    secrets = request.get("secrets") or {}
-    for key, value in (("parameters", parameters), ("secrets", secrets)):
-        if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise InvalidArgument(f"stdin: {key!r} must be an object of strings")
-    engine = request.get("engine") or {}
-    if not isinstance(engine, dict):
-        raise InvalidArgument("stdin: 'engine' must be an object")
-    session = request.get("session")
-    if session is not None:
-        if not (isinstance(session, dict) and isinstance(session.get("fd"), int)
-                and isinstance(session.get("dir"), str)):
-            raise InvalidArgument("stdin: 'session' must be {\"fd\": N, \"dir\": PATH}")
-        if not device.is_fuse_device(session["fd"]):
-            raise InvalidArgument(f"stdin: session fd {session['fd']} is not open on /dev/fuse")
-        session = Session(session["fd"], session["dir"])
-    return parameters, secrets, engine, session
 
 
 def _say(line: str) -> None:
@@ -385,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         _say("READY")
 
     try:
-        parameters, secrets, engine, session = _read_request(sys.stdin)
-        run(args.mountpoint, args.volume_id, parameters, secrets, announce, engine, session)
+        req = read_request(sys.stdin)
+        run(args.mountpoint, args.volume_id, req.parameters, req.secrets, announce, req.engine,
+            req.session, req.writable)
     except Exception as e:  # noqa: BLE001 - every failure must become one answer line
         message = str(e) if isinstance(e, EddyError) else f"{type(e).__name__}: {e}"
         message = " ".join(message.split()) or type(e).__name__

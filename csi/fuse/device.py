@@ -28,8 +28,9 @@ def fsname(volume_id: str) -> str:
     return "eddy:" + re.sub(r"[^A-Za-z0-9._-]", "_", volume_id)[:64]
 
 
-def mount(mountpoint: str, volume_id: str) -> tuple[int, str]:
-    """Mount a new read-only FUSE connection at `mountpoint`: (its descriptor, "major:minor").
+def mount(mountpoint: str, volume_id: str, writable: bool = False) -> tuple[int, str]:
+    """Mount a new FUSE connection at `mountpoint`, read-only unless `writable`: (its
+    descriptor, "major:minor").
 
     The kernel queues FUSE_INIT at once; whoever serves the descriptor answers it. The mount
     options are the ones libfuse would pass for the daemon's own options (csi.fuse.daemon).
@@ -42,7 +43,8 @@ def mount(mountpoint: str, volume_id: str) -> tuple[int, str]:
         ",".join(MOUNT_OPTIONS)
     try:
         mounttable.mount(fsname(volume_id), mountpoint, "fuse.eddy",
-                         mounttable.MS_RDONLY | mounttable.MS_NOSUID | mounttable.MS_NODEV,
+                         (0 if writable else mounttable.MS_RDONLY) | mounttable.MS_NOSUID
+                         | mounttable.MS_NODEV,
                          options)
     except OSError as e:
         os.close(fd)

@@ -1,4 +1,7 @@
-"""The read-only FUSE filesystem of one volume: kernel requests answered from a dataset reader.
+"""The FUSE filesystem of one volume: kernel requests answered from a dataset reader.
+
+This class serves reads; writes.py adds the requests that change the tree for writer-mode
+volumes.
 
 `DatasetFs` only calls `stat`, `list` and `read` of a `UfsBackend`-shaped reader, so the same
 filesystem serves straight from a source or from the cache engine's client. Every reader call
@@ -61,11 +64,11 @@ def errno_of(exc: BaseException) -> int:
     """The errno a failed request answers with: the one table of exception -> errno."""
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
-    for cls, code in _ERRNO:
+    if isinstance(exc, OSError) and exc.errno:  # the system call's own (EPERM, ENOTEMPTY, ..)
+        return exc.errno
+    for cls, code in _ERRNO:  # one raised with a message only
         if isinstance(exc, cls):
             return code
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
     return errno.EIO
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyfuse3
 
@@ -36,6 +36,9 @@ class OpenFile:
     version: str
     passthrough: bool = False  # its open went through `Passthrough`, its release must too
     backing_id: int = 0  # the kernel reads it from this backing file (0: through the daemon)
+    # open(2) flags of a handle served from the source's own file (writes.py: a writer's, or a
+    # reader's of a file being written); 0 for one read through the cache
+    flags: int = 0
 
 
 @dataclass(slots=True)
@@ -125,6 +128,8 @@ class SessionTable:
             _, inode, path, entry = record
             entry = _entry(path, entry)
             is_file = entry is not None and entry.kind is Kind.FILE
+            if inode in self._paths:  # a writer changed the file: its old key goes
+                self._drop_key(inode)
             self._inodes[(path, entry.version if is_file else None)] = inode
             self._paths[inode] = path
             if is_file:
@@ -141,8 +146,8 @@ class SessionTable:
                 self.lookups.pop(inode, None)
                 self._prune(inode)
         elif op == "open":
-            _, fh, inode, path, version, passthrough, backing_id = record
-            self.files[fh] = OpenFile(inode, path, version, passthrough, backing_id)
+            _, fh, inode, path, version, passthrough, backing_id, *flags = record
+            self.files[fh] = OpenFile(inode, path, version, passthrough, backing_id, *flags)
             self._handles[inode] += 1
             self._next_fh = max(self._next_fh, fh + 1)
         elif op == "dir":
@@ -154,6 +159,8 @@ class SessionTable:
             handle = (self.files if op == "close" else self.dirs).pop(record[1])
             self._handles[handle.inode] -= 1
             self._prune(handle.inode)
+        elif op == "move":
+            self._move(record[1], record[2])
         elif op == "next":
             self._next_inode = max(self._next_inode, record[1])
             self._next_fh = max(self._next_fh, record[2])
@@ -167,11 +174,38 @@ class SessionTable:
         if inode == ROOT_INODE or self.lookups[inode] > 0 or self._handles[inode] > 0:
             return
         self._handles.pop(inode, None)
-        path = self._paths.pop(inode, None)
-        entry = self._versions.pop(inode, None)
-        key = (path, None if entry is None else entry.version)
+        self._drop_key(inode)
+        self._paths.pop(inode, None)
+        self._versions.pop(inode, None)
+
+    def _key(self, inode: int) -> tuple[str | None, str | None]:
+        entry = self._versions.get(inode)
+        return self._paths.get(inode), None if entry is None else entry.version
+
+    def _drop_key(self, inode: int) -> None:
+        key = self._key(inode)
         if self._inodes.get(key) == inode:
             del self._inodes[key]
+
+    def _move(self, old: str, new: str) -> None:
+        """A rename: `old` and everything below it is at `new` now (the kernel keeps their
+        node ids, and so do open handles)."""
+        def moved(path: str) -> str | None:
+            if path == old or path.startswith(f"{old}/"):
+                return new + path[len(old):]
+            return None
+
+        for inode, path in list(self._paths.items()):
+            if (to := moved(path)) is not None:
+                self._drop_key(inode)
+                self._paths[inode] = to
+                if inode in self._versions:
+                    self._versions[inode] = replace(self._versions[inode], path=to)
+                self._inodes[self._key(inode)] = inode
+        for handles in (self.files, self.dirs):
+            for fh, handle in list(handles.items()):
+                if (to := moved(handle.path)) is not None:
+                    handles[fh] = replace(handle, path=to)
 
     def flush(self) -> None:
         """Journal what changed; rewrite the journal whole once it is mostly history."""
@@ -190,8 +224,8 @@ class SessionTable:
                 records.append(["node", inode, path, _entry_record(self._versions.get(inode))])
                 if inode in self.lookups:
                     records.append(["look", inode, self.lookups[inode]])
-        records.extend(["open", fh, f.inode, f.path, f.version, f.passthrough, f.backing_id]
-                       for fh, f in self.files.items())
+        records.extend(["open", fh, f.inode, f.path, f.version, f.passthrough, f.backing_id,
+                        f.flags] for fh, f in self.files.items())
         records.extend(["dir", fh, d.inode, d.path] for fh, d in self.dirs.items())
         records.append(["next", self._next_inode, self._next_fh])
         return records
@@ -224,6 +258,16 @@ class SessionTable:
         """The file version a file inode shows (None for directories and symlinks)."""
         return self._versions.get(inode)
 
+    def rebind(self, inode: int, entry: Entry) -> None:
+        """A writer changed the file behind `inode`: it shows `entry` from now on (the kernel
+        keeps the node id, and with it its own view of what was written)."""
+        if inode in self._versions and self._versions[inode] != entry:
+            self._record("node", inode, self._paths[inode], _entry_record(entry))
+
+    def moved(self, old: str, new: str) -> None:
+        """`old` (and everything below it) was renamed to `new`."""
+        self._record("move", old, new)
+
     def looked_up(self, inode: int) -> None:
         self._record("look", inode, 1)
 
@@ -244,9 +288,11 @@ class SessionTable:
     # -- handles -------------------------------------------------------------------------
 
     def open_file(self, inode: int, path: str, version: str, passthrough: bool,
-                  backing_id: int) -> int:
+                  backing_id: int, flags: int = 0) -> int:
+        """A new file handle; `flags` of one that writes (kept so a successor reopens it)."""
         fh = self._next_fh
-        self._record("open", fh, inode, path, version, passthrough, backing_id)
+        self._record("open", fh, inode, path, version, passthrough, backing_id,
+                     *([flags] if flags else []))
         return fh
 
     def close_file(self, fh: int) -> OpenFile | None:

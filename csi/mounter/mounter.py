@@ -85,7 +85,7 @@ class Mounter:
     def __init__(self, state_dir: str, *, others_hold: bool = True,
                  start_daemon: Callable[[daemons.DaemonConfig], daemons.MountDaemon] =
                  daemons.start,
-                 mount: Callable[[str, str], tuple[int, str]] = device.mount,
+                 mount: Callable[..., tuple[int, str]] = device.mount,
                  clock: Callable[[], float] = time.monotonic,
                  secrets_dir: str = DEFAULT_SECRETS_DIR):
         self._records = MountRecords(state_dir, secrets_dir)
@@ -142,11 +142,11 @@ class Mounter:
             if new:
                 m = self._mounts[config.volume_id] = _Mount(MountRecord(
                     config.volume_id, config.mountpoint, dict(config.parameters),
-                    dict(config.engine), config.log_level))
+                    dict(config.engine), config.log_level, writable=config.writable))
         with m.lock:
             if not new:
-                if (m.record.mountpoint, m.record.parameters) != (config.mountpoint,
-                                                                  config.parameters):
+                if (m.record.mountpoint, m.record.parameters, m.record.writable) != (
+                        config.mountpoint, config.parameters, config.writable):
                     raise AlreadyExists(f"volume {config.volume_id} is already mounted at "
                                         f"{m.record.mountpoint} with other parameters")
                 return self._state(m)
@@ -218,7 +218,8 @@ class Mounter:
             record.volume_id, record.mountpoint, record.parameters,
             self._records.secrets(record.volume_id) if secrets is None else secrets,
             record.log_level, engine=record.engine, session_fd=session_fd,
-            session_dir=self._records.session_dir(record.volume_id) if session_fd >= 0 else "")
+            session_dir=self._records.session_dir(record.volume_id) if session_fd >= 0 else "",
+            writable=record.writable)
 
     def _mount_new(self, m: _Mount, secrets: dict[str, str] | None) -> None:
         """A new connection at the mountpoint, with a fresh session and daemon."""
@@ -226,7 +227,8 @@ class Mounter:
         self._close(m)
         mounts.unmount_all(record.mountpoint)  # a stale mount, or the connection given up
         os.makedirs(record.mountpoint, exist_ok=True)
-        m.fd, record.device = self._mount(record.mountpoint, record.volume_id)
+        m.fd, record.device = self._mount(record.mountpoint, record.volume_id,
+                                          writable=record.writable)
         self._records.session_dir(record.volume_id, fresh=True)
         self._records.save(record, secrets)  # from here a restarted mounter knows it
         self._start(m, secrets)

@@ -38,6 +38,7 @@ class MountRecord:
     fd: int = -1  # the descriptor number the daemon inherited (to take a copy back from it)
     pid: int = 0
     pid_start: int = 0  # the daemon's start time (clock ticks), so a reused pid is not it
+    writable: bool = False  # mounted read-write (a writer-mode volume)
 
 
 class MountRecords:

@@ -36,7 +36,8 @@ from .states import MountState
 
 CALL_TIMEOUT = 30.0
 STAGE_TIMEOUT = 180.0  # a stage waits for the daemon's READY (60 s) and may mount NFS first
-_CONFIG_KEYS = ("volume_id", "mountpoint", "parameters", "secrets", "log_level", "engine")
+_CONFIG_KEYS = ("volume_id", "mountpoint", "parameters", "secrets", "log_level", "engine",
+                "writable")
 
 
 class MounterServer:
@@ -104,7 +105,9 @@ class MounterServer:
                 os.close(fd)
             fds.clear()
             if op == "stage":
-                config = DaemonConfig(**{k: message["config"][k] for k in _CONFIG_KEYS})
+                # A key a plugin older than this mounter does not send keeps its default.
+                config = DaemonConfig(**{k: message["config"][k] for k in _CONFIG_KEYS
+                                         if k in message["config"]})
                 state = self.mounter.stage(config)
                 fd, _ = self.mounter.descriptor(config.volume_id)
                 return {"ok": True, "state": state.to_dict()}, [fd]

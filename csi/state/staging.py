@@ -43,6 +43,7 @@ class StagedVolume:
     pid: int = 0  # its mount daemon's, as the mounter last said (for people reading this)
     ephemeral: bool = False  # an inline volume: staged by NodePublish, unstaged by NodeUnpublish
     device: str = ""  # "major:minor" of the FUSE connection the targets are bound to
+    writable: bool = False  # mounted read-write (`validate.writable`)
 
 
 class StagingRecords:

@@ -138,11 +138,14 @@ def tier_args(*tiers: str) -> tuple[str, ...]:
     return tuple(arg for tier in tiers for arg in ("--tier", tier))
 
 
-def stage_and_publish(driver, tmp_path, volume, secrets=None, targets=("pod-a", "pod-b")):
+def stage_and_publish(driver, tmp_path, volume, secrets=None, targets=("pod-a", "pod-b"),
+                      mode=AccessMode.MULTI_NODE_READER_ONLY, writers=()):
+    """Stage `volume` with access `mode` and publish it to each of `targets` (read-only, but
+    read-write to the pods named in `writers`); (staging path, target paths)."""
     staging = str(tmp_path / "kubelet" / "staging" / volume.volume_id)
     req = csi_pb2.NodeStageVolumeRequest(
         volume_id=volume.volume_id, staging_target_path=staging,
-        volume_capability=mount_capability(), volume_context=volume.volume_context,
+        volume_capability=mount_capability(mode), volume_context=volume.volume_context,
         secrets=secrets or {})
     driver.node.NodeStageVolume(req)
     driver.node.NodeStageVolume(req)  # idempotent
@@ -152,7 +155,7 @@ def stage_and_publish(driver, tmp_path, volume, secrets=None, targets=("pod-a", 
         os.makedirs(os.path.dirname(target), exist_ok=True)
         preq = csi_pb2.NodePublishVolumeRequest(
             volume_id=volume.volume_id, staging_target_path=staging, target_path=target,
-            volume_capability=mount_capability(), readonly=True,
+            volume_capability=mount_capability(mode), readonly=pod not in writers,
             volume_context=volume.volume_context)
         driver.node.NodePublishVolume(preq)
         driver.node.NodePublishVolume(preq)  # idempotent

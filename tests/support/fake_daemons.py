@@ -31,7 +31,7 @@ class Fakes:
         self.mounted: list[str] = []
         self._pipes: list[int] = []
 
-    def mount(self, mountpoint: str, volume_id: str) -> tuple[int, str]:
+    def mount(self, mountpoint: str, volume_id: str, writable: bool = False) -> tuple[int, str]:
         r, w = os.pipe()
         self._pipes.append(w)
         self.mounted.append(mountpoint)

@@ -1,0 +1,258 @@
+"""The filesystem of a writer-mode volume: `DatasetFs` plus the requests that change the tree.
+
+A volume staged with a writer access mode over a directory source (`local://`, a hostPath or
+NFS claim) is mounted read-write, and every change goes straight to the source through a
+`LocalWriter`: a write(2) has reached the source file when it returns, so nothing is lost when
+a daemon dies, and a successor reopens the write handles the journal names. Reads of files
+nobody writes still go through the cache engine.
+
+Consistency on one node is close-to-open: when a written file is closed (or fsynced) the engine
+is told (`DatasetReader.changed`), so every volume of the dataset on the node sees the new
+version at its next open, read from the cache (write-through); other nodes see it when their
+metadataTTL runs out. While a file is open for writing, its attributes are read from the open
+file itself, never from a cache.
+
+Refused: hard links and special files (EPERM), a symlink that would point out of the dataset
+(EPERM), and chmod of a symlink (EOPNOTSUPP).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import Counter
+
+import pyfuse3
+import trio
+
+from cache_engine.ufs.base import Entry, Kind, join
+from cache_engine.ufs.local_writes import RENAME_EXCHANGE, LocalWriter
+
+from .fs import DatasetFs, _request
+
+_SWAP = "\0swap"  # a path no dataset has: the middle step of RENAME_EXCHANGE in the table
+
+
+class WritableFs(DatasetFs):
+    """`DatasetFs` that also creates, writes, renames and removes (see the module docstring).
+
+    Example::
+
+        fs = WritableFs(reader, 60, writer=LocalWriter(LocalUfs("/srv/data")))
+    """
+
+    def __init__(self, reader, metadata_ttl, *, writer: LocalWriter, **options):
+        super().__init__(reader, metadata_ttl, passthrough=options.pop("passthrough", True),
+                         **options)
+        self._writer = writer
+        self._fds: dict[int, int] = {}  # fh of a handle that writes -> its fd on the source
+        self._writing: Counter[int] = Counter()  # inode -> handles that write it
+        for fh, handle in self._table.files.items():  # a predecessor's: reopen them
+            if handle.flags:
+                self._reopen(fh, handle)
+
+    def _reopen(self, fh: int, handle) -> None:
+        flags = handle.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+        try:
+            self._fds[fh] = self._writer.open(handle.path, flags)
+        except OSError as e:  # gone meanwhile: its writes fail, its close still works
+            self._log.warning("write handle not reopened", path=handle.path, error=str(e))
+            self._fds[fh] = -1
+        self._writing[handle.inode] += 1
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._meta_limiter)
+
+    def _fresh(self, inode: int, entry: Entry) -> pyfuse3.EntryAttributes:
+        """Attributes of what was just changed: the kernel asks again next time."""
+        if entry.kind is Kind.FILE:
+            self._table.rebind(inode, entry)
+        return self._attributes(inode, entry, 0.0)
+
+    async def _changed(self, *paths: str, load: bool = False, tree: bool = False) -> None:
+        """Forget `paths` here and tell the engine, for every volume of the dataset."""
+        for path in paths:
+            self._meta.forget_changed(path, tree)
+        changed = getattr(self._reader, "changed", None)
+        if changed is not None:
+            await self._run(changed, list(paths), load, tree)
+
+    async def _made(self, path: str) -> pyfuse3.EntryAttributes:
+        """The new entry at `path` as a node id the kernel now holds a lookup of."""
+        entry = await self._run(self._writer.stat, path)
+        await self._changed(path)
+        inode = self._table.inode_of(path, entry)
+        self._table.looked_up(inode)
+        return self._fresh(inode, entry)
+
+    def _path(self, parent_inode: int, name: bytes) -> str:
+        return join(self._table.path_of(parent_inode), os.fsdecode(name))
+
+    def _fd(self, fh: int) -> int:
+        fd = self._fds.get(fh)
+        if fd is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if fd < 0:
+            raise pyfuse3.FUSEError(errno.EIO)
+        return fd
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _opened(self, inode: int, path: str, entry: Entry, flags: int, fd: int) -> int:
+        fh = self._table.open_file(inode, path, entry.version, False, 0, flags)
+        self._fds[fh] = fd
+        self._writing[inode] += 1
+        return fh
+
+    @_request
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        path = self._path(parent_inode, name)
+        fd = await self._run(self._writer.open, path, flags | os.O_CREAT,
+                             stat.S_IMODE(mode) & ~ctx.umask, (ctx.uid, ctx.gid))
+        entry = self._writer.stat(path, fd)
+        await self._changed(path)
+        inode = self._table.inode_of(path, entry)
+        self._table.looked_up(inode)
+        fh = self._opened(inode, path, entry, flags | os.O_CREAT, fd)
+        return pyfuse3.FileInfo(fh=fh), self._fresh(inode, entry)
+
+    @_request
+    async def open(self, inode, flags, ctx=None):
+        reads = flags & os.O_ACCMODE == os.O_RDONLY
+        if reads and inode not in self._writing:
+            return await DatasetFs.open.__wrapped__(self, inode, flags, ctx)
+        # A writer's handle, or a reader's of a file being written: the source's own file.
+        path = self._table.path_of(inode)
+        flags = os.O_RDONLY | os.O_NOFOLLOW if reads else flags
+        fd = await self._run(self._writer.open, path, flags)
+        entry = self._writer.stat(path, fd)
+        self._table.rebind(inode, entry)
+        return pyfuse3.FileInfo(fh=self._opened(inode, path, entry, flags, fd))
+
+    @_request
+    async def write(self, fh, off, buf):
+        return await trio.to_thread.run_sync(os.pwrite, self._fd(fh), buf, off,
+                                             limiter=self._read_limiter)
+
+    @_request
+    async def read(self, fh, off, size):
+        if fh not in self._fds:
+            return await DatasetFs.read.__wrapped__(self, fh, off, size)
+        return await trio.to_thread.run_sync(os.pread, self._fd(fh), size, off,
+                                             limiter=self._read_limiter)
+
+    @_request
+    async def fsync(self, fh, datasync):
+        if fh in self._fds:
+            await self._run(os.fdatasync if datasync else os.fsync, self._fd(fh))
+            handle = self._table.files[fh]
+            await self._settled(handle.inode, handle.path)
+
+    @_request
+    async def release(self, fh):
+        fd = self._fds.pop(fh, None)
+        if fd is None:
+            return await DatasetFs.release.__wrapped__(self, fh)
+        handle = self._table.close_file(fh)
+        self._writing[handle.inode] -= 1
+        if not self._writing[handle.inode]:
+            del self._writing[handle.inode]
+        if fd >= 0:
+            await self._run(os.close, fd)
+        return None
+
+    async def _settled(self, inode: int, path: str) -> None:
+        """A written file was closed or synced: its node id shows what is there now, and
+        the node learns of it (its new version loaded into the cache)."""
+        try:
+            self._table.rebind(inode, await self._run(self._writer.stat, path))
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # removed or moved meanwhile: nothing to show, nothing to load
+        await self._changed(path, load=True)
+
+    @_request
+    async def getattr(self, inode, ctx=None):
+        if inode not in self._writing:
+            return await DatasetFs.getattr.__wrapped__(self, inode, ctx)
+        path = self._table.path_of(inode)
+        fd = next((self._fds[fh] for fh, h in self._table.files.items()
+                   if h.inode == inode and self._fds.get(fh, -1) >= 0), -1)
+        entry = self._writer.stat(path, fd) if fd >= 0 else \
+            await self._run(self._writer.stat, path)
+        return self._fresh(inode, entry)
+
+    @_request
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        path = self._table.path_of(inode)
+        fd = self._fds.get(fh, -1) if fh is not None else -1
+        w = self._writer
+        if fields.update_size and fd >= 0:
+            await self._run(os.ftruncate, fd, attr.st_size)
+        elif fields.update_size:
+            await self._run(w.truncate, path, attr.st_size)
+        if fields.update_mode:
+            await self._run(w.chmod, path, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            await self._run(w.chown, path, attr.st_uid if fields.update_uid else -1,
+                            attr.st_gid if fields.update_gid else -1)
+        if fields.update_atime or fields.update_mtime:
+            await self._run(w.utime, path, attr.st_atime_ns if fields.update_atime else None,
+                            attr.st_mtime_ns if fields.update_mtime else None)
+        entry = w.stat(path, fd) if fd >= 0 else await self._run(w.stat, path)
+        await self._changed(path, load=inode not in self._writing)
+        return self._fresh(inode, entry)
+
+    # -- names ---------------------------------------------------------------------------
+
+    @_request
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        path = self._path(parent_inode, name)
+        await self._run(self._writer.mkdir, path, stat.S_IMODE(mode) & ~ctx.umask,
+                        (ctx.uid, ctx.gid))
+        return await self._made(path)
+
+    @_request
+    async def symlink(self, parent_inode, name, target, ctx):
+        path = self._path(parent_inode, name)
+        await self._run(self._writer.symlink, path, os.fsdecode(target), (ctx.uid, ctx.gid))
+        return await self._made(path)
+
+    @_request
+    async def unlink(self, parent_inode, name, ctx):
+        path = self._path(parent_inode, name)
+        await self._run(self._writer.unlink, path)
+        await self._changed(path)
+
+    @_request
+    async def rmdir(self, parent_inode, name, ctx):
+        path = self._path(parent_inode, name)
+        await self._run(self._writer.rmdir, path)
+        await self._changed(path, tree=True)
+
+    @_request
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        old = self._path(parent_inode_old, name_old)
+        new = self._path(parent_inode_new, name_new)
+        await self._run(self._writer.rename, old, new, flags)
+        if flags & RENAME_EXCHANGE:
+            self._table.moved(old, _SWAP)
+            self._table.moved(new, old)
+            self._table.moved(_SWAP, new)
+        else:
+            self._table.moved(old, new)
+        await self._changed(old, new, tree=True)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)  # hard links: not in a dataset
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)  # FIFOs and devices: never in a dataset
+
+    @_request
+    async def flush(self, fh):
+        """close(2) of a descriptor of `fh` (RELEASE comes later, asynchronously): a file
+        closed after writing is settled now, so the writer's next step sees it."""
+        handle = self._table.files.get(fh)
+        if handle is not None and handle.flags & os.O_ACCMODE != os.O_RDONLY:
+            await self._settled(handle.inode, handle.path)
