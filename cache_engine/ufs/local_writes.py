@@ -9,8 +9,8 @@ pointing inside the dataset. New files, directories and links belong to the uid 
 process that made them (the kernel has already checked its permission, `default_permissions`).
 
     writer = LocalWriter(LocalUfs("/srv/data"))
-    fd = writer.open("out/ckpt.bin", os.O_WRONLY | os.O_CREAT, 0o644, (1000, 1000))
-    os.pwrite(fd, b"...", 0); os.close(fd)
+    f = writer.open("out/ckpt.bin", os.O_WRONLY | os.O_CREAT, 0o644, (1000, 1000))
+    f.write(b"...", 0); f.close()
 """
 
 from __future__ import annotations
@@ -30,6 +30,37 @@ RENAME_EXCHANGE = 2
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never a link, never a FIFO's wait
 _OPEN_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_EXCL | os.O_CREAT
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class LocalFile:
+    """A file of the source open for a writer (or for a reader while it is written): what the
+    mount's handle does with it. Calls block; the mount runs them in worker threads."""
+
+    def __init__(self, fd: int, path: str, ufs: LocalUfs):
+        self.fd = fd
+        self.path = path
+        self._ufs = ufs
+
+    def write(self, data: bytes, offset: int) -> int:
+        return os.pwrite(self.fd, data, offset)
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def sync(self, datasync: bool = False) -> None:
+        (os.fdatasync if datasync else os.fsync)(self.fd)
+
+    def stat(self) -> Entry:
+        """What the file is now (right after an unlink or a rename too)."""
+        return self._ufs._entry(clean_path(self.path), os.fstat(self.fd))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class LocalWriter:
@@ -55,9 +86,9 @@ class LocalWriter:
                 os.close(fd)
 
     def open(self, path: str, flags: int, mode: int = 0o644,
-             owner: tuple[int, int] | None = None) -> int:
-        """An fd of the regular file at `path` opened with the access, append, truncate,
-        create and exclusive bits of `flags`; a file it creates gets `mode` and `owner`."""
+             owner: tuple[int, int] | None = None) -> LocalFile:
+        """The regular file at `path` opened with the access, append, truncate, create and
+        exclusive bits of `flags`; a file it creates gets `mode` and `owner`."""
         flags = (flags & _OPEN_FLAGS) | _FILE_FLAGS
         with self._at(path) as (dfd, name):
             created, fd = bool(flags & os.O_CREAT), -1
@@ -78,20 +109,18 @@ class LocalWriter:
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return LocalFile(fd, path, self._ufs)
 
-    def stat(self, path: str, fd: int | None = None) -> Entry:
-        """What `path` is now; by `fd` when one is open on it (right after an unlink too)."""
-        if fd is None:
-            return self._ufs.stat(path)
-        return self._ufs._entry(clean_path(path), os.fstat(fd))
+    def stat(self, path: str) -> Entry:
+        """What `path` is now at the source."""
+        return self._ufs.stat(path)
 
     def truncate(self, path: str, size: int) -> None:
-        fd = self.open(path, os.O_WRONLY)
+        f = self.open(path, os.O_WRONLY)
         try:
-            os.ftruncate(fd, size)
+            f.truncate(size)
         finally:
-            os.close(fd)
+            f.close()
 
     def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
         with self._at(path) as (dfd, name):

@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from cache_engine.ufs.base import Entry, Kind, join
-from cache_engine.ufs.local_writes import RENAME_EXCHANGE, LocalWriter
+from cache_engine.ufs.local_writes import RENAME_EXCHANGE, LocalFile, LocalWriter
 
 from .fs import DatasetFs, _request
 
@@ -46,8 +46,10 @@ class WritableFs(DatasetFs):
         super().__init__(reader, metadata_ttl, passthrough=options.pop("passthrough", True),
                          **options)
         self._writer = writer
-        self._fds: dict[int, int] = {}  # fh of a handle that writes -> its fd on the source
-        self._writing: Counter[int] = Counter()  # inode -> handles that write it
+        # fh -> the source file behind a handle served from it (None: not reopened after a
+        # predecessor died; its requests fail with EIO)
+        self._open: dict[int, LocalFile | None] = {}
+        self._writing: Counter[int] = Counter()  # inode -> handles served from the source
         for fh, handle in self._table.files.items():  # a predecessor's: reopen them
             if handle.flags:
                 self._reopen(fh, handle)
@@ -55,10 +57,10 @@ class WritableFs(DatasetFs):
     def _reopen(self, fh: int, handle) -> None:
         flags = handle.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
         try:
-            self._fds[fh] = self._writer.open(handle.path, flags)
+            self._open[fh] = self._writer.open(handle.path, flags)
         except OSError as e:  # gone meanwhile: its writes fail, its close still works
             self._log.warning("write handle not reopened", path=handle.path, error=str(e))
-            self._fds[fh] = -1
+            self._open[fh] = None
         self._writing[handle.inode] += 1
 
     async def _run(self, fn, *args):
@@ -89,32 +91,32 @@ class WritableFs(DatasetFs):
     def _path(self, parent_inode: int, name: bytes) -> str:
         return join(self._table.path_of(parent_inode), os.fsdecode(name))
 
-    def _fd(self, fh: int) -> int:
-        fd = self._fds.get(fh)
-        if fd is None:
+    def _file(self, fh: int) -> LocalFile:
+        if fh not in self._open:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if fd < 0:
+        f = self._open[fh]
+        if f is None:
             raise pyfuse3.FUSEError(errno.EIO)
-        return fd
+        return f
 
     # -- files ---------------------------------------------------------------------------
 
-    def _opened(self, inode: int, path: str, entry: Entry, flags: int, fd: int) -> int:
+    def _opened(self, inode: int, path: str, entry: Entry, flags: int, f: LocalFile) -> int:
         fh = self._table.open_file(inode, path, entry.version, False, 0, flags)
-        self._fds[fh] = fd
+        self._open[fh] = f
         self._writing[inode] += 1
         return fh
 
     @_request
     async def create(self, parent_inode, name, mode, flags, ctx):
         path = self._path(parent_inode, name)
-        fd = await self._run(self._writer.open, path, flags | os.O_CREAT,
-                             stat.S_IMODE(mode) & ~ctx.umask, (ctx.uid, ctx.gid))
-        entry = self._writer.stat(path, fd)
+        f = await self._run(self._writer.open, path, flags | os.O_CREAT,
+                            stat.S_IMODE(mode) & ~ctx.umask, (ctx.uid, ctx.gid))
+        entry = f.stat()
         await self._changed(path)
         inode = self._table.inode_of(path, entry)
         self._table.looked_up(inode)
-        fh = self._opened(inode, path, entry, flags | os.O_CREAT, fd)
+        fh = self._opened(inode, path, entry, flags | os.O_CREAT, f)
         return pyfuse3.FileInfo(fh=fh), self._fresh(inode, entry)
 
     @_request
@@ -125,41 +127,41 @@ class WritableFs(DatasetFs):
         # A writer's handle, or a reader's of a file being written: the source's own file.
         path = self._table.path_of(inode)
         flags = os.O_RDONLY | os.O_NOFOLLOW if reads else flags
-        fd = await self._run(self._writer.open, path, flags)
-        entry = self._writer.stat(path, fd)
+        f = await self._run(self._writer.open, path, flags)
+        entry = f.stat()
         self._table.rebind(inode, entry)
-        return pyfuse3.FileInfo(fh=self._opened(inode, path, entry, flags, fd))
+        return pyfuse3.FileInfo(fh=self._opened(inode, path, entry, flags, f))
 
     @_request
     async def write(self, fh, off, buf):
-        return await trio.to_thread.run_sync(os.pwrite, self._fd(fh), buf, off,
+        return await trio.to_thread.run_sync(self._file(fh).write, buf, off,
                                              limiter=self._read_limiter)
 
     @_request
     async def read(self, fh, off, size):
-        if fh not in self._fds:
+        if fh not in self._open:
             return await DatasetFs.read.__wrapped__(self, fh, off, size)
-        return await trio.to_thread.run_sync(os.pread, self._fd(fh), size, off,
+        return await trio.to_thread.run_sync(self._file(fh).read, size, off,
                                              limiter=self._read_limiter)
 
     @_request
     async def fsync(self, fh, datasync):
-        if fh in self._fds:
-            await self._run(os.fdatasync if datasync else os.fsync, self._fd(fh))
+        if fh in self._open:
+            await self._run(self._file(fh).sync, datasync)
             handle = self._table.files[fh]
             await self._settled(handle.inode, handle.path)
 
     @_request
     async def release(self, fh):
-        fd = self._fds.pop(fh, None)
-        if fd is None:
+        if fh not in self._open:
             return await DatasetFs.release.__wrapped__(self, fh)
+        f = self._open.pop(fh)
         handle = self._table.close_file(fh)
         self._writing[handle.inode] -= 1
         if not self._writing[handle.inode]:
             del self._writing[handle.inode]
-        if fd >= 0:
-            await self._run(os.close, fd)
+        if f is not None:
+            await self._run(f.close)
         return None
 
     async def _settled(self, inode: int, path: str) -> None:
@@ -175,20 +177,19 @@ class WritableFs(DatasetFs):
     async def getattr(self, inode, ctx=None):
         if inode not in self._writing:
             return await DatasetFs.getattr.__wrapped__(self, inode, ctx)
-        path = self._table.path_of(inode)
-        fd = next((self._fds[fh] for fh, h in self._table.files.items()
-                   if h.inode == inode and self._fds.get(fh, -1) >= 0), -1)
-        entry = self._writer.stat(path, fd) if fd >= 0 else \
-            await self._run(self._writer.stat, path)
+        f = next((self._open[fh] for fh, h in self._table.files.items()
+                  if h.inode == inode and self._open.get(fh) is not None), None)
+        entry = f.stat() if f is not None else \
+            await self._run(self._writer.stat, self._table.path_of(inode))
         return self._fresh(inode, entry)
 
     @_request
     async def setattr(self, inode, attr, fields, fh, ctx):
         path = self._table.path_of(inode)
-        fd = self._fds.get(fh, -1) if fh is not None else -1
+        f = self._open.get(fh) if fh is not None else None
         w = self._writer
-        if fields.update_size and fd >= 0:
-            await self._run(os.ftruncate, fd, attr.st_size)
+        if fields.update_size and f is not None:
+            await self._run(f.truncate, attr.st_size)
         elif fields.update_size:
             await self._run(w.truncate, path, attr.st_size)
         if fields.update_mode:
@@ -199,7 +200,7 @@ class WritableFs(DatasetFs):
         if fields.update_atime or fields.update_mtime:
             await self._run(w.utime, path, attr.st_atime_ns if fields.update_atime else None,
                             attr.st_mtime_ns if fields.update_mtime else None)
-        entry = w.stat(path, fd) if fd >= 0 else await self._run(w.stat, path)
+        entry = f.stat() if f is not None else await self._run(w.stat, path)
         await self._changed(path, load=inode not in self._writing)
         return self._fresh(inode, entry)
 

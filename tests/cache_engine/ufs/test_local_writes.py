@@ -29,20 +29,21 @@ def writer(root):
 
 
 def test_a_new_file_belongs_to_its_maker_and_an_existing_one_keeps_its_owner(writer, root):
-    fd = writer.open("d/new.bin", os.O_WRONLY | os.O_CREAT, 0o640, (1234, 5678))
+    f = writer.open("d/new.bin", os.O_WRONLY | os.O_CREAT, 0o640, (1234, 5678))
     try:
-        assert os.pwrite(fd, b"hello", 0) == 5
+        assert f.write(b"hello", 0) == 5
+        assert (f.stat().size, f.stat().uid) == (5, 1234)
     finally:
-        os.close(fd)
+        f.close()
     st = os.stat(root / "d" / "new.bin")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o640)
     assert (root / "d" / "new.bin").read_bytes() == b"hello"
 
-    fd = writer.open("old.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, (1234, 5678))
+    f = writer.open("old.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, (1234, 5678))
     try:
-        os.write(fd, b"+more")
+        f.write(b"+more", 0)  # O_APPEND: at the end, whatever the offset
     finally:
-        os.close(fd)
+        f.close()
     assert (root / "old.txt").read_bytes() == b"old+more"
     assert os.stat(root / "old.txt").st_uid == os.getuid()
     with pytest.raises(FileExistsError):
