@@ -8,9 +8,9 @@ about to unlink can never be a newer copy of the same block that another thread 
 
 An extent is the other kind of tier file: every block of one file version, each at its offset
 in the file (`Block.offset`), so the kernel can read the whole file from it (FUSE
-passthrough). It is created empty under a fresh name and filled block by block
-(`placement.Placement.compact`); a byte of it is written once, before any row points at it,
-and never again.
+passthrough). It is filled block by block under a fresh name, as blocks are stored
+(growing.py) or by a compaction (`extents.Extents.build`); a byte of it is written once,
+before any row points at it, and never again.
 """
 
 from __future__ import annotations
@@ -128,7 +128,15 @@ def create_extent(tier: Tier, file: str) -> None:
 
 
 def write_into_extent(tier: Tier, file: str, offset: int, data: bytes) -> None:
-    _write_at(os.open(block_path(tier, file), os.O_WRONLY | os.O_CLOEXEC), offset, data)
+    """Write `data` at `offset` in the extent `file` of `tier`, made if it is not there yet."""
+    path = block_path(tier, file)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), DIR_MODE, exist_ok=True)
+        fd = os.open(path, flags, FILE_MODE)
+    _write_at(fd, offset, data)
 
 
 def _write_at(fd: int, offset: int, data: bytes) -> None:

@@ -36,6 +36,7 @@ from .changes import apply_changes
 from .dataset import Dataset, dataset_id, open_backend
 from .extents import Extents
 from .fetch import BlockFetcher, block_length
+from .growing import GrowingExtents
 from .health import TierHealth
 from .index import BlockIndex
 from .maintenance import Maintenance
@@ -106,10 +107,12 @@ class CacheEngine:
         self._health = TierHealth(self.tiers)
         self._maintenance = Maintenance(self.tiers, self._table, self._index, self._lock, clock,
                                         self._health)
+        growing = GrowingExtents({t.name for t in self.tiers if held_in_ram(t.path)},
+                                 self._table, self._lock)
         self._places = Placement(self.tiers, self._table, self._index, self._lock, self._tiers_of,
-                                 self._maintenance.wake, clock, pin_seconds, self._health)
+                                 self._maintenance.wake, clock, pin_seconds, self._health, growing)
         self._prefetcher = Prefetcher(prefetch_workers)
-        self._extents = Extents(self._table, self._lock, self._places, held_in_ram)
+        self._extents = Extents(self._table, self._lock, self._places, growing.tiers, self._health)
         self._fetcher = BlockFetcher(self._table, self._lock, self._places,
                                      self._prefetcher, clock, self._extents.compact_when_whole)
         self._preloads = Preloads()

@@ -5,8 +5,9 @@ version at its own offsets, which a mount hands to the kernel (FUSE passthrough)
 reaches the daemon. Only tiers held in RAM get extents: the kernel reads an extent unchecked,
 and in RAM nothing rots on a medium, and a power loss empties the tier rather than tearing a
 file. A disk tier keeps every read checked, block by block. The copying itself is
-`Placement.compact`; this module decides when, and runs one compaction at a time in the
-background.
+`build` here, through `Placement.relocate`; this module decides when, and runs one compaction
+at a time in the background. Blocks stored in a RAM tier usually land in an extent already
+(growing.py): compaction is for the rest.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Callable
 
 from eddy.base import log
 
-from .blocks import Block, BlockKey, block_path
+from .blocks import Block, BlockKey, CopyResult, block_path, create_extent, new_extent_name
 from .dataset import Dataset
+from .health import TierHealth
 from .placement import Placement
 from .prefetch import Prefetcher
 from .table import BlockTable
@@ -34,11 +36,12 @@ class Extents:
     """
 
     def __init__(self, table: BlockTable, lock: threading.Condition,
-                 placement: Placement, held_in_ram: Callable[[str], bool]):
+                 placement: Placement, in_memory: frozenset[str], health: TierHealth):
         self._table = table
         self._lock = lock
         self._places = placement
-        self._in_memory = {t.name for t in table.tiers.values() if held_in_ram(t.path)}
+        self._in_memory = in_memory  # tiers held in RAM: the only ones with extents
+        self._health = health
         self._compactor = Prefetcher(1)  # one extent built at a time, in the background
         self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
         self._served = 0
@@ -100,12 +103,57 @@ class Extents:
             if (blocks is None or blocks[0].tier not in self._in_memory
                     or in_one_extent(ds, blocks)):
                 return
-            if self._places.compact(blocks) is not None:
+            if self.build(blocks) is not None:
                 _log.info("extent.built", dataset=ds.id, path=key.path, blocks=count,
                           tier=blocks[0].tier)
         finally:
             with self._lock:
                 self._compacting.discard(key[:3])
+
+    def build(self, blocks: list[Block]) -> str | None:
+        """Copy every block of one file version (`blocks`, index 0 up, all in one tier) into
+        a new extent in that tier, moving each row as its bytes land, so the tier never holds
+        more than one block twice. Returns the extent's file, or None if a block was busy or
+        went, the tier had no free room for one block, or a write failed: rows already moved
+        stay valid where they are."""
+        tier = self._table.tiers[blocks[0].tier]
+        if not self._health.in_service(tier.name):
+            return None
+        with self._lock:
+            if (any(b.tier != tier.name for b in blocks)
+                    or self._table.tier_room(tier.name) < blocks[0].length):
+                return None
+        extent = new_extent_name(blocks[0].key)
+        try:
+            create_extent(tier, extent)
+        except OSError as e:
+            self._places.count("tier_write_failures")
+            self._health.fault(tier, e)
+            return None
+        with self._lock:
+            self._table.ref_file(tier.name, extent)  # this writer: the file stays meanwhile
+        offset, done = 0, 0
+        for block in blocks:
+            # One claim at a time: eviction may still take the blocks not copied yet.
+            with self._lock:
+                if block.tier != tier.name or not self._table.claim(block):
+                    break
+                if not self._table.reserve_tier(tier.name, block.length):
+                    self._places.release(block)  # free room only: it never pushes a block out
+                    break
+            if self._places.relocate(block, tier, extent, offset) is not CopyResult.COPIED:
+                with self._lock:
+                    self._places.release(block)  # a write failure leaves it claimed
+                break
+            offset += block.length
+            done += 1
+        with self._lock:
+            freed = self._table.unref_file(tier.name, extent)
+        self._places.free(tier, extent, freed)
+        if done < len(blocks):
+            return None
+        self._places.count("extents_built")
+        return extent
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no compaction is queued or running; False on timeout."""

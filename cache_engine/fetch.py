@@ -153,7 +153,7 @@ class BlockFetcher:
             raise VersionChanged(
                 errno.ESTALE, f"the source returned {len(data)} bytes for block {key.index}"
                 f" where {length} were expected: the file changed", key.path)
-        block = self._places.store(ds, key, data, checksum(data))
+        block = self._places.store(ds, key, data, checksum(data), file_size)
         if block is None:
             return Location(data=data)
         self._compact_when_whole(ds, key, file_size)

@@ -8,14 +8,14 @@ order: the new file is complete (tmp + rename) before the index row points at it
 is gone (or moved) before the old file is unlinked. A copy verifies the block's checksum and
 drops a corrupt block instead of copying it.
 
-A file version whose blocks are all cached in one tier held in RAM is compacted into an
-extent there (`compact`, when the engine asks): block by block, each row moved as its bytes
-land. A block that leaves an extent (demoted, evicted, dropped) frees nothing until the
-extent's last row is gone: its bytes are held against the tier until then
-(`BlockTable.unref_file`).
+A block stored in a tier held in RAM goes straight into its file version's extent when the
+file fits (growing.py); a version cached whole in such a tier some other way is compacted into
+one (`extents.Extents.build`), each row moved as its bytes land. A block that leaves
+an extent frees nothing until the extent's last row is gone: its bytes are held against the
+tier until then (`BlockTable.unref_file`), as a kernel may read the extent unchecked.
 
 A tier that refuses a write is out of service (`health.TierHealth`) until a probe finds it
-working; an index write that SQLite refuses never fails a read (`store`, `_relocate`, `_discard`).
+working; an index write that SQLite refuses never fails a read (`store`, `relocate`, `_discard`).
 
 A block handed out in the last `pin_seconds` is pinned: it may move to another tier (its
 reader, finding the old file gone, asks again and is sent to the new one) but is not deleted,
@@ -40,13 +40,13 @@ from .blocks import (
     CopyResult,
     block_path,
     copy_block,
-    create_extent,
-    new_extent_name,
     new_file_name,
     remove_quietly,
     write_block,
+    write_into_extent,
 )
 from .dataset import Dataset
+from .growing import GrowingExtents
 from .health import TierHealth
 from .index import BlockIndex, IndexWriteFailed
 from .table import BlockTable
@@ -59,11 +59,11 @@ _log = log.get("cache_engine.placement")
 
 
 class Placement:
-    """Owns where blocks go and how room is made: store, demote, promote, compact, evict.
+    """Owns where blocks go and how room is made: store, demote, promote, evict.
 
     The engine calls it on a miss (`store`), on a hit (`promotion_target`, then
     `start_promotions`), when a reader reports a bad block (`drop_corrupt`), when a dataset's
-    capacity changes (`shrink_dataset`); `extents.Extents` calls `compact`, and
+    capacity changes (`shrink_dataset`); `extents.Extents` builds extents with `relocate`, and
     `maintenance.Maintenance` calls `demote_until`. It owns its counters (`counts`). The lock
     is shared with the engine, not owned: the engine's hit path touches the same `BlockTable`
     rows and claims, and a claim's end must wake whoever waits on that one condition.
@@ -74,7 +74,7 @@ class Placement:
     def __init__(self, tiers: list[Tier], table: BlockTable, index: BlockIndex,
                  lock: threading.Condition, tiers_of: Callable[[str], list[Tier] | None],
                  wake_maintenance: Callable[[], None], clock: Callable[[], float],
-                 pin_seconds: float, health: TierHealth):
+                 pin_seconds: float, health: TierHealth, growing: GrowingExtents):
         self.tiers = tiers
         self._tier = {t.name: t for t in tiers}
         self._order = {t.name: i for i, t in enumerate(tiers)}
@@ -87,37 +87,47 @@ class Placement:
         self._clock = clock
         self._pin_seconds = pin_seconds
         self._health = health
+        self._growing = growing
 
     # --- new blocks -------------------------------------------------------------------------
 
-    def store(self, ds: Dataset, key: BlockKey, data: bytes, checksum: int) -> Block | None:
-        """Cache a block fetched from the source; None when no tier could take it (or the
-        index could not record it). A tier that refuses the write is taken out of service
-        and the next one tried."""
+    def store(self, ds: Dataset, key: BlockKey, data: bytes, checksum: int,
+              file_size: int = 0) -> Block | None:
+        """Cache a block of a file of `file_size` fetched from the source; None when no tier
+        could take it (or the index could not record it). A tier that refuses the write is
+        taken out of service and the next one tried."""
         n = len(data)
         while True:
             tier = self._reserve(ds, n)
             if tier is None:
-                self._count("uncached_reads")
+                self.count("uncached_reads")
                 return None
-            file = new_file_name(key)
+            extent = self._growing.claim(ds, tier, key, file_size)  # this writer holds it
+            file, offset = (extent, key.index * ds.block_size) if extent else \
+                (new_file_name(key), 0)
             try:
-                write_block(tier, file, data)
+                (write_into_extent(tier, file, offset, data) if extent
+                 else write_block(tier, file, data))
                 break
             except OSError as e:
                 self._unreserve(tier, ds.id, n)
-                self._count("tier_write_failures")
+                self._let_go(tier, extent)
+                self.count("tier_write_failures")
                 self._health.fault(tier, e, n)
         with self._lock:
             block = Block(key, tier.name, file, n, checksum, self._table.next_seq(),
-                          self._clock())
+                          self._clock(), offset=offset)
         try:
             self._index.insert(block)
         except BaseException as e:
-            remove_quietly(block_path(tier, file))
             self._unreserve(tier, ds.id, n)
+            if extent:  # the bytes stay in the extent, held, until it goes
+                self._growing.hold(tier.name, extent, n)
+                self._let_go(tier, extent)
+            else:
+                remove_quietly(block_path(tier, file))
             if isinstance(e, IndexWriteFailed):
-                self._count("uncached_reads")
+                self.count("uncached_reads")
                 return None
             raise
         with self._lock:
@@ -125,9 +135,15 @@ class Placement:
             self._table.unreserve_dataset(ds.id, n)
             self._table.add(block)
             over = self._table.tier_used[tier.name] > tier.high * tier.size
+        self._let_go(tier, extent)
         if over:
             self._wake()
         return block
+
+    def _let_go(self, tier: Tier, extent: str | None) -> None:
+        """Drop a writer's reference on `extent` (None: there is none)."""
+        if extent is not None:
+            self.free(tier, extent, self._growing.let_go(tier.name, extent))
 
     def _unreserve(self, tier: Tier, dataset_id: str, n: int) -> None:
         with self._lock:
@@ -186,15 +202,15 @@ class Placement:
         is pinned (then it stays, un-claimed). True when the block left its tier."""
         nxt = self._next_tier(block)
         if nxt is not None and block.length <= nxt.size and self._make_room(nxt, block.length):
-            result = self._relocate(block, nxt)
+            result = self.relocate(block, nxt)
             if result is CopyResult.COPIED:
-                self._count("demotions")
+                self.count("demotions")
                 return True
             if result is not CopyResult.WRITE_FAILED:
                 return True  # it was corrupt or gone, and is dropped
         with self._lock:
             if block.atime > self._pin_cutoff():
-                self._release(block)
+                self.release(block)
                 return False
         self._discard(block, "evictions")
         return True
@@ -231,18 +247,18 @@ class Placement:
             if not submit(self._promote, block, top):
                 with self._lock:
                     self._table.unreserve_tier(top.name, block.length)
-                    self._release(block)
+                    self.release(block)
 
     def _promote(self, block: Block, top: Tier) -> None:
-        result = self._relocate(block, top)
+        result = self.relocate(block, top)
         if result is CopyResult.COPIED:
-            self._count("promotions")
+            self.count("promotions")
         elif result is CopyResult.WRITE_FAILED:
             with self._lock:
-                self._release(block)
+                self.release(block)
 
-    def _relocate(self, block: Block, dst: Tier, extent: str | None = None,
-                  offset: int = 0) -> CopyResult:
+    def relocate(self, block: Block, dst: Tier, extent: str | None = None,
+                 offset: int = 0) -> CopyResult:
         """Copy a claimed block into `dst` (room reserved), move its row, let go of the old
         file: to a new block file, or into `extent` at `offset`. A corrupt or vanished block
         is dropped; on a write failure (the tier's or the index's) it stays claimed."""
@@ -259,72 +275,25 @@ class Placement:
                     self._table.unreserve_tier(dst.name, block.length)
                     if isinstance(e, IndexWriteFailed):
                         return CopyResult.WRITE_FAILED  # the row still names the old file
-                    self._release(block)
+                    self.release(block)
                 raise
             old_file = block.file
             with self._lock:
                 self._table.unreserve_tier(dst.name, block.length)
                 freed = self._table.move(block, dst.name, new_file, offset)
-                self._release(block)
-            self._free(src, old_file, freed)
+                self.release(block)
+            self.free(src, old_file, freed)
             return result
         with self._lock:
             self._table.unreserve_tier(dst.name, block.length)
         if result is CopyResult.WRITE_FAILED:
-            self._count("tier_write_failures")
+            self.count("tier_write_failures")
             self._health.fault(dst, None, block.length)
         else:
             _log.warning("block.dropped", reason=result.value, tier=src.name,
                          dataset=block.key.dataset_id, block=block.key.index)
             self._discard(block, "checksum_failures" if result is CopyResult.CORRUPT else None)
         return result
-
-    # --- extents ----------------------------------------------------------------------------
-
-    def compact(self, blocks: list[Block]) -> str | None:
-        """Copy every block of one file version (`blocks`, index 0 up, all in one tier) into
-        a new extent in that tier, moving each row as its bytes land, so the tier never holds
-        more than one block twice. Returns the extent's file, or None if a block was busy or
-        went, the tier had no free room for one block, or a write failed: rows already moved
-        stay valid where they are."""
-        tier = self._tier[blocks[0].tier]
-        if not self._health.in_service(tier.name):
-            return None
-        with self._lock:
-            if (any(b.tier != tier.name for b in blocks)
-                    or self._table.tier_room(tier.name) < blocks[0].length):
-                return None
-        extent = new_extent_name(blocks[0].key)
-        try:
-            create_extent(tier, extent)
-        except OSError as e:
-            self._count("tier_write_failures")
-            self._health.fault(tier, e)
-            return None
-        with self._lock:
-            self._table.ref_file(tier.name, extent)  # this writer: the file stays meanwhile
-        offset, done = 0, 0
-        for block in blocks:
-            # One claim at a time: eviction may still take the blocks not copied yet.
-            with self._lock:
-                if block.tier != tier.name or not self._table.claim(block):
-                    break
-                if not self._table.reserve_tier(tier.name, block.length):
-                    self._release(block)  # free room only: it never pushes a block out
-                    break
-            if self._relocate(block, tier, extent, offset) is not CopyResult.COPIED:
-                with self._lock:
-                    self._release(block)  # a write failure leaves it claimed
-                break
-            offset += block.length
-            done += 1
-        with self._lock:
-            freed = self._table.unref_file(tier.name, extent)
-        self._free(tier, extent, freed)
-        if done < len(blocks):
-            return None
-        self._count("extents_built")
-        return extent
 
     # --- dropping blocks --------------------------------------------------------------------
 
@@ -364,16 +333,16 @@ class Placement:
             pass
         except BaseException:
             with self._lock:
-                self._release(block)
+                self.release(block)
             raise
         with self._lock:
             freed = self._table.remove(block)
             self._lock.notify_all()
             if counter:
                 self._counters[counter] += 1
-        self._free(self._tier[block.tier], block.file, freed)
+        self.free(self._tier[block.tier], block.file, freed)
 
-    def _free(self, tier: Tier, file: str, freed: int | None) -> None:
+    def free(self, tier: Tier, file: str, freed: int | None) -> None:
         """Unlink a tier file that lost its last reference (`freed` is not None), then stop
         counting its bytes: the disk never holds more than the tier's size."""
         if freed is None:
@@ -381,16 +350,18 @@ class Placement:
         remove_quietly(block_path(tier, file))
         with self._lock:
             self._table.unreserve_tier(tier.name, freed)
+            self._growing.freed(tier.name, file)
 
     def _pin_cutoff(self) -> float:
         """Blocks handed out after this instant are pinned: not deleted, only moved."""
         return self._clock() - self._pin_seconds
 
-    def _release(self, block: Block) -> None:
+    def release(self, block: Block) -> None:
         """Under the lock: un-claim a block and wake whoever waits for it."""
         self._table.release(block)
         self._lock.notify_all()
 
-    def _count(self, counter: str) -> None:
+    def count(self, counter: str) -> None:
+        """Count one event of `counter` (see COUNTERS)."""
         with self._lock:
             self._counters[counter] += 1

@@ -1,4 +1,8 @@
-"""Extents: a file version cached whole is compacted into one tier file the kernel can read."""
+"""Extents: a file version cached whole sits in one tier file the kernel can read.
+
+Blocks stored in a RAM tier go straight into their version's extent (growing.py); a version
+cached whole some other way (promoted back from a disk tier) is compacted into one.
+"""
 
 from __future__ import annotations
 
@@ -36,9 +40,11 @@ def tier_files(tier) -> dict[str, int]:
     return out
 
 
-def test_a_file_cached_whole_becomes_one_extent_holding_its_bytes(engines, source):
+def test_a_file_cached_whole_is_one_extent_holding_its_bytes_with_no_copy(engines, source):
     engine = engines()
-    ds, entry = cached_whole(engine, source)
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+    entry = engine.stat(ds, "data/b.bin")  # no drain: the last block landed in the extent
     hits = engine.statistics().hits
     path = engine.extent(ds, entry.path, entry.version, entry.size)
     with open(path, "rb") as f:
@@ -47,7 +53,7 @@ def test_a_file_cached_whole_becomes_one_extent_holding_its_bytes(engines, sourc
     blocks = sorted(engine.blocks(ds), key=lambda b: b.key.index)
     assert [(b.file, b.offset) for b in blocks] == [(path, i * BS) for i in range(3)]
     stats = engine.statistics()
-    assert (stats.extents_built, stats.extents_served) == (1, 1)
+    assert (stats.extents_built, stats.extents_served) == (0, 1)  # filled in place
     assert stats.hits == hits + 3  # the open counts every block it hands over
     assert stats.tiers["MEM"].used == entry.size and stats.tiers["MEM"].reserved == 0
     # Blocks located inside the extent still read right, block by block.
@@ -72,14 +78,53 @@ def test_no_extent_for_a_file_partly_cached_spread_over_tiers_or_of_one_block(en
     assert engine.extent(ds, entry.path, "", entry.size) is None  # no version, no promise
 
 
-def test_compaction_uses_free_room_only(engines, source, tmp_path):
-    engine = engines(tiers=make_tiers(str(tmp_path), 3, 8, high=1.0))  # b fills MEM exactly
+def promoted_back(engines, source, tmp_path, mem_blocks: int):
+    """b.bin cached in SSD by a node without MEM, then hit after MEM of `mem_blocks` was
+    added: its blocks come back into MEM as block files; (engine, dataset id, entry)."""
+    engine = engines(tiers=make_tiers(str(tmp_path), 1, 8, high=1.0)[1:])  # SSD only
     ds, entry = cached_whole(engine, source)
+    assert {b.tier for b in engine.blocks(ds) if b.key.path == "data/b.bin"} == {"SSD"}
+    engine.close()
+    engine = engines(tiers=make_tiers(str(tmp_path), mem_blocks, 8, high=1.0))
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    for _ in range(2):
+        assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+        engine.drain()
+    return engine, ds, entry
+
+
+def test_a_file_promoted_back_into_ram_is_compacted_into_one_extent(engines, source, tmp_path):
+    engine, ds, entry = promoted_back(engines, source, tmp_path, 8)
+    assert engine.extent(ds, entry.path, entry.version, entry.size) is None  # queues it
+    engine.drain()
+    path = engine.extent(ds, entry.path, entry.version, entry.size)
+    with open(path, "rb") as f:
+        assert f.read() == source.data("data/b.bin")
+    stats = engine.statistics()
+    assert stats.promotions == 3 and stats.extents_built == 1
+    assert tier_files(engine.tiers[0]) == {path: entry.size}
+
+
+def test_compaction_uses_free_room_only(engines, source, tmp_path):
+    engine, ds, entry = promoted_back(engines, source, tmp_path, 3)  # b fills MEM exactly
     assert engine.extent(ds, entry.path, entry.version, entry.size) is None
     engine.drain()  # the compaction that call queued gave up too
     stats = engine.statistics()
     assert stats.extents_built == 0 and stats.evictions == stats.demotions == 0
     assert len(tier_files(engine.tiers[0])) == 3
+
+
+def test_a_block_stored_again_gets_a_file_of_its_own_an_extent_is_written_once(engines,
+                                                                             source):
+    engine = engines()
+    ds, entry = cached_whole(engine, source)
+    path = engine.extent(ds, entry.path, entry.version, entry.size)
+    before = os.stat(path)
+    engine.report_corrupt(ds, entry.path, entry.version, 1)  # dropped: fetched again
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+    again = [b for b in engine.blocks(ds) if b.key.index == 1]
+    assert [b.offset for b in again] == [0] and again[0].file != path
+    assert os.stat(path).st_mtime_ns == before.st_mtime_ns  # not written again
 
 
 def flip_a_byte(path: str, offset: int) -> None:
