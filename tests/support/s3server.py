@@ -170,6 +170,7 @@ class S3Server:
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra catalog listeners: off
             f"-filer.localSocket={d}/filer.sock", f"-s3.localSocket={d}/s3.sock",
             "-master.telemetry=false", "-volume.preStopSeconds=0",
+            "-master.electionTimeout=1s",  # a start after halt() elects in 1 s, not in ~20 s
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             f"-volume.max={self.max_volumes}",
         ]
