@@ -6,6 +6,7 @@ close), streamed as a multipart upload while a sequential writer is still writin
 silently lost: a failed upload is EIO at commit and the staged file stays, with its manifest,
 until `upload_pending()` (which a restarted daemon calls, and a caller may repeat with
 `RetryDelays`) gets it to S3; a staged file of a dead writer is found and adopted again.
+`drain()` at unstage raises `StagedUploadsLeft` while anything is left, never drops it.
 
 The namespace operations follow S3's model and refuse what it cannot do atomically:
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eddy.base import log
+from eddy.base.errors import Unavailable
 
 from .base import Entry, Kind, UfsUnavailable, read_path
 from .s3 import DEFAULT_PART_SIZE, S3Ufs
@@ -44,7 +46,8 @@ COPY_LIMIT = 5 << 30  # S3's CopyObject limit
 
 _log = log.get("cache_engine.ufs.s3_writes")
 
-__all__ = ["PendingUploads", "RetryDelays", "S3Writes", "StagedFile", "UploadFailed"]
+__all__ = ["PendingUploads", "RetryDelays", "S3Writes", "StagedFile", "StagedUploadsLeft",
+           "UploadFailed"]
 
 
 @dataclass
@@ -69,6 +72,10 @@ class RetryDelays:
         while True:
             yield delay
             delay = min(delay * 2, self.cap)
+
+
+class StagedUploadsLeft(Unavailable):
+    """Staged files S3 has not taken yet: the volume must not go away (retry later)."""
 
 
 def _io_error(e: OSError, path: str) -> OSError:
@@ -211,10 +218,10 @@ class S3Writes:
         for manifest in self.staging.manifests():
             fd = self.staging.claim(manifest)
             if fd is None:
-                if os.path.exists(self.staging.data_path(manifest)):
+                if not os.path.exists(self.staging.data_path(manifest)):
+                    self.staging.remove(manifest)  # removed but for its manifest
+                elif manifest.state == DIRTY:
                     done.busy.append(manifest.path)
-                else:
-                    self.staging.remove(manifest)  # nothing was ever written to it
                 continue
             try:
                 if manifest.state == CLEAN:
@@ -227,6 +234,17 @@ class S3Writes:
             finally:
                 os.close(fd)
         return done
+
+    def drain(self) -> None:
+        """Before the volume goes away (unstage): upload everything staged; raise
+        StagedUploadsLeft, naming what S3 has not taken, rather than drop it."""
+        result = self.upload_pending()
+        left = {**result.failed, **dict.fromkeys(result.busy, "still open for writing")}
+        if left:
+            shown = "; ".join(f"{path}: {why}" for path, why in sorted(left.items())[:5])
+            raise StagedUploadsLeft(
+                f"{len(left)} file(s) written to s3://{self.ufs.bucket} are not in S3 yet and "
+                f"stay staged in {self.staging.path} ({shown}); unstage again to retry")
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -19,7 +19,12 @@ from cache_engine.spec import parse_parameters
 from cache_engine.ufs import Kind
 from cache_engine.ufs.s3 import S3Ufs
 from cache_engine.ufs.s3_staging import StagingDir
-from cache_engine.ufs.s3_writes import RetryDelays, S3Writes, UploadFailed
+from cache_engine.ufs.s3_writes import (
+    RetryDelays,
+    S3Writes,
+    StagedUploadsLeft,
+    UploadFailed,
+)
 from tests.support.s3server import S3Server, find_weed
 from tests.support.wait import wait_for
 
@@ -244,6 +249,9 @@ def test_commit_while_the_server_is_down_keeps_the_bytes_until_upload_pending(tm
         [pending] = writes.pending()
         assert (pending.path, pending.size, pending.attempts) == ("keep/me.bin", len(data), 1)
         assert pending.error
+        with pytest.raises(StagedUploadsLeft, match="keep/me.bin"):
+            writes.drain()  # an unstage now fails rather than drop the bytes
+        assert writes.pending()[0].attempts == 2
 
         server.start()
         restarted = make_writes(server, "downtime", tmp_path / "staging", part_size=PART)
@@ -251,6 +259,7 @@ def test_commit_while_the_server_is_down_keeps_the_bytes_until_upload_pending(tm
         assert (result.uploaded, result.failed, result.busy) == (["keep/me.bin"], {}, [])
         assert read_all(restarted.ufs, "keep/me.bin") == data
         assert restarted.pending() == [] and os.listdir(tmp_path / "staging") == []
+        restarted.drain()
 
 
 def test_a_dead_writers_staged_file_is_uploaded_by_a_new_instance(s3_server, s3_bucket,
