@@ -4,7 +4,8 @@ Every source kind (local directory, S3, HTTP, PVC) implements `UfsBackend`. The 
 synchronous and thread-safe: callers on an event loop (the FUSE daemon) run it in worker threads,
 so one slow ranged read never blocks others. Paths are relative POSIX paths inside the dataset
 root ("" is the root itself); a backend never reads outside its root, whatever a path or a
-symlink says. The UFS is read-only to eddy: no method writes or deletes.
+symlink says. This interface is read-only: no method writes or deletes. A writer-mode s3://
+volume writes through `S3Ufs`'s own write calls, driven by `s3_writes.py`.
 """
 
 from __future__ import annotations
