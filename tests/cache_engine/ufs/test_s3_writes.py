@@ -331,3 +331,17 @@ def test_a_staging_directory_on_tmpfs_is_refused():
 def test_retry_delays_double_up_to_the_cap_and_never_end():
     delays = iter(RetryDelays(first=0.5, cap=3.0))
     assert [next(delays) for _ in range(6)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+def test_fsync_midway_then_more_writes(writes):
+    data = random.Random(6).randbytes(3 * PART + 17)
+    staged = writes.open("grow.bin", truncate=True)
+    write_in_pieces(staged, data[:PART + 3])
+    first = staged.commit()  # fsync: S3 holds what was written so far
+    assert first.size == PART + 3 and not staged.dirty
+    assert read_all(writes.ufs, "grow.bin") == data[:PART + 3]
+    write_in_pieces(staged, data[PART + 3:], start=PART + 3)
+    last = staged.close()
+    assert last.size == len(data) and last.version != first.version
+    assert read_all(writes.ufs, "grow.bin") == data
+    assert staged.statistics.streams_started == 2  # the second one from offset 0 again
