@@ -4,8 +4,8 @@ Every source kind (local directory, S3, HTTP, PVC) implements `UfsBackend`. The 
 synchronous and thread-safe: callers on an event loop (the FUSE daemon) run it in worker threads,
 so one slow ranged read never blocks others. Paths are relative POSIX paths inside the dataset
 root ("" is the root itself); a backend never reads outside its root, whatever a path or a
-symlink says. A backend only reads: what a writer-mode volume writes into a directory source
-goes through `local_writes.LocalWriter`.
+symlink says. This interface only reads: what a writer-mode volume writes goes through
+`local_writes.LocalWriter` (a directory source) or `s3_writes.py` (S3Ufs's own write calls).
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ The file version is the ETag, and a read of a version sends `If-Match`, so bytes
 object are never returned as the old one (the GET's own ETag is checked as well, for servers
 that ignore the header).
 
+A writer-mode volume also writes through this class (`put`, `copy`, `delete`, the "dir/"
+markers of mkdir and rmdir); `s3_writes.py` stages what a pod writes and decides when to call
+them. Markers go through `s3_sign.py`: obstore cannot name a key that ends in "/".
+
 obstore's S3 builder also reads AWS_* environment variables. Credentials, endpoint, region,
 addressing style and signing are therefore always set explicitly, so the node's environment can
 neither lend its credentials to a volume nor send requests elsewhere. obstore's synchronous
@@ -17,9 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
+import urllib.parse
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import NoReturn
 
 import obstore
 from obstore.exceptions import (
@@ -31,6 +38,7 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from ..spec import DatasetSpec
+from . import s3_sign
 from .base import (
     Entry,
     Kind,
@@ -43,6 +51,7 @@ from .base import (
 )
 
 DEFAULT_REGION = "us-east-1"
+DEFAULT_PART_SIZE = 16 << 20
 # Fail over in seconds, not minutes: the engine has its own fallbacks and a pod waits on us.
 DEFAULT_CLIENT_OPTIONS = {"connect_timeout": "5s", "timeout": "120s", "pool_idle_timeout": "60s"}
 DEFAULT_RETRY = {
@@ -100,12 +109,18 @@ class S3Ufs(UfsBackend):
         else:
             endpoint, virtual_hosted = f"https://{self.bucket}.s3.{region}.amazonaws.com", True
         self.endpoint = endpoint
+        self.region = region
+        self._virtual_hosted = virtual_hosted
         where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.description = f"{where} at {endpoint}" if spec.endpoint else where
         self._anonymous = not secrets.get("accessKeyId")
+        self._credentials: s3_sign.Credentials | None = None
         if self._anonymous:
             auth: dict = {"skip_signature": True}
         else:
+            self._credentials = s3_sign.Credentials(
+                secrets["accessKeyId"], secrets.get("secretAccessKey", ""),
+                secrets.get("sessionToken", ""))
             auth = {
                 "skip_signature": False,
                 "access_key_id": secrets["accessKeyId"],
@@ -202,7 +217,71 @@ class S3Ufs(UfsBackend):
     def close(self) -> None:
         """Nothing to release: obstore closes idle pooled connections itself."""
 
+    # -- writes: only a writer-mode volume calls these (s3_writes.py) -------------------------
+
+    def put(self, path: str, source: bytes | os.PathLike | Iterator[bytes], *,
+            part_size: int = DEFAULT_PART_SIZE, max_concurrency: int = 4) -> str:
+        """Store `source` (bytes, a local file, or an iterator of parts) at `path`; its ETag.
+
+        Larger than `part_size` (an iterator: always) it is a multipart upload; an exception
+        raised by the iterator aborts that upload on the server and comes out here unchanged.
+        """
+        rel = read_path(path, 0, 0)
+        with self._boundary(rel):
+            result = obstore.put(self._store, self._key(rel), source, chunk_size=part_size,
+                                 max_concurrency=max_concurrency)
+        return _etag(result)
+
+    def copy(self, src: str, dst: str) -> None:
+        """A server-side copy of the object at `src` over `dst` (S3 copies up to 5 GiB)."""
+        rel, to = read_path(src, 0, 0), read_path(dst, 0, 0)
+        with self._boundary(rel):
+            obstore.copy(self._store, self._key(rel), self._key(to))
+
+    def delete(self, path: str) -> None:
+        """Delete the object at `path`; S3 answers the same whether or not it existed."""
+        rel = read_path(path, 0, 0)
+        with self._boundary(rel):
+            obstore.delete(self._store, self._key(rel))
+
+    def key(self, path: str) -> str:
+        """The S3 key of a dataset path (the volume's prefix included)."""
+        return self._key(clean_path(path))
+
+    def has_keys_below(self, path: str) -> bool:
+        """True when a key other than the directory's own "dir/" marker lies below `path`."""
+        rel = clean_path(path)
+        key = self._key(rel)
+        with self._boundary(rel):
+            stream = obstore.list(self._store, key or None, chunk_size=2)
+            first = next(iter(stream), [])
+        return any(meta["path"] != key for meta in first)
+
+    def put_marker(self, path: str) -> None:
+        """Create the zero-byte "dir/" object that makes `path` an (empty) directory."""
+        self._marker_request("PUT", path)
+
+    def delete_marker(self, path: str) -> None:
+        """Delete the "dir/" object of `path` (keys below it are untouched)."""
+        self._marker_request("DELETE", path)
+
     # -- helpers -----------------------------------------------------------------------------
+
+    def _marker_request(self, method: str, path: str) -> None:
+        rel = read_path(path, 0, 0)
+        quoted = urllib.parse.quote(f"{self._key(rel)}/", safe="/-_.~")
+        base = self.endpoint if self._virtual_hosted else f"{self.endpoint}/{self.bucket}"
+        try:
+            answer = s3_sign.signed_request(method, f"{base}/{quoted}", self.region,
+                                            self._credentials)
+        except OSError as e:
+            reason = getattr(e, "reason", e)
+            raise UfsUnavailable(
+                f"S3 endpoint {self.endpoint} failed for {self._where()}: cannot connect "
+                f"({type(reason).__name__})"
+            ) from None
+        if answer.status >= 300:
+            self._status_error(rel, answer.status, answer.body)
 
     def _key(self, rel: str) -> str:
         if not self.prefix:
@@ -238,32 +317,35 @@ class S3Ufs(UfsBackend):
         except PreconditionError:
             raise VersionChanged(errno.ESTALE, "file changed at the source", rel) from None
         except (PermissionDeniedError, UnauthenticatedError) as e:
-            raise self._denied(rel, e) from None
+            raise self._denied(rel, str(e)) from None
         except BaseError as e:
             text = str(e)
             status = _STATUS.search(text)
-            code = _S3_CODE.search(text)
-            status_n = int(status.group(1)) if status else 0
-            if status_n == 416:
-                raise _PastEnd() from None
-            if status_n == 412:
-                raise VersionChanged(errno.ESTALE, "file changed at the source", rel) from None
-            if status_n in (401, 403):
-                raise self._denied(rel, e) from None
-            if code and code.group(1) == "NoSuchBucket":
-                raise UfsUnavailable(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}"
-                ) from None
-            if status_n == 404:
-                raise FileNotFoundError(
-                    errno.ENOENT, f"no such file or directory in {self._where()}", rel
-                ) from None
-            raise UfsUnavailable(
-                f"S3 endpoint {self.endpoint} failed for {self._where()}: {_reason(text, status_n)}"
-            ) from None
+            self._status_error(rel, int(status.group(1)) if status else 0, text)
 
-    def _denied(self, rel: str, e: BaseError) -> PermissionError:
-        code = _S3_CODE.search(str(e))
+    def _status_error(self, rel: str, status: int, text: str) -> NoReturn:
+        """Raise what an S3 error (its HTTP status, its message or error document) means."""
+        code = _S3_CODE.search(text)
+        if status == 416:
+            raise _PastEnd() from None
+        if status == 412:
+            raise VersionChanged(errno.ESTALE, "file changed at the source", rel) from None
+        if status in (401, 403):
+            raise self._denied(rel, text) from None
+        if code and code.group(1) == "NoSuchBucket":
+            raise UfsUnavailable(
+                f"bucket {self.bucket!r} does not exist at {self.endpoint}"
+            ) from None
+        if status == 404:
+            raise FileNotFoundError(
+                errno.ENOENT, f"no such file or directory in {self._where()}", rel
+            ) from None
+        raise UfsUnavailable(
+            f"S3 endpoint {self.endpoint} failed for {self._where()}: {_reason(text, status)}"
+        ) from None
+
+    def _denied(self, rel: str, text: str) -> PermissionError:
+        code = _S3_CODE.search(text)
         detail = f" ({code.group(1)})" if code else ""
         who = (
             "anonymous access (the volume has no S3 secret)"

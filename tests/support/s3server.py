@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -99,15 +100,19 @@ class S3Server:
         self.stop()
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start weed and return once the S3 gateway stores and serves an object."""
+        """Start weed and return once the S3 gateway stores and serves an object. After
+        `halt()` it starts again on the same data and, if they are still free, ports."""
         if self._proc is not None:
             return
-        self._dir = tempfile.mkdtemp(prefix="eddy-weed-")
+        again = self._dir is not None
+        if not again:
+            self._dir = tempfile.mkdtemp(prefix="eddy-weed-")
         try:
-            self._write_config()
+            if not again:
+                self._write_config()
             # A port chosen free can be taken before weed binds it; try again with new ones.
             for attempt in range(3):
-                self._spawn()
+                self._spawn(same_ports=again and attempt == 0)
                 try:
                     self._wait_ready(timeout)
                     return
@@ -118,6 +123,11 @@ class S3Server:
         except BaseException:
             self.stop()
             raise
+
+    def halt(self) -> None:
+        """Kill weed at once (SIGKILL: no graceful stop, which takes up to 25 s) and keep its
+        data, so that `start()` brings the same buckets and objects back."""
+        self._kill()
 
     def stop(self) -> None:
         """Kill the whole process group and remove the data, logs and sockets."""
@@ -146,9 +156,10 @@ class S3Server:
         with os.fdopen(fd, "w") as f:
             json.dump(identity, f)
 
-    def _spawn(self) -> None:
+    def _spawn(self, same_ports: bool = False) -> None:
         assert self._dir
-        self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        if not same_ports:
+            self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         d = self._dir
         args = [
@@ -159,6 +170,7 @@ class S3Server:
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra catalog listeners: off
             f"-filer.localSocket={d}/filer.sock", f"-s3.localSocket={d}/s3.sock",
             "-master.telemetry=false", "-volume.preStopSeconds=0",
+            "-master.electionTimeout=1s",  # a start after halt() elects in 1 s, not in ~20 s
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             f"-volume.max={self.max_volumes}",
         ]
@@ -246,6 +258,27 @@ class S3Server:
             body = e.read().decode(errors="replace")
             if "BucketAlreadyOwnedByYou" not in body:
                 raise RuntimeError(f"create bucket {name}: HTTP {e.code}: {body[:300]}") from None
+
+    def multipart_uploads(self, bucket: str) -> dict[str, int]:
+        """Multipart uploads in progress in `bucket` (neither completed nor aborted), with the
+        number of parts each holds, from the filer's own listing of `.uploads` (S3's
+        ListMultipartUploads is not something obstore can send)."""
+        found = {}
+        for upload in self._filer_list(f"/buckets/{bucket}/.uploads/"):
+            name = upload["FullPath"].rsplit("/", 1)[-1]
+            found[name] = len(self._filer_list(upload["FullPath"] + "/"))
+        return found
+
+    def _filer_list(self, path: str) -> list[dict]:
+        url = f"http://127.0.0.1:{self.ports['filer.port']}{urllib.parse.quote(path)}?limit=10000"
+        req = urllib.request.Request(url, headers={"Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read()).get("Entries") or []
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return []
+            raise
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
         obstore.put(self._store(bucket), key, data)
