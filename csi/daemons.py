@@ -45,6 +45,7 @@ class DaemonConfig:
     session_fd: int = -1  # the connection the mounter mounted (-1: the daemon mounts itself)
     session_dir: str = ""  # its session directory (csi/fuse/session.py)
     writable: bool = False  # mounted read-write: a writer-mode volume (csi/fuse/writes.py)
+    uploads_dir: str = ""  # where a writable s3:// volume stages its uploads (on disk)
 
 
 def process_start(pid: int) -> int:
@@ -166,6 +167,7 @@ def start(config: DaemonConfig, timeout: float = READY_TIMEOUT) -> MountDaemon:
         request["session"] = {"fd": config.session_fd, "dir": config.session_dir}
     if config.writable:
         request["writable"] = True
+        request["uploads"] = config.uploads_dir
     try:
         proc = subprocess.Popen(
             daemon_command(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE,

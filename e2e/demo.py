@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -30,7 +31,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from eddy.base.pb import csi_pb2
-from tests.support.driver import DriverProcess, cleanup_mounts, daemon_pids, mount_capability
+from tests.support.driver import (
+    AccessMode,
+    DriverProcess,
+    cleanup_mounts,
+    daemon_pids,
+    mount_capability,
+)
 from tests.support.node import Pod
 from tests.support.s3server import S3Server
 
@@ -108,20 +115,23 @@ class Cluster:
             name=name, volume_capabilities=[mount_capability()], parameters=parameters,
             capacity_range=csi_pb2.CapacityRange(required_bytes=4 << 30))).volume
 
-    def stage(self, volume: csi_pb2.Volume, secrets: dict[str, str]) -> None:
+    def stage(self, volume: csi_pb2.Volume, secrets: dict[str, str],
+              mode=AccessMode.MULTI_NODE_READER_ONLY) -> None:
         staging = os.path.join(self.workdir, "kubelet", "staging", volume.volume_id)
         self.driver.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
             volume_id=volume.volume_id, staging_target_path=staging,
-            volume_capability=mount_capability(), volume_context=volume.volume_context,
+            volume_capability=mount_capability(mode), volume_context=volume.volume_context,
             secrets=secrets))
         self.staged[volume.volume_id] = staging
 
-    def publish(self, volume: csi_pb2.Volume, pod: str) -> str:
-        target = os.path.join(self.workdir, "kubelet", "pods", pod, "volumes", "model")
+    def publish(self, volume: csi_pb2.Volume, pod: str, name: str = "model",
+                mode=AccessMode.MULTI_NODE_READER_ONLY) -> str:
+        target = os.path.join(self.workdir, "kubelet", "pods", pod, "volumes", name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         self.driver.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
             volume_id=volume.volume_id, staging_target_path=self.staged[volume.volume_id],
-            target_path=target, volume_capability=mount_capability(), readonly=True,
+            target_path=target, volume_capability=mount_capability(mode),
+            readonly=mode == AccessMode.MULTI_NODE_READER_ONLY,
             volume_context=volume.volume_context))
         self.published.append((volume.volume_id, target))
         return target
@@ -213,10 +223,28 @@ def _scenario(cluster: Cluster, s3: S3Server, driver: DriverProcess,
     print(f"    warm, new pod                   {warm_small:7.2f} s"
           f"   {cold_small / warm_small:5.1f}x faster")
     print(survived)
+    print(_write_a_result(cluster, s3))
     print()
     say("eddy status")
     eddy_cli("status", "--endpoint", endpoint, "--wide")
     return 0
+
+
+def _write_a_result(cluster: Cluster, s3: S3Server) -> str:
+    """pod-b writes a small file into a ReadWriteOnce volume of the bucket; where it lands."""
+    say("pod-b writes results/metrics.json into a ReadWriteOnce volume of the same bucket")
+    writer = AccessMode.SINGLE_NODE_WRITER
+    volume = cluster.create_volume("pvc-results", {
+        "source": f"s3://{BUCKET}/results", "endpoint": s3.endpoint, "region": "us-east-1"})
+    cluster.stage(volume, s3.secrets, writer)
+    target = cluster.publish(volume, "pod-b", "results", writer)
+    data = json.dumps({"model": "llama", "eval_loss": 1.234}).encode()
+    with open(os.path.join(target, "metrics.json"), "wb") as f:
+        f.write(data)  # uploaded when it is closed
+    stored = s3.get(BUCKET, "results/metrics.json")
+    ok = "in the bucket, same bytes" if stored == data else "NOT IN THE BUCKET"
+    return f"  pod-b wrote metrics.json ({len(data)} bytes) through the mount: " \
+           f"s3://{BUCKET}/results/metrics.json {ok}"
 
 
 def _kill_the_daemon_while_pod_b_reads(volume_id: str, pod: str, hashes: dict[str, str]) -> str:

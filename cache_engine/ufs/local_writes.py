@@ -50,6 +50,9 @@ class LocalFile:
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
 
+    def flush(self) -> None:
+        """close(2) of a descriptor: a write has reached the file already, nothing is held."""
+
     def sync(self, datasync: bool = False) -> None:
         (os.fdatasync if datasync else os.fsync)(self.fd)
 

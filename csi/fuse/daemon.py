@@ -43,13 +43,10 @@ import pyfuse3
 import structlog
 import trio
 
-from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets
-from cache_engine.ufs import Kind, RedirectPolicy, UfsBackend, open_ufs
-from cache_engine.ufs.local import LocalUfs
-from cache_engine.ufs.local_writes import LocalWriter
+from cache_engine.spec import parse_parameters, parse_secrets
+from cache_engine.ufs import Kind, UfsBackend
 from eddy.base import log
-from eddy.base.errors import EddyError, InvalidArgument, NotFound, Unavailable
-from eddy.base.sockets import socket_path
+from eddy.base.errors import EddyError, InvalidArgument, Unavailable
 
 from . import device
 from .attributes import Permissions
@@ -57,6 +54,7 @@ from .fs import DatasetFs
 from .journal import Journal
 from .request import Session, read_request
 from .session import SessionTable
+from .sources import Sources
 from .writes import WritableFs
 
 STARTUP_EXIT = 2
@@ -162,87 +160,11 @@ def _check_source(reader: UfsBackend, uri: str) -> None:
         raise Unavailable(f"source {uri} is not a directory")
 
 
-class _Reader:
-    """The `UfsBackend` the filesystem reads, and what to close after it."""
-
-    def __init__(self, spec: DatasetSpec, secrets: dict[str, str], engine: dict | None,
-                 volume_id: str):
-        self.host = None
-        self.client = None
-        self._spec = spec
-        self._local = None
-        engine = engine or {}
-        redirects = RedirectPolicy.from_flags(engine.get("redirect_allow") or [])
-        if engine.get("endpoint"):
-            from cache_engine.client import EngineClient
-            from cache_engine.reader import DatasetReader
-
-            self.client = EngineClient(engine["endpoint"])
-            try:
-                self.backend = DatasetReader(self.client, spec, secrets,
-                                             direct=lambda: open_ufs(spec, secrets, redirects),
-                                             volume_id=volume_id)
-            except BaseException:
-                self.client.close()
-                raise
-        elif engine.get("state_dir"):
-            from cache_engine.host import EngineHost, StateDirBusy
-            from cache_engine.reader import DatasetReader
-
-            try:
-                self.host = EngineHost(engine.get("tiers") or [], engine["state_dir"], threads=4,
-                                       redirects=redirects)
-            except StateDirBusy as e:
-                raise StateDirBusy(
-                    f"{e} (another mount is using it: give this one its own --state-dir)"
-                ) from None
-            try:
-                self.backend = DatasetReader(self.host.engine, spec, secrets,
-                                             volume_id=volume_id)
-                if engine.get("socket"):
-                    self.host.serve(socket_path(engine["socket"]),
-                                    _own_volume(self.host.engine, volume_id, spec, secrets))
-            except BaseException:
-                self.host.close()
-                raise
-        else:
-            self.backend = open_ufs(spec, secrets, redirects)
-
-    def writer(self) -> LocalWriter:
-        """What writes into the volume's source: a directory, the only kind written yet."""
-        if self._spec.source.scheme != "local":
-            raise InvalidArgument(f"source {self._spec.source.shown}: only directory sources "
-                                  "(local://, hostPath and NFS claims) are written yet")
-        self._local = LocalUfs(self._spec.source.root)
-        return LocalWriter(self._local)
-
-    def close(self) -> None:
-        if self._local is not None:
-            self._local.close()
-        self.backend.close()
-        if self.client is not None:
-            self.client.close()
-        if self.host is not None:
-            self.host.close()
-
-
-def _own_volume(engine, volume_id: str, spec: DatasetSpec, secrets: dict[str, str]):
-    """The one volume `eddy status` and `eddy preload --mountpoint` may name on this mount."""
-    from cache_engine.host import Volumes
-
-    def dataset_of(name: str) -> str:
-        if name != volume_id:
-            raise NotFound(f"volume {name} is not this mount's ({volume_id})")
-        return engine.open_dataset(spec, secrets, volume_id).dataset_id
-
-    return Volumes(lambda: [volume_id], dataset_of)
-
-
 def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         secrets: dict[str, str] | None = None,
         ready_callback: Callable[[], None] = lambda: None,
         engine: dict | None = None, session: Session | None = None,
-        writable: bool = False) -> None:
+        writable: bool = False, uploads: str = "") -> None:
     """Serve the volume at `mountpoint` until unmounted or signalled.
 
     Without `session`, mount it first. With one, serve the connection the mounter mounted,
@@ -250,7 +172,8 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
     raise an EddyError naming the problem (never a secret) before `ready_callback` runs;
     a daemon that mounted by itself then leaves nothing mounted. Returns normally on
     SIGTERM/SIGINT and when the mount is removed from outside. `writable` mounts it
-    read-write, writing into its directory source (writes.py).
+    read-write, writing into its source (writes.py); an s3:// one stages what it writes in
+    `uploads` (a directory on the node's disk that outlives this process).
     """
     spec = parse_parameters(parameters)
     secrets = parse_secrets(secrets or {})
@@ -265,7 +188,7 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         raise Unavailable("this pyfuse3 cannot resume a mount whose daemon died "
                           "(scripts/build-pyfuse3.sh builds one that can)")
     table = SessionTable.resume(journal) if resume_init else SessionTable(journal)
-    opened = _Reader(spec, secrets, engine, volume_id)
+    opened = Sources(spec, secrets, engine, volume_id, uploads)
     try:
         if resume_init is None:  # a resumed mount serves what it can, whatever the source
             _check_source(opened.backend, spec.source.shown)
@@ -359,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         req = read_request(sys.stdin)
         run(args.mountpoint, args.volume_id, req.parameters, req.secrets, announce, req.engine,
-            req.session, req.writable)
+            req.session, req.writable, req.uploads)
     except Exception as e:  # noqa: BLE001 - every failure must become one answer line
         message = str(e) if isinstance(e, EddyError) else f"{type(e).__name__}: {e}"
         message = " ".join(message.split()) or type(e).__name__

@@ -1,11 +1,12 @@
 """What a mount daemon is asked to serve: the one JSON object its starter writes on stdin.
 
     {"parameters": {...}, "secrets": {...}, "engine": {...},
-     "session": {"fd": N, "dir": DIR}, "writable": true}
+     "session": {"fd": N, "dir": DIR}, "writable": true, "uploads": DIR}
 
 `parameters` and `secrets` are the volume's (objects of strings); `engine` says where blocks
 come from (daemon.py); `session`, when present, is the connection the mounter mounted and its
-session directory (session.py); `writable` mounts it read-write (writes.py). Secrets travel
+session directory (session.py); `writable` mounts it read-write (writes.py), and an s3://
+volume stages what it writes in `uploads` (sources.py). Secrets travel
 only here, never on argv, which any user can read in /proc.
 """
 
@@ -40,6 +41,7 @@ class Request:
     engine: dict = field(default_factory=dict)
     session: Session | None = None
     writable: bool = False
+    uploads: str = ""
 
 
 def read_request(stream) -> Request:
@@ -68,6 +70,9 @@ def read_request(stream) -> Request:
     writable = request.get("writable", False)
     if not isinstance(writable, bool):
         raise InvalidArgument("stdin: 'writable' must be true or false")
+    uploads = request.get("uploads", "")
+    if not isinstance(uploads, str):
+        raise InvalidArgument("stdin: 'uploads' must be a path")
     session = request.get("session")
     if session is not None:
         if not (isinstance(session, dict) and isinstance(session.get("fd"), int)
@@ -76,4 +81,4 @@ def read_request(stream) -> Request:
         if not device.is_fuse_device(session["fd"]):
             raise InvalidArgument(f"stdin: session fd {session['fd']} is not open on /dev/fuse")
         session = Session(session["fd"], session["dir"])
-    return Request(parameters, secrets, engine, session, writable)
+    return Request(parameters, secrets, engine, session, writable, uploads)

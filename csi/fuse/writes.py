@@ -1,10 +1,13 @@
 """The filesystem of a writer-mode volume: `DatasetFs` plus the requests that change the tree.
 
 A volume staged with a writer access mode over a directory source (`local://`, a hostPath or
-NFS claim) is mounted read-write, and every change goes straight to the source through a
-`LocalWriter`: a write(2) has reached the source file when it returns, so nothing is lost when
-a daemon dies, and a successor reopens the write handles the journal names. Reads of files
-nobody writes still go through the cache engine.
+local claim) or a bucket (`s3://`) is mounted read-write. Over a directory, every change goes
+straight to the source through a `LocalWriter`: a write(2) has reached the source file when it
+returns, so nothing is lost when a daemon dies, and a successor reopens the write handles the
+journal names. Over a bucket, an `S3Writer` stages what is written on the node's disk and
+uploads it at close(2) (FLUSH) and fsync, where a failed upload is EIO; what S3 did not take
+stays staged and is retried (s3_writer.py). Reads of files nobody writes still go through the
+cache engine.
 
 Consistency on one node is close-to-open: when a written file is closed (or fsynced) the engine
 is told (`DatasetReader.changed`), so every volume of the dataset on the node sees the new
@@ -13,7 +16,7 @@ metadataTTL runs out. While a file is open for writing, its attributes are read 
 file itself, never from a cache.
 
 Refused: hard links and special files (EPERM), a symlink that would point out of the dataset
-(EPERM), and chmod of a symlink (EOPNOTSUPP).
+(EPERM), and chmod of a symlink (EOPNOTSUPP); S3 refuses more (s3_writer.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import errno
 import os
 import stat
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -30,6 +34,9 @@ from cache_engine.ufs.base import Entry, Kind, join
 from cache_engine.ufs.local_writes import RENAME_EXCHANGE, LocalFile, LocalWriter
 
 from .fs import DatasetFs, _request
+
+if TYPE_CHECKING:  # obstore is loaded only by a daemon that writes to S3
+    from cache_engine.ufs.s3_writer import S3File, S3Writer
 
 _SWAP = "\0swap"  # a path no dataset has: the middle step of RENAME_EXCHANGE in the table
 
@@ -42,13 +49,13 @@ class WritableFs(DatasetFs):
         fs = WritableFs(reader, 60, writer=LocalWriter(LocalUfs("/srv/data")))
     """
 
-    def __init__(self, reader, metadata_ttl, *, writer: LocalWriter, **options):
+    def __init__(self, reader, metadata_ttl, *, writer: LocalWriter | S3Writer, **options):
         super().__init__(reader, metadata_ttl, passthrough=options.pop("passthrough", True),
                          **options)
         self._writer = writer
         # fh -> the source file behind a handle served from it (None: not reopened after a
         # predecessor died; its requests fail with EIO)
-        self._open: dict[int, LocalFile | None] = {}
+        self._open: dict[int, LocalFile | S3File | None] = {}
         self._writing: Counter[int] = Counter()  # inode -> handles served from the source
         for fh, handle in self._table.files.items():  # a predecessor's: reopen them
             if handle.flags:
@@ -91,7 +98,7 @@ class WritableFs(DatasetFs):
     def _path(self, parent_inode: int, name: bytes) -> str:
         return join(self._table.path_of(parent_inode), os.fsdecode(name))
 
-    def _file(self, fh: int) -> LocalFile:
+    def _file(self, fh: int) -> LocalFile | S3File:
         if fh not in self._open:
             raise pyfuse3.FUSEError(errno.EBADF)
         f = self._open[fh]
@@ -101,7 +108,8 @@ class WritableFs(DatasetFs):
 
     # -- files ---------------------------------------------------------------------------
 
-    def _opened(self, inode: int, path: str, entry: Entry, flags: int, f: LocalFile) -> int:
+    def _opened(self, inode: int, path: str, entry: Entry, flags: int,
+                f: LocalFile | S3File) -> int:
         fh = self._table.open_file(inode, path, entry.version, False, 0, flags)
         self._open[fh] = f
         self._writing[inode] += 1
@@ -256,4 +264,7 @@ class WritableFs(DatasetFs):
         closed after writing is settled now, so the writer's next step sees it."""
         handle = self._table.files.get(fh)
         if handle is not None and handle.flags & os.O_ACCMODE != os.O_RDONLY:
+            f = self._open.get(fh)
+            if f is not None:
+                await self._run(f.flush)  # an upload that fails is this close's EIO
             await self._settled(handle.inode, handle.path)

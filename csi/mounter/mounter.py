@@ -38,6 +38,7 @@ from ..fuse import device
 from ..state.secrets import DEFAULT_SECRETS_DIR
 from .records import MountRecord, MountRecords
 from .states import MountState, Phase
+from .uploads import drain_uploads
 
 TICK = 0.2  # how often daemons are checked
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # seconds between failed starts, doubling
@@ -160,7 +161,15 @@ class Mounter:
             return self._state(m)
 
     def unstage(self, volume_id: str) -> None:
-        """Unmount the volume, stop its daemon, forget it (nothing to do if unknown)."""
+        """Unmount the volume, stop its daemon, forget it (nothing to do if unknown). What a
+        writer staged for S3 is uploaded first; while S3 refuses it, the volume stays and
+        this raises Unavailable naming it (kubelet retries the unstage)."""
+        with self._lock:
+            m = self._mounts.get(volume_id)
+        if m is not None and m.record.writable:
+            with m.lock:
+                drain_uploads(m.record.parameters, self._records.secrets(volume_id),
+                              self._records.uploads_dir(volume_id))
         with self._lock:
             m = self._mounts.pop(volume_id, None)
         if m is not None:
@@ -219,7 +228,8 @@ class Mounter:
             self._records.secrets(record.volume_id) if secrets is None else secrets,
             record.log_level, engine=record.engine, session_fd=session_fd,
             session_dir=self._records.session_dir(record.volume_id) if session_fd >= 0 else "",
-            writable=record.writable)
+            writable=record.writable,
+            uploads_dir=self._records.uploads_dir(record.volume_id) if record.writable else "")
 
     def _mount_new(self, m: _Mount, secrets: dict[str, str] | None) -> None:
         """A new connection at the mountpoint, with a fresh session and daemon."""

@@ -7,6 +7,7 @@ id (ids are chosen by others: `a/b` and `a_b` must not share a directory):
                   connection's device number, the daemon's pid and start time
     secrets.json  the node-stage secrets the daemon needs (0600; the directory is 0700)
     session/      the connection's session (csi/fuse/session.py), new with every mount
+    uploads/      what a writable s3:// volume wrote and S3 has not taken yet
 
 Records are written by temp file + fsync + rename. One that cannot be read is moved aside
 (`record.json.broken`) and reported, never allowed to stop the mounter from starting.
@@ -62,6 +63,13 @@ class MountRecords:
         path = os.path.join(self._volume_dir(volume_id), "session")
         if fresh:
             shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def uploads_dir(self, volume_id: str) -> str:
+        """Where a writable s3:// volume stages what S3 has not taken yet (kept until the
+        volume is unstaged, which waits for it: `Mounter.unstage`)."""
+        path = os.path.join(self._volume_dir(volume_id), "uploads")
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 

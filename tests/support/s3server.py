@@ -283,6 +283,13 @@ class S3Server:
     def put(self, bucket: str, key: str, data: bytes) -> None:
         obstore.put(self._store(bucket), key, data)
 
+    def get(self, bucket: str, key: str) -> bytes | None:
+        """The object's bytes, or None if there is none."""
+        try:
+            return bytes(obstore.get(self._store(bucket), key).bytes())
+        except FileNotFoundError:
+            return None
+
     def upload_dir(self, bucket: str, prefix: str, local_dir: str | os.PathLike) -> int:
         """Upload every regular file under local_dir to prefix/...; returns the file count."""
         store = self._store(bucket)
