@@ -50,8 +50,7 @@ class WritableFs(DatasetFs):
     """
 
     def __init__(self, reader, metadata_ttl, *, writer: LocalWriter | S3Writer, **options):
-        super().__init__(reader, metadata_ttl, passthrough=options.pop("passthrough", True),
-                         **options)
+        super().__init__(reader, metadata_ttl, **options)
         self._writer = writer
         # fh -> the source file behind a handle served from it (None: not reopened after a
         # predecessor died; its requests fail with EIO)
