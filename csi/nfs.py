@@ -1,12 +1,13 @@
-"""nfs:// sources: the node plugin mounts the export read-only and mount daemons read it locally.
+"""nfs:// sources: the node plugin mounts the export and mount daemons use it as a local directory.
 
 A pvc:// source on an NFS PersistentVolume becomes `nfs://server/export/path` at CreateVolume
 (csi/kube/pvc.py). At NodeStageVolume the node turns it into a local:// source under its state
 directory, `<state-dir>/nfs/<server>/<export path, %-quoted into one name>`, mounts
-`server:/export/path` there with `mount -t nfs -o ro,nolock,soft,timeo=100,retrans=2` (the
-kernel's NFS client; `nolock` because nothing here takes locks and no statd runs in the
-plugin's container; `soft` so that a server that died fails a read with an error after about
-30 s instead of holding it forever, as a `hard` mount would), and
+`server:/export/path` there with `mount -t nfs -o rw,nolock,soft,timeo=100,retrans=2` (the
+kernel's NFS client; `rw` for writer-mode volumes, which write through it, while a reader's
+FUSE mount stays read-only; `nolock` because nothing here takes locks and no statd runs in
+the plugin's container; `soft` so that a server that died fails a read or a write with an
+error after about 30 s instead of holding it forever, as a `hard` mount would), and
 only then starts the volume's mount daemon. From there on the volume is an ordinary local://
 volume to the daemon, the cache engine and the staging record, so volumes of one export share
 its blocks. The directory name alone says which export belongs there, so a restarted plugin
@@ -28,7 +29,7 @@ from eddy.base import log
 
 from . import mounts
 
-MOUNT_OPTIONS = "ro,nolock,soft,timeo=100,retrans=2"  # timeo: tenths of a second
+MOUNT_OPTIONS = "rw,nolock,soft,timeo=100,retrans=2"  # timeo: tenths of a second
 
 
 def mount_nfs(export: str, mountpoint: str) -> None:

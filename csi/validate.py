@@ -110,11 +110,11 @@ _READER_ONLY = (csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY,
 
 def writable(cap: csi_pb2.VolumeCapability, volume_context) -> bool:
     """Whether a volume staged with `cap` is mounted read-write: a writer access mode over a
-    directory source (local://, which hostPath and local claims resolve to) or a bucket
-    (s3://). Other sources in writer modes stay read-only (writes answer EROFS; README
-    "Writable volumes")."""
+    directory source (local://, which hostPath and local claims resolve to; nfs://, which NFS
+    claims resolve to) or a bucket (s3://). http(s):// sources stay read-only in any mode
+    (writes answer EROFS; README "Writable volumes")."""
     return cap.access_mode.mode not in _READER_ONLY and \
-        volume_context.get("source", "").startswith(("local://", "s3://"))
+        volume_context.get("source", "").startswith(("local://", "nfs://", "s3://"))
 
 
 def node_tiers(spec: DatasetSpec, node_id: str, tier_names: tuple[str, ...]) -> None:

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from csi import validate
 from tests.support import driver
 from tests.support.driver import (
     AccessMode,
@@ -73,6 +74,18 @@ def _errno_of(call, *args) -> int:
     except OSError as e:
         return e.errno
     raise AssertionError(f"{call.__name__}{args} did not fail")
+
+
+@pytest.mark.parametrize(("mode", "source", "writable"), [
+    (WRITER, "local:///srv/data", True),
+    (AccessMode.SINGLE_NODE_WRITER, "nfs://nas/exports/ckpt", True),
+    (AccessMode.MULTI_NODE_MULTI_WRITER, "s3://bucket/out", True),
+    (WRITER, "https://mirror.example.com/data/", False),  # HTTP has no writes
+    (AccessMode.MULTI_NODE_READER_ONLY, "local:///srv/data", False),
+    (AccessMode.SINGLE_NODE_READER_ONLY, "s3://bucket/out", False),
+])
+def test_which_volumes_are_mounted_read_write(mode, source, writable):
+    assert validate.writable(driver.mount_capability(mode), {"source": source}) is writable
 
 
 def test_what_a_writer_writes_is_in_the_source_in_every_publish_and_in_the_cache(
