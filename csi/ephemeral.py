@@ -14,6 +14,9 @@ author is not the administrator, so the node only accepts what its flags allow:
         point the node at an arbitrary address
     --ephemeral-tiers MEM,SSD
         node tiers inline volumes may fill (default: all)
+    --ephemeral-allow-write local:///srv/scratch,s3://bucket/outputs
+        source prefixes an inline volume may also write, when kubelet publishes it read-write
+        (each must lie under an --ephemeral-allow entry too); none by default: read-only
     --ephemeral-allow-private
         let them reach loopback, link-local (169.254.x.x: the cloud's metadata service),
         private, shared (CGNAT) or unspecified addresses. Without it, the host of an http(s)
@@ -62,23 +65,29 @@ class EphemeralPolicy:
     tiers: tuple[str, ...] = ()  # empty: every node tier
     private: bool = False  # may reach loopback, link-local and private addresses
     lookup: Resolve = field(default=resolve, compare=False, repr=False)
+    writers: tuple[Source, ...] = ()  # sources inline volumes may write
 
     @classmethod
     def from_flags(cls, allow: Iterable[str] = (), endpoints: Iterable[str] = (),
                    tiers: Iterable[str] = (), private: bool = False,
-                   lookup: Resolve = resolve) -> EphemeralPolicy:
-        sources = []
-        for entry in _split(allow):
-            try:
-                source = parse_source(entry, "--ephemeral-allow")
-            except InvalidParameter as e:
-                raise InvalidArgument(f"{e} ({entry!r})") from None
-            if source.scheme == "pvc":
-                raise InvalidArgument("--ephemeral-allow: pvc:// sources cannot be used inline; "
-                                      "they are resolved by the controller")
-            sources.append(source)
+                   lookup: Resolve = resolve, write: Iterable[str] = ()) -> EphemeralPolicy:
+        sources, writers = _sources(allow, "--ephemeral-allow"), \
+            _sources(write, "--ephemeral-allow-write")
+        for source in writers:
+            if not any(_covers(allowed, source) for allowed in sources):
+                raise InvalidArgument(f"--ephemeral-allow-write {source.shown}: not under any "
+                                      "--ephemeral-allow entry (a source is read before it "
+                                      "is written)")
         return cls(tuple(sources), tuple(e.rstrip("/") for e in _split(endpoints)),
-                   tuple(_split(tiers)), private, lookup)
+                   tuple(_split(tiers)), private, lookup, tuple(writers))
+
+    def may_write(self, source_uri: str) -> bool:
+        """Whether an inline volume of `source_uri` may be mounted read-write here."""
+        try:
+            source = parse_source(source_uri, "source")
+        except InvalidParameter:
+            return False
+        return any(_covers(allowed, source) for allowed in self.writers)
 
     def admit(self, spec: DatasetSpec) -> DatasetSpec:
         """`spec` as this node will serve it inline, or InvalidArgument saying why not."""
@@ -123,6 +132,20 @@ class EphemeralPolicy:
             raise InvalidArgument(f"inline ephemeral volumes may not use tier {refused[0]!r} "
                                   f"(--ephemeral-tiers: {', '.join(self.tiers)})")
         return spec if spec.tiers else dataclasses.replace(spec, tiers=self.tiers)
+
+
+def _sources(entries: Iterable[str], flag: str) -> list[Source]:
+    sources = []
+    for entry in _split(entries):
+        try:
+            source = parse_source(entry, flag)
+        except InvalidParameter as e:
+            raise InvalidArgument(f"{e} ({entry!r})") from None
+        if source.scheme == "pvc":
+            raise InvalidArgument(f"{flag}: pvc:// sources cannot be used inline; they are "
+                                  "resolved by the controller")
+        sources.append(source)
+    return sources
 
 
 def _covers(allowed: Source, source: Source) -> bool:

@@ -345,12 +345,15 @@ class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
 
     def _stage_inline(self, request) -> StagedVolume:
         """Stage an inline volume at <state-dir>/ephemeral/<id>, if the node's policy allows
-        its source; it is then published like any staged volume, and re-adopted likewise."""
-        spec = self._dataset(dict(request.volume_context), inline=True)
-        secrets = parse_secrets(dict(request.secrets))
+        its source (read-write where it allows writing it); it is then published like any
+        staged volume, and re-adopted likewise."""
+        context = request.volume_context
+        writable = not request.readonly and validate.writable(request.volume_capability, context) \
+            and self.ephemeral.may_write(context.get("source", ""))
         path = os.path.join(self._ephemeral_dir, "v-" + re.sub(r"[^\w.-]", "_", request.volume_id,
                                                                flags=re.ASCII))
-        return self._stage(request.volume_id, path, spec, secrets, inline=True)
+        return self._stage(request.volume_id, path, self._dataset(dict(context), inline=True),
+                           parse_secrets(dict(request.secrets)), True, writable)
 
     def _unstage_inline(self, vol: StagedVolume) -> None:
         self._unstage(vol)

@@ -80,6 +80,7 @@ class DriverConfig:
     ephemeral_endpoints: list[str] = field(default_factory=list)  # S3 endpoints they may use
     ephemeral_tiers: list[str] = field(default_factory=list)  # node tiers they may use
     ephemeral_private: bool = False  # may they reach loopback, link-local, private addresses
+    ephemeral_write: list[str] = field(default_factory=list)  # source prefixes they may write
     http_redirect_allow: list[str] = field(default_factory=list)  # origins beyond a source's
     mounter: str = ""  # unix:///PATH of `eddy mounter`; "" runs the mounter in this process
     secrets_dir: str = DEFAULT_SECRETS_DIR  # node-stage secrets, on tmpfs only
@@ -126,7 +127,8 @@ class Driver:
                                     cache=VolumeCache(self.host.engine), redirects=redirects,
                                     ephemeral=EphemeralPolicy.from_flags(
                                         config.ephemeral_allow, config.ephemeral_endpoints,
-                                        config.ephemeral_tiers, config.ephemeral_private))
+                                        config.ephemeral_tiers, config.ephemeral_private,
+                                        write=config.ephemeral_write))
             csi_pb2_grpc.add_NodeServicer_to_server(self.node, self.server)
             # The engine's API lives only on its own 0600 socket (for the daemons and the CLI),
             # never on the CSI socket, which the CO's sidecars reach.

@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="S3 endpoints inline ephemeral volumes may name; repeatable")
     s.add_argument("--ephemeral-tiers", action="append", default=[], metavar="NAME[,NAME]",
                    help="node tiers inline ephemeral volumes may use (default: all)")
+    s.add_argument("--ephemeral-allow-write", action="append", default=[],
+                   metavar="SOURCE[,SOURCE]",
+                   help="source prefixes inline ephemeral volumes may also write (each under an "
+                        "--ephemeral-allow entry); default: none, inline volumes are read-only")
     s.add_argument("--ephemeral-allow-private", action="store_true",
                    help="let inline ephemeral volumes reach loopback, link-local and private "
                         "addresses (default: refused at NodePublishVolume)")
@@ -171,7 +175,7 @@ def _serve(args) -> int:
         metrics_address=args.metrics_address, state_store=args.state_store,
         state_namespace=args.state_namespace, ephemeral_allow=args.ephemeral_allow,
         ephemeral_endpoints=args.ephemeral_endpoint, ephemeral_tiers=args.ephemeral_tiers,
-        ephemeral_private=args.ephemeral_allow_private,
+        ephemeral_private=args.ephemeral_allow_private, ephemeral_write=args.ephemeral_allow_write,
         http_redirect_allow=args.http_redirect_allow, mounter=args.mounter,
         socket_group=args.socket_group, secrets_dir=args.secrets_dir,
         kubelet_dir=args.kubelet_dir, local_allow=args.local_allow))

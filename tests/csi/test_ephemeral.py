@@ -9,6 +9,7 @@ cleanly.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -99,6 +100,19 @@ def test_bad_flag_entries_name_the_flag():
     with pytest.raises(InvalidArgument, match="--ephemeral-allow.*ftp"):
         EphemeralPolicy.from_flags(["ftp://host/x"])
     assert EphemeralPolicy.from_flags([""], [""], [""]) == EphemeralPolicy()
+
+
+def test_inline_volumes_write_only_where_the_node_says():
+    policy = EphemeralPolicy.from_flags(["local:///srv", "s3://bkt/x"],
+                                        write=["local:///srv/scratch", "s3://bkt/x/out"])
+    assert policy.may_write("local:///srv/scratch/team-a")
+    assert policy.may_write("s3://bkt/x/out")
+    assert not policy.may_write("local:///srv/models")
+    assert not policy.may_write("local:///srv/scratchy")  # whole segments only
+    assert not policy.may_write("s3://bkt/x")
+    assert not EphemeralPolicy.from_flags(["local:///srv"]).may_write("local:///srv/a")
+    with pytest.raises(InvalidArgument, match="--ephemeral-allow-write.*not under"):
+        EphemeralPolicy.from_flags(["local:///srv"], write=["local:///data"])
 
 
 @pytest.mark.parametrize(("params", "address"), [
@@ -221,6 +235,39 @@ def test_allowed_source_is_mounted_readable_readopted_and_unpublished(driver, tm
     state = driver.state_dir
     assert os.listdir(os.path.join(state, "ephemeral")) == []
     assert not [n for n in os.listdir(os.path.join(state, "node")) if "csi-inline-3" in n]
+
+
+@needs_fuse
+def test_an_inline_volume_the_node_lets_write_is_written_and_others_stay_read_only(tmp_path,
+                                                                                 dataset):
+    scratch = tmp_path / "allowed" / "scratch"
+    scratch.mkdir()
+    drv = DriverProcess(str(tmp_path / "driver"), mode="node", extra_args=(
+        "--ephemeral-allow", f"local://{tmp_path / 'allowed'}",
+        "--ephemeral-allow-write", f"local://{scratch}")).start()
+    try:
+        rw, ro = (str(tmp_path / "pods" / p / "mount") for p in ("w1", "w2"))
+        drv.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
+            volume_id="csi-inline-w1", target_path=rw, readonly=False,
+            volume_capability=mount_capability(AccessMode.SINGLE_NODE_WRITER),
+            volume_context={"source": f"local://{scratch}", **EPHEMERAL}))
+        with open(os.path.join(rw, "out.txt"), "w") as f:
+            f.write("written inline")
+        assert (scratch / "out.txt").read_text() == "written inline"
+        drv.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(  # not listed for writes
+            volume_id="csi-inline-w2", target_path=ro, readonly=False,
+            volume_capability=mount_capability(AccessMode.SINGLE_NODE_WRITER),
+            volume_context={"source": f"local://{dataset}", **EPHEMERAL}))
+        with pytest.raises(OSError) as refused:
+            open(os.path.join(ro, "x"), "w")  # noqa: SIM115 - it must not open
+        assert refused.value.errno == errno.EROFS
+        for volume_id, target in (("csi-inline-w1", rw), ("csi-inline-w2", ro)):
+            drv.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
+                volume_id=volume_id, target_path=target))
+        assert mounts_under(str(tmp_path)) == []
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
 
 
 @pytest.fixture
