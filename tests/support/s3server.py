@@ -126,6 +126,15 @@ class S3Server:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
+    def kill(self) -> None:
+        """Kill the server as a crash would, keeping its data, ports and identity."""
+        self._kill()
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Start a killed server again on the same ports over the same data."""
+        self._spawn(self.ports)
+        self._wait_ready(timeout)
+
     def _write_config(self) -> None:
         assert self._dir
         os.makedirs(os.path.join(self._dir, "data"))
@@ -146,9 +155,9 @@ class S3Server:
         with os.fdopen(fd, "w") as f:
             json.dump(identity, f)
 
-    def _spawn(self) -> None:
+    def _spawn(self, ports: dict[str, int] | None = None) -> None:
         assert self._dir
-        self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        self.ports = ports or dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         d = self._dir
         args = [
@@ -159,6 +168,7 @@ class S3Server:
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra catalog listeners: off
             f"-filer.localSocket={d}/filer.sock", f"-s3.localSocket={d}/s3.sock",
             "-master.telemetry=false", "-volume.preStopSeconds=0",
+            "-master.electionTimeout=1s",  # one master: a restart need not wait 10 s for a vote
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             f"-volume.max={self.max_volumes}",
         ]
