@@ -33,6 +33,7 @@ from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 T = TypeVar("T")
 ID_HEX_CHARS = 24
 MAX_TRACKED_DIRS = 64  # directories whose scan (files opened in listing order) is followed
+MAX_TIMED_OUT = 1024  # stats and lists whose last timeout is remembered (call_source)
 
 
 def credential_identity(secrets: dict[str, str], node_key: bytes) -> str:
@@ -115,6 +116,7 @@ class Dataset:
         self.budget = SourceBudget(id, spec.source_concurrency)
         self._sequential = SequentialTracker()  # by path
         self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
+        self._timed_out: OrderedDict[str, float] = OrderedDict()  # stat/list: when it failed
         self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
         self.misses = 0
         self.source_error = ""  # why the last source request failed as unreachable, if it did
@@ -199,19 +201,42 @@ class Dataset:
                     deadline: float | None = None, taken: bool = False) -> T:
         """`op(backend)` within the dataset's budget (`budget.SourceBudget`): SourceTimeout
         past `deadline` (time.monotonic; default: `metadata_timeout` from now, for a stat or a
-        list). `taken`: the caller holds a slot from `budget.try_take`."""
-        if deadline is None:
-            deadline = time.monotonic() + self.spec.metadata_timeout
+        list). `taken`: the caller holds a slot from `budget.try_take`.
+
+        A stat or list (known by `what`) that timed out less than `metadata_timeout` ago
+        fails again at once: the kernel asks again for a name whose lookup failed, and queues
+        every other reader of that name behind the one asking, so N readers of one file on a
+        source that trickles would otherwise wait N deadlines each.
+        """
+        metadata, failed = deadline is None, None
+        now = time.monotonic()
+        if metadata:
+            deadline = now + self.spec.metadata_timeout
+            with self._lock:
+                failed = self._timed_out.get(what)
+            if failed is not None and now - failed < self.spec.metadata_timeout:
+                raise SourceTimeout(f"source of dataset {self.id}: {what} timed out "
+                                    f"{now - failed:.1f} s ago (sourceTimeout)")
 
         def leased() -> T:
             with self.source() as ufs:
                 return op(ufs)
 
         try:
-            return self.budget.run(leased, deadline, what, taken)
+            result = self.budget.run(leased, deadline, what, taken)
         except SourceTimeout as e:
             self.source_error = str(e)
+            if metadata:
+                with self._lock:
+                    self._timed_out[what] = time.monotonic()
+                    self._timed_out.move_to_end(what)
+                    if len(self._timed_out) > MAX_TIMED_OUT:
+                        self._timed_out.popitem(last=False)
             raise
+        if metadata and failed is not None:
+            with self._lock:
+                self._timed_out.pop(what, None)
+        return result
 
     @contextlib.contextmanager
     def source(self) -> Iterator[UfsBackend]:

@@ -77,7 +77,9 @@ class Extents:
 
     def _blocks_of(self, key: BlockKey, count: int) -> list[Block] | None:
         """Under the lock: blocks 0..count-1 of `key`'s file version, or None if one is not
-        cached."""
+        cached. Counted first: a huge sparse file has 2**38 blocks, none of them to walk."""
+        if self._table.file_blocks(*key[:3]) < count:
+            return None
         blocks = [self._table.get(key._replace(index=i)) for i in range(count)]
         return None if None in blocks else blocks
 

@@ -83,6 +83,27 @@ def test_a_hung_stat_fails_within_the_deadline(two, sources):
     assert engine.stat(sick, "f2").size == 4 * BS  # the same dataset, another path: answered
 
 
+def test_a_stat_that_timed_out_fails_again_at_once_for_one_timeout(two, sources):
+    """The kernel looks a name up again after a failed lookup, and queues every other reader
+    of that name behind it: a stat that waited its deadline must not be waited for again."""
+    engine, sick, _ = two
+    sick_ufs = sources["local:///sick"]
+    sick_ufs.hold("f1")
+    error, _ = _timed(engine.stat, sick, "f1")
+    assert isinstance(error, SourceTimeout)
+    sick_ufs.release()  # too late for the stats of the next deadline: they fail at once
+    for _ in range(3):
+        error, seconds = _timed(engine.stat, sick, "f1")
+        assert isinstance(error, SourceTimeout) and seconds < TIMEOUT / 2
+        assert "timed out" in str(error) and error.errno == errno.ETIMEDOUT
+    assert sick_ufs.count("stat") == 1
+    assert engine.stat(sick, "f2").size == 4 * BS  # another path asks the source
+    # One deadline on, the source is asked again, and answers.
+    assert wait_for(lambda: engine.stat(sick, "f1").size == 4 * BS, TIMEOUT * MARGIN,
+                    "the stat of f1 to ask the source again")
+    assert sick_ufs.count("stat") == 3
+
+
 def test_a_reader_waiting_for_another_readers_fetch_gets_a_timeout_not_a_hang(two, sources):
     engine, sick, _ = two
     sick_ufs = sources["local:///sick"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 
 import pytest
 
@@ -76,6 +77,17 @@ def test_no_extent_for_a_file_partly_cached_spread_over_tiers_or_of_one_block(en
     read_all(engine, ds, source, "small.txt")
     assert engine.extent(ds, small.path, small.version, small.size) is None
     assert engine.extent(ds, entry.path, "", entry.size) is None  # no version, no promise
+
+
+def test_opening_a_huge_file_answers_at_once(engines, source):
+    """An open asks for the file's extent under the engine's lock: a sparse file of 1 EiB has
+    2**44 blocks of 64 KiB, and walking them held every reader of the node for hours."""
+    engine = engines()
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    asked = threading.Thread(target=engine.extent, args=(ds, "huge", "v1", 1 << 60), daemon=True)
+    asked.start()
+    asked.join(5)
+    assert not asked.is_alive()
 
 
 def promoted_back(engines, source, tmp_path, mem_blocks: int):

@@ -5,7 +5,8 @@ page per directory, a 301 to add the trailing slash), and serves files with what
 backend uses: HEAD, single ranges (206 with Content-Range, 416 past the end), an ETag and
 If-Match (412 when the file changed). Every request is recorded, so a test can tell file data
 (a GET of a file) from metadata (HEADs and index pages) and assert a cache hit costs nothing.
-Clearing `gate` holds every GET of file data until it is set again: a source that stalls;
+Clearing `gate` holds every GET of file data until it is set again: a source that stalls (with
+`hold_all` set, every request waits, HEADs and index pages too: a server that stops answering);
 setting `drip` sends file data one byte per `drip` seconds: a source that trickles.
 
     with HttpSource(root) as http:
@@ -62,7 +63,7 @@ class _Handler(SimpleHTTPRequestHandler):
         return request
 
     def do_GET(self) -> None:
-        if self._record().is_data:
+        if self._record().is_data or self.source.hold_all:
             self.source.gate.wait(GATE_TIMEOUT)
         super().do_GET()
 
@@ -80,6 +81,8 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._record()
+        if self.source.hold_all:
+            self.source.gate.wait(GATE_TIMEOUT)
         super().do_HEAD()
 
     def send_head(self):
@@ -142,6 +145,7 @@ class HttpSource:
         self._requests: list[Request] = []
         self.gate = threading.Event()  # cleared: file data waits (a source that stalls)
         self.gate.set()
+        self.hold_all = False  # set: the gate holds every request, not only file data
         self.drip = 0.0  # seconds between bytes of file data (0: no trickle)
         handler = type("Handler", (_Handler,), {"source": self})
         root = self.root

@@ -1,4 +1,5 @@
-"""Small filesystems a test can break on purpose: a size-limited tmpfs, remounted read-only.
+"""Small filesystems a test can break on purpose: a size-limited tmpfs, or an ext4 on a loop
+device (a disk, as far as eddy can tell), remounted read-only or filled.
 
 Mounting needs root (CAP_SYS_ADMIN); where it is refused the test is skipped with the reason.
 Every mount made through `Tmpfs` is lazily unmounted by `unmount_all`, which the `tmpfs`
@@ -14,7 +15,7 @@ import pytest
 
 
 class Tmpfs:
-    """Mounts tmpfs filesystems for one test and removes them all at its end."""
+    """Mounts small filesystems for one test and removes them all at its end."""
 
     def __init__(self):
         self.mounted: list[str] = []
@@ -27,6 +28,20 @@ class Tmpfs:
                                path], capture_output=True, text=True)
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        self.mounted.append(path)
+        return path
+
+    def ext4(self, path, size: str = "64M") -> str:
+        """An ext4 of `size` at `path` (created), on a loop device over a sparse image file
+        beside it; skips the test where that cannot be made."""
+        path = str(path)
+        os.makedirs(path, exist_ok=True)
+        image = path.rstrip("/") + ".img"
+        for argv in (["truncate", "-s", size, image], ["mkfs.ext4", "-q", "-F", image],
+                     ["mount", "-o", "loop", image, path]):
+            done = subprocess.run(argv, capture_output=True, text=True)
+            if done.returncode:
+                pytest.skip(f"cannot make an ext4 on a loop device here: {done.stderr.strip()}")
         self.mounted.append(path)
         return path
 
