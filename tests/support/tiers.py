@@ -22,14 +22,16 @@ def tier_bytes(tier_path) -> int:
 
     A walk is not atomic, so the files it saw are stat'ed again afterwards: a block file is
     written whole and renamed in, and its name is never reused, so every file found by the walk
-    and still there afterwards existed throughout, in particular when the walk ended.
+    and still there afterwards existed throughout, in particular when the walk ended. An extent
+    filled in place is sparse until whole: it counts what it holds, not its apparent size.
     """
     total = 0
     for path in tier_files(tier_path):
         try:
-            total += os.stat(path).st_size
+            st = os.stat(path)
         except FileNotFoundError:
-            pass  # removed since the walk saw it
+            continue  # removed since the walk saw it
+        total += min(st.st_size, st.st_blocks * 512)
     return total
 
 
