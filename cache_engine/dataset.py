@@ -26,7 +26,7 @@ from typing import TypeVar
 from .budget import SourceBudget, SourceTimeout, call_within
 from .metadata import MetadataCache
 from .sequential import SequentialTracker
-from .spec import DatasetSpec
+from .spec import PREFETCH_MODES, DatasetSpec
 from .tiers import Tier
 from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 
@@ -58,7 +58,8 @@ def shared_spec(specs: Iterable[DatasetSpec]) -> DatasetSpec:
     The blocks are shared, so each setting takes the value that serves every volume: the
     largest `cacheCapacity` (none, i.e. as much as the tiers hold, if any volume set none),
     the union of `tiers` (all of them if any volume named none), the shortest `metadataTTL`,
-    and the largest `readAhead`, `sourceTimeout` and `sourceConcurrency`.
+    the largest `readAhead`, `sourceTimeout` and `sourceConcurrency`, and the widest
+    `prefetch` (`whole` over `safetensors` over `off`).
     """
     specs = list(specs)
     capacities = [s.cache_capacity for s in specs]
@@ -71,7 +72,8 @@ def shared_spec(specs: Iterable[DatasetSpec]) -> DatasetSpec:
         metadata_ttl=min(ttls) if ttls else None,
         read_ahead=max(s.read_ahead for s in specs),
         source_timeout=max(s.source_timeout for s in specs),
-        source_concurrency=max(s.source_concurrency for s in specs))
+        source_concurrency=max(s.source_concurrency for s in specs),
+        prefetch=max((s.prefetch for s in specs), key=PREFETCH_MODES.index))
 
 
 def open_backend(open_ufs: Callable[[DatasetSpec, dict], UfsBackend], spec: DatasetSpec,
