@@ -33,6 +33,7 @@ from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 T = TypeVar("T")
 ID_HEX_CHARS = 24
 MAX_TRACKED_DIRS = 64  # directories whose scan (files opened in listing order) is followed
+MAX_PREFETCHED_FILES = 4096  # file versions remembered as already queued for `prefetch`
 
 
 def credential_identity(secrets: dict[str, str], node_key: bytes) -> str:
@@ -117,6 +118,7 @@ class Dataset:
         self.budget = SourceBudget(id, spec.source_concurrency)
         self._sequential = SequentialTracker()  # by path
         self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
+        self._prefetched: OrderedDict[tuple[str, str], None] = OrderedDict()  # path, version
         self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
         self.misses = 0
         self.source_error = ""  # why the last source request failed as unreachable, if it did
@@ -246,6 +248,19 @@ class Dataset:
         """Record a block request; True when it continues a sequential run of `path`."""
         with self._lock:
             return self._sequential.note(path, index)
+
+    def claim_prefetch(self, path: str, version: str) -> bool:
+        """True the first time this file version is claimed for a whole-file prefetch (of
+        the last MAX_PREFETCHED_FILES claimed): a file is queued once, not at every read."""
+        file = (path, version)
+        with self._lock:
+            if file in self._prefetched:
+                self._prefetched.move_to_end(file)
+                return False
+            self._prefetched[file] = None
+            if len(self._prefetched) > MAX_PREFETCHED_FILES:
+                self._prefetched.popitem(last=False)
+            return True
 
     def next_files(self, path: str, count: int) -> list[Entry]:
         """Record that `path` is being read from its start; the next `count` files of its
