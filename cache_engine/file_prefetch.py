@@ -51,6 +51,10 @@ class _File:
     size: int
     safetensors: bool  # load what its header names (and nothing unless it has one)
     failed: bool = False  # a block load failed: the rest is not tried
+    started: float = 0.0  # time.monotonic() its runner took it
+    loads: int = 0  # block loads started (under the lock, as the two below)
+    loading: int = 0  # of them not ended yet
+    all_started: bool = False  # the runner is done with it: its last load ending ends it
 
 
 class FilePrefetches:
@@ -113,37 +117,49 @@ class FilePrefetches:
                     self._lock.notify_all()
                     return
                 file = queue.popleft()
-            started = time.monotonic()
+            file.started = time.monotonic()
             try:
-                loads = self._load(file)
+                self._load(file)
             except Exception as e:  # noqa: BLE001 - an optimisation: readers fetch for themselves
+                file.failed = True
                 _log.info("prefetch.failed", dataset=dataset_id, error=str(e))
-                continue
-            _log.debug("prefetch.file", dataset=dataset_id, path=file.key.path, loads=loads,
-                       seconds=round(time.monotonic() - started, 3))
+            with self._lock:
+                file.all_started = True
+                ended = not file.loading
+            if ended:
+                self._ended(file)
 
-    def _load(self, file: _File) -> int | None:
-        """Start the loads of the file's missing blocks, in offset order; how many were
-        started (None: a file named .safetensors that is not one)."""
+    def _load(self, file: _File) -> None:
+        """Start the loads of the file's missing blocks, in offset order."""
         ds = file.ds
         spans = [(0, file.size)]
         if file.safetensors:
             spans = self._safetensors_spans(file)
             if spans is None:
-                return None
-        loads = 0
+                _log.debug("prefetch.not_safetensors", dataset=ds.id, path=file.key.path)
+                return
         for index in itertools.islice(span_blocks(spans, ds.block_size),
                                       ds.capacity() // ds.block_size):
             key = file.key._replace(index=index)
             if not self._fetcher.wanted(key):
                 continue
             if not self._take_slot(file):
-                break
+                return
+            with self._lock:
+                file.loads += 1
+                file.loading += 1
             if not self._prefetcher.submit(self._load_block, file, key, owner=ds.id):
                 ds.budget.give_back()  # closed
-                break
-            loads += 1
-        return loads
+                with self._lock:
+                    file.loading -= 1
+                return
+
+    def _ended(self, file: _File) -> None:
+        """The file's last load ended: one line says what its prefetch did, if anything."""
+        if file.loads or file.failed:
+            _log.info("prefetch.file", dataset=file.ds.id, path=file.key.path,
+                      loads=file.loads, failed=file.failed,
+                      seconds=round(time.monotonic() - file.started, 3))
 
     def _take_slot(self, file: _File) -> bool:
         """A slot of the dataset's budget free beyond the foreground's reserve, waited for up
@@ -168,7 +184,11 @@ class FilePrefetches:
             raise
         finally:
             with self._lock:
+                file.loading -= 1
+                ended = file.all_started and not file.loading
                 self._lock.notify_all()
+            if ended:
+                self._ended(file)
 
     def _safetensors_spans(self, file: _File) -> list[tuple[int, int]] | None:
         """What the file's header names (`safetensors.tensor_spans`), read through the cache;
