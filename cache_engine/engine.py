@@ -104,10 +104,11 @@ class CacheEngine:
         self._places = Placement(self.tiers, self._table, self._index, self._lock, self._tiers_of,
                                  self._maintenance.wake, clock, pin_seconds, self._health)
         self._prefetcher = Prefetcher(prefetch_workers)
-        self._extents = Extents(self._table, self._lock, self._places, held_in_ram)
+        self._extents = Extents(self._table, self._lock, self._places, held_in_ram,
+                                lambda key: self._files.quiet_in(key))
         self._fetcher = BlockFetcher(self._table, self._lock, self._places,
                                      self._prefetcher, clock, self._extents.compact_when_whole)
-        self._files = FilePrefetches(self._fetcher, self._prefetcher)  # `prefetch` parameter
+        self._files = FilePrefetches(self._fetcher, self._prefetcher, clock)  # `prefetch`
         self._preloads = Preloads()
         self._room = PreloadRoom(self._table, self._lock)
         self._statuses = DatasetStatuses(self.tiers, self._table, self._lock, self.list,

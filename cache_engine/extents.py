@@ -6,12 +6,15 @@ reaches the daemon. Only tiers held in RAM get extents: the kernel reads an exte
 and in RAM nothing rots on a medium, and a power loss empties the tier rather than tearing a
 file. A disk tier keeps every read checked, block by block. The copying itself is
 `Placement.compact`; this module decides when, and runs one compaction at a time in the
-background.
+background: once every block is cached, and after the file's reader paused if a whole-file
+prefetch loaded it ahead of that reader (`quiet_in`): copying a file costs the reader that is
+still going through it time, on a machine whose cores the source and the mount share.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from eddy.base import log
@@ -22,6 +25,7 @@ from .placement import Placement
 from .prefetch import Prefetcher
 from .table import BlockTable
 
+MAX_DEFER_SECONDS = 30.0  # a compaction waits this long at most for a file's reader to pause
 _log = log.get("cache_engine")
 
 
@@ -31,13 +35,18 @@ class Extents:
     The engine calls `extent` for a reader's open and `compact_when_whole` after storing a
     block, and `drain`/`close` with its own. It shares the engine's lock and reads the
     engine's `BlockTable` under it; it counts `extents_served` (read with `counts`).
+    `quiet_in(key)` says how many seconds a file version's reader may still be going
+    through it (`file_prefetch.FilePrefetches.quiet_in`).
     """
 
     def __init__(self, table: BlockTable, lock: threading.Condition,
-                 placement: Placement, held_in_ram: Callable[[str], bool]):
+                 placement: Placement, held_in_ram: Callable[[str], bool],
+                 quiet_in: Callable[[BlockKey], float] = lambda key: 0.0):
         self._table = table
         self._lock = lock
         self._places = placement
+        self._quiet_in = quiet_in
+        self._closing = threading.Event()
         self._in_memory = {t.name for t in table.tiers.values() if held_in_ram(t.path)}
         self._compactor = Prefetcher(1)  # one extent built at a time, in the background
         self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
@@ -95,6 +104,10 @@ class Extents:
 
     def _compact(self, ds: Dataset, key: BlockKey, count: int) -> None:
         try:
+            deadline = time.monotonic() + MAX_DEFER_SECONDS
+            while (wait := min(self._quiet_in(key), deadline - time.monotonic())) > 0:
+                if self._closing.wait(wait):
+                    return
             with self._lock:
                 blocks = self._blocks_of(key, count)
             if (blocks is None or blocks[0].tier not in self._in_memory
@@ -112,6 +125,7 @@ class Extents:
         return self._compactor.drain(timeout)
 
     def close(self) -> None:
+        self._closing.set()
         self._compactor.close()
 
 

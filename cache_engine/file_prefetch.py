@@ -16,6 +16,10 @@ read-ahead's, `SourceBudget.try_take`); the runner waits for such a slot rather 
 block, so a reader's own misses always find one and the file is still loaded whole. A file
 version is queued once (`Dataset.claim_prefetch`), loads at most the dataset's capacity in
 blocks (the rest would evict its own first blocks), and stops at its first failed block.
+
+A prefetched file is cached whole while its reader is still going through it: `quiet_in`
+tells `extents.Extents` to build its extent (a copy of the whole file) once the reader pauses,
+not on top of the reader's last seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import itertools
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
@@ -39,6 +44,8 @@ from .types import Location
 
 MAX_QUEUED_FILES = 64  # per dataset; a file noted beyond it is not prefetched
 POLL_SECONDS = 0.05  # a runner waiting for a slot, or for a header block, looks this often
+QUIET_SECONDS = 0.5  # a file this long without a lookup has no reader going through it
+MAX_READ_FILES = 1024  # file versions whose last lookup is remembered (`quiet_in`)
 _log = log.get("cache_engine.file_prefetch")
 
 
@@ -66,11 +73,14 @@ class FilePrefetches:
     started, and `close` here never waits for a source.
     """
 
-    def __init__(self, fetcher: BlockFetcher, prefetcher: Prefetcher):
+    def __init__(self, fetcher: BlockFetcher, prefetcher: Prefetcher,
+                 clock: Callable[[], float] = time.monotonic):
         self._fetcher = fetcher
         self._prefetcher = prefetcher
+        self._clock = clock  # for `quiet_in`; runners wait on time.monotonic deadlines
         self._lock = threading.Condition(threading.Lock())  # notified: a load ended, a runner
         self._queues: dict[str, deque[_File]] = {}  # dataset id -> files; a runner while here
+        self._read_at: OrderedDict[tuple[str, str, str], float] = OrderedDict()  # last lookup
         self._closed = False
 
     def note(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
@@ -81,6 +91,11 @@ class FilePrefetches:
             return
         if mode == "safetensors" and not key.path.lower().endswith(".safetensors"):
             return
+        with self._lock:
+            self._read_at[key[:3]] = self._clock()
+            self._read_at.move_to_end(key[:3])
+            if len(self._read_at) > MAX_READ_FILES:
+                self._read_at.popitem(last=False)
         if not ds.claim_prefetch(key.path, key.version):
             return
         file = _File(ds, key._replace(index=0), file_size, mode == "safetensors")
@@ -96,6 +111,13 @@ class FilePrefetches:
                 _log.info("prefetch.queue_full", dataset=ds.id)
                 return
             queue.append(file)
+
+    def quiet_in(self, key: BlockKey) -> float:
+        """Seconds until this file version has gone QUIET_SECONDS without a lookup (0: it
+        has, or it is no file `prefetch` covers): until then a reader is going through it."""
+        with self._lock:
+            last = self._read_at.get(key[:3])
+        return 0.0 if last is None else max(0.0, last + QUIET_SECONDS - self._clock())
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued file has had its loads started; False on timeout."""

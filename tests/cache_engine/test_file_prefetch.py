@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from tests.support.engine import BS, blob, make_spec, make_tiers, read_location
+from tests.support.engine import BS, FakeClock, blob, make_spec, make_tiers, read_location
 from tests.support.fake_source import FakeUfs
 from tests.support.model_files import safetensors_file, safetensors_header
 from tests.support.wait import wait_for
@@ -161,6 +161,26 @@ def test_no_more_of_a_file_is_loaded_than_the_dataset_holds(engine, ufs):
     assert engine.drain(30)
     assert _cached(engine, ds, MODEL) == {0, 1, 2, 3}  # the first blocks, in offset order
     assert len(ufs.reads) == 4
+
+
+def test_its_extent_is_built_once_its_reader_paused(engines, ufs, tmp_path):
+    clock = FakeClock()
+    engine = engines(tiers=make_tiers(str(tmp_path), 16, 32), ufs=ufs, clock=clock,
+                     held_in_ram=lambda path: True)  # a tier held in RAM gets extents
+    ds, entry = _open(engine, MODEL, prefetch="safetensors")
+    n = _blocks(entry.size)
+    read_location(engine, ds, MODEL, entry.version, 0, entry.size)
+    wait_for(lambda: _cached(engine, ds, MODEL) == set(range(n)), what="the prefetch")
+    # The loader is still going through the file: copying it now would slow the loader.
+    assert not engine.drain(1.0)
+    assert engine.statistics().extents_built == 0
+    assert engine.extent(ds, MODEL, entry.version, entry.size) is None
+    clock.advance(1.0)  # no lookup for a while: the reader is done
+    assert engine.drain(30)
+    assert engine.statistics().extents_built == 1
+    path = engine.extent(ds, MODEL, entry.version, entry.size)
+    with open(path, "rb") as f:
+        assert f.read() == ufs.data(MODEL)
 
 
 def test_the_reader_that_started_it_never_waits_for_it_and_keeps_its_slots(engines, tmp_path):
