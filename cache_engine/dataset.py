@@ -26,7 +26,7 @@ from typing import TypeVar
 from .budget import SourceBudget, SourceTimeout, call_within
 from .metadata import MetadataCache
 from .sequential import SequentialTracker
-from .spec import DatasetSpec
+from .spec import PREFETCH_MODES, DatasetSpec
 from .tiers import Tier
 from .ufs.base import Entry, Kind, UfsBackend, UfsUnavailable
 
@@ -34,6 +34,7 @@ T = TypeVar("T")
 ID_HEX_CHARS = 24
 MAX_TRACKED_DIRS = 64  # directories whose scan (files opened in listing order) is followed
 MAX_TIMED_OUT = 1024  # stats and lists whose last timeout is remembered (call_source)
+MAX_PREFETCHED_FILES = 4096  # file versions remembered as already queued for `prefetch`
 
 
 def credential_identity(secrets: dict[str, str], node_key: bytes) -> str:
@@ -59,7 +60,8 @@ def shared_spec(specs: Iterable[DatasetSpec]) -> DatasetSpec:
     The blocks are shared, so each setting takes the value that serves every volume: the
     largest `cacheCapacity` (none, i.e. as much as the tiers hold, if any volume set none),
     the union of `tiers` (all of them if any volume named none), the shortest `metadataTTL`,
-    and the largest `readAhead`, `sourceTimeout` and `sourceConcurrency`.
+    the largest `readAhead`, `sourceTimeout` and `sourceConcurrency`, and the widest
+    `prefetch` (`whole` over `safetensors` over `off`).
     """
     specs = list(specs)
     capacities = [s.cache_capacity for s in specs]
@@ -72,7 +74,8 @@ def shared_spec(specs: Iterable[DatasetSpec]) -> DatasetSpec:
         metadata_ttl=min(ttls) if ttls else None,
         read_ahead=max(s.read_ahead for s in specs),
         source_timeout=max(s.source_timeout for s in specs),
-        source_concurrency=max(s.source_concurrency for s in specs))
+        source_concurrency=max(s.source_concurrency for s in specs),
+        prefetch=max((s.prefetch for s in specs), key=PREFETCH_MODES.index))
 
 
 def open_backend(open_ufs: Callable[[DatasetSpec, dict], UfsBackend], spec: DatasetSpec,
@@ -117,6 +120,7 @@ class Dataset:
         self._sequential = SequentialTracker()  # by path
         self._scans: OrderedDict[str, _Scan] = OrderedDict()  # by directory
         self._timed_out: OrderedDict[str, float] = OrderedDict()  # stat/list: when it failed
+        self._prefetched: OrderedDict[tuple[str, str], None] = OrderedDict()  # path, version
         self.hits = 0  # block lookups found cached / not (the engine's lock guards both)
         self.misses = 0
         self.source_error = ""  # why the last source request failed as unreachable, if it did
@@ -269,6 +273,19 @@ class Dataset:
         """Record a block request; True when it continues a sequential run of `path`."""
         with self._lock:
             return self._sequential.note(path, index)
+
+    def claim_prefetch(self, path: str, version: str) -> bool:
+        """True the first time this file version is claimed for a whole-file prefetch (of
+        the last MAX_PREFETCHED_FILES claimed): a file is queued once, not at every read."""
+        file = (path, version)
+        with self._lock:
+            if file in self._prefetched:
+                self._prefetched.move_to_end(file)
+                return False
+            self._prefetched[file] = None
+            if len(self._prefetched) > MAX_PREFETCHED_FILES:
+                self._prefetched.popitem(last=False)
+            return True
 
     def next_files(self, path: str, count: int) -> list[Entry]:
         """Record that `path` is being read from its start; the next `count` files of its

@@ -8,8 +8,9 @@ records it in the index. No lock is held across source I/O or file copies; space
 before a write, so tier sizes and dataset capacities hold as hard limits. When no tier can take
 a block the bytes are returned inline and the failure is counted: a full cache never fails a
 read. The engine keeps datasets and lookups; its parts do the rest: `fetch` (misses,
-read-ahead), `placement` (store, demote, promote, evict), `extents` (whole files for the
-kernel), `maintenance`, `preload`, `status` rows and `statedir` (one engine per state dir).
+read-ahead), `file_prefetch` (whole files ahead of a reader: the `prefetch` parameter),
+`placement` (store, demote, promote, evict), `extents` (whole files for the kernel),
+`maintenance`, `preload`, `status` rows and `statedir` (one engine per state dir).
 
     engine = CacheEngine([parse_tier("MEM:/dev/shm/eddy:4Gi")], "/var/lib/eddy")
     info = engine.open_dataset(parse_parameters({"source": "local:///data"}), {})
@@ -36,20 +37,14 @@ from .changes import apply_changes
 from .dataset import Dataset, dataset_id, open_backend
 from .extents import Extents
 from .fetch import BlockFetcher, block_length
+from .file_prefetch import FilePrefetches
 from .growing import GrowingExtents
 from .health import TierHealth
 from .index import BlockIndex
 from .maintenance import Maintenance
 from .placement import Placement
 from .prefetch import Prefetcher
-from .preload import (
-    DEFAULT_WORKERS,
-    BlockOutcome,
-    PreloadJob,
-    PreloadRoom,
-    Preloads,
-    PreloadSource,
-)
+from .preload import DEFAULT_WORKERS, BlockOutcome, PreloadJob, PreloadRoom, Preloads, PreloadSource
 from .recovery import node_key, reconcile
 from .spec import DatasetSpec
 from .statedir import StateDirLock
@@ -112,9 +107,11 @@ class CacheEngine:
         self._places = Placement(self.tiers, self._table, self._index, self._lock, self._tiers_of,
                                  self._maintenance.wake, clock, pin_seconds, self._health, growing)
         self._prefetcher = Prefetcher(prefetch_workers)
-        self._extents = Extents(self._table, self._lock, self._places, growing.tiers, self._health)
+        self._extents = Extents(self._table, self._lock, self._places, growing.tiers,
+                                self._health, lambda key: self._files.quiet_in(key))
         self._fetcher = BlockFetcher(self._table, self._lock, self._places,
                                      self._prefetcher, clock, self._extents.compact_when_whole)
+        self._files = FilePrefetches(self._fetcher, self._prefetcher, clock)  # `prefetch`
         self._preloads = Preloads()
         self._room = PreloadRoom(self._table, self._lock)
         self._statuses = DatasetStatuses(self.tiers, self._table, self._lock, self.list,
@@ -237,6 +234,7 @@ class CacheEngine:
             ds.sequential(key.path, index + len(run) - 1)  # the reader goes on from there
         if files:
             ds.scan_reached(files[-1][0])  # and from the last file it was handed
+        self._files.note(ds, key, file_size)
         loc = run[0] if run else self._fetcher.fetch(ds, key, file_size)
         if len(run) > 1 or files:
             loc = replace(loc, following=tuple(run[1:]), next_files=tuple(files))
@@ -282,6 +280,8 @@ class CacheEngine:
         extent = self._extents.extent(ds, key, file_size,
                                       lambda block: self._count_hit(ds, block, promotions))
         self._places.start_promotions(promotions, self._prefetcher.submit)
+        if extent is None:  # an open: the file's `prefetch` may start now
+            self._files.note(ds, key, file_size)
         return extent
 
     def changed(self, dataset_id: str, paths: Sequence[str], load: bool = False,
@@ -342,12 +342,10 @@ class CacheEngine:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no read-ahead, prefetch, promotion or compaction is queued or running."""
-        # Background loads queue compactions, never the reverse.
+        # File prefetches queue background loads, which queue compactions; never the reverse.
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._prefetcher.drain(timeout):
-            return False
-        return self._extents.drain(None if deadline is None
-                                   else max(deadline - time.monotonic(), 0))
+        return all(part.drain(None if deadline is None else max(deadline - time.monotonic(), 0))
+                   for part in (self._files, self._prefetcher, self._extents))
 
     def statistics(self) -> EngineStatistics:
         """A snapshot of the counters since start, and of every tier and dataset now."""
@@ -379,6 +377,7 @@ class CacheEngine:
         self._closed = True
         self._preloads.close()
         self._maintenance.stop()
+        self._files.close()
         self._prefetcher.close()
         self._extents.close()
         with self._lock:

@@ -6,13 +6,17 @@ reaches the daemon. Only tiers held in RAM get extents: the kernel reads an exte
 and in RAM nothing rots on a medium, and a power loss empties the tier rather than tearing a
 file. A disk tier keeps every read checked, block by block. The copying itself is
 `build` here, through `Placement.relocate`; this module decides when, and runs one compaction
-at a time in the background. Blocks stored in a RAM tier usually land in an extent already
-(growing.py): compaction is for the rest.
+at a time in the background: once every block is cached, and after the file's reader paused if
+a whole-file prefetch loaded it ahead of that reader (`quiet_in`): copying a file costs the
+reader that is still going through it time, on a machine whose cores the source and the mount
+share. Blocks stored in a RAM tier usually land in an extent already (growing.py): compaction
+is for the rest.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from eddy.base import log
@@ -24,6 +28,7 @@ from .placement import Placement
 from .prefetch import Prefetcher
 from .table import BlockTable
 
+MAX_DEFER_SECONDS = 30.0  # a compaction waits this long at most for a file's reader to pause
 _log = log.get("cache_engine")
 
 
@@ -33,15 +38,20 @@ class Extents:
     The engine calls `extent` for a reader's open and `compact_when_whole` after storing a
     block, and `drain`/`close` with its own. It shares the engine's lock and reads the
     engine's `BlockTable` under it; it counts `extents_served` (read with `counts`).
+    `quiet_in(key)` says how many seconds a file version's reader may still be going
+    through it (`file_prefetch.FilePrefetches.quiet_in`).
     """
 
     def __init__(self, table: BlockTable, lock: threading.Condition,
-                 placement: Placement, in_memory: frozenset[str], health: TierHealth):
+                 placement: Placement, in_memory: frozenset[str], health: TierHealth,
+                 quiet_in: Callable[[BlockKey], float] = lambda key: 0.0):
         self._table = table
         self._lock = lock
         self._places = placement
         self._in_memory = in_memory  # tiers held in RAM: the only ones with extents
         self._health = health
+        self._quiet_in = quiet_in
+        self._closing = threading.Event()
         self._compactor = Prefetcher(1)  # one extent built at a time, in the background
         self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
         self._served = 0
@@ -100,11 +110,18 @@ class Extents:
 
     def _compact(self, ds: Dataset, key: BlockKey, count: int) -> None:
         try:
-            with self._lock:
-                blocks = self._blocks_of(key, count)
-            if (blocks is None or blocks[0].tier not in self._in_memory
-                    or in_one_extent(ds, blocks)):
-                return
+            deadline = time.monotonic() + MAX_DEFER_SECONDS
+            while True:  # nothing to build (filled in place, say), or the reader paused
+                with self._lock:
+                    blocks = self._blocks_of(key, count)
+                if (blocks is None or blocks[0].tier not in self._in_memory
+                        or in_one_extent(ds, blocks)):
+                    return
+                wait = min(self._quiet_in(key), deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                if self._closing.wait(wait):
+                    return
             if self.build(blocks) is not None:
                 _log.info("extent.built", dataset=ds.id, path=key.path, blocks=count,
                           tier=blocks[0].tier)
@@ -162,6 +179,7 @@ class Extents:
         return self._compactor.drain(timeout)
 
     def close(self) -> None:
+        self._closing.set()
         self._compactor.close()
 
 

@@ -78,7 +78,7 @@ class BlockFetcher:
             self._queued.update(todo)
         queued = 0
         for k in todo:
-            if not self._prefetcher.submit(self._prefetch_one, ds, k, file_size,
+            if not self._prefetcher.submit(self.load_ahead, ds, k, file_size,
                                            owner=ds.id, limit=limit):
                 with self._lock:
                     self._queued.difference_update(todo[queued:])
@@ -86,14 +86,26 @@ class BlockFetcher:
             queued += 1
         return queued
 
-    def _prefetch_one(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
+    def wanted(self, key: BlockKey) -> bool:
+        """Whether a load of `key` would read the source: not cached, loading or queued."""
+        with self._lock:
+            return (key not in self._table.blocks and key not in self._inflight
+                    and key not in self._queued)
+
+    def load_ahead(self, ds: Dataset, key: BlockKey, file_size: int,
+                   taken: bool = False) -> None:
+        """Load a block in the background unless it is cached or loading; `taken`: the
+        caller holds a slot of the dataset's budget (`try_take`), given back if unused."""
         with self._lock:
             self._queued.discard(key)
-            if key in self._table.blocks or key in self._inflight:
-                return
+            busy = key in self._table.blocks or key in self._inflight
+        if busy:
+            if taken:
+                ds.budget.give_back()
+            return
         # Only a slot free beyond the foreground's reserve, never a wait for one: a read-ahead
         # must not hold up a reader's own request, least of all when the source hangs.
-        if not ds.budget.try_take():
+        if not taken and not ds.budget.try_take():
             with self._lock:
                 self._counters["prefetches_skipped"] += 1
             return

@@ -45,6 +45,8 @@ MAX_RESERVED_VALUE_BYTES = 64 << 10  # kubelet's csi.storage.k8s.io/serviceAccou
 MAX_SECRET_BYTES = 16 << 10  # STS session tokens run to a few KiB
 PRELOAD_ALL = ("true", "yes", "1", "all")
 PRELOAD_NONE = ("", "false", "no", "0")
+# Whole-file prefetch at a file's first read, least to most generous (`dataset.shared_spec`).
+PREFETCH_MODES = ("off", "safetensors", "whole")
 # How files look, not what they hold: the mount applies these, the engine never needs them.
 OWNER_KEYS = ("uid", "gid", "fileMode", "dirMode")
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to chown(2): never an owner
@@ -74,6 +76,7 @@ class DatasetSpec:
     dir_mode: int | None = None
     source_timeout: float = DEFAULT_SOURCE_TIMEOUT  # seconds a block read may take
     source_concurrency: int = DEFAULT_SOURCE_CONCURRENCY  # source operations in flight
+    prefetch: str = "off"  # one of PREFETCH_MODES (README "Volume parameters")
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_parameters(self) -> dict[str, str]:
@@ -101,6 +104,8 @@ class DatasetSpec:
             out["sourceTimeout"] = _format_seconds(self.source_timeout)
         if self.source_concurrency != DEFAULT_SOURCE_CONCURRENCY:
             out["sourceConcurrency"] = str(self.source_concurrency)
+        if self.prefetch != "off":  # as the timeouts: an engine that predates it would refuse
+            out["prefetch"] = self.prefetch
         owner = (self.uid, self.gid, self.file_mode, self.dir_mode)
         for key, value in zip(OWNER_KEYS, owner, strict=True):
             if value is not None:
@@ -221,6 +226,14 @@ def _parse_timeout(value: str) -> float:
     return seconds
 
 
+def _parse_prefetch(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in PREFETCH_MODES:
+        raise InvalidParameter("prefetch", f"{shown(value)} is not one of "
+                                           f"{', '.join(PREFETCH_MODES)}")
+    return mode
+
+
 def check_limits(params: dict[str, str]) -> None:
     """Refuse a parameter map (or volume context) with too many keys, or with a key or value
     that is too long or holds a control character; the message names the key."""
@@ -246,7 +259,8 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         if key in dataset:
             raise InvalidParameter(key, "credentials belong in the node-stage secret, not here")
     known = {"source", "endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
-             "metadataTTL", "readAhead", "sourceTimeout", "sourceConcurrency", *OWNER_KEYS}
+             "metadataTTL", "readAhead", "sourceTimeout", "sourceConcurrency", "prefetch",
+             *OWNER_KEYS}
     for key in sorted(dataset):
         if key not in known:
             raise InvalidParameter(key, f"unknown parameter (known: {', '.join(sorted(known))})")
@@ -283,6 +297,8 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
     if "sourceConcurrency" in dataset:
         kwargs["source_concurrency"] = _parse_int(
             "sourceConcurrency", dataset["sourceConcurrency"], 1, MAX_SOURCE_CONCURRENCY)
+    if "prefetch" in dataset:
+        kwargs["prefetch"] = _parse_prefetch(dataset["prefetch"])
     for key, name in zip(OWNER_KEYS, ("uid", "gid", "file_mode", "dir_mode"), strict=True):
         if key in dataset:
             parse = _parse_id if name in ("uid", "gid") else _parse_mode

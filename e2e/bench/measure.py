@@ -1,20 +1,28 @@
 """What the bench times, and the system facts it needs: reads, page cache, peak RSS.
 
 Every reader here is single-threaded and tool-neutral, so eddy, its peers and the tmpfs
-reference are read the same way: one file with 1 MiB `read()`s (what `cp` and `cat` do), or a
-tree with `find | xargs cat` (what a user's shell does). The S3 reference reads in parallel
-on purpose: it is what the source and client can deliver at best (see `s3raw`).
+reference are read the same way: one file with 1 MiB `read()`s (what `cp` and `cat` do), a
+tree with `find | xargs cat` (what a user's shell does), or a safetensors file mapped and its
+tensors copied out in shuffled order (what a model loader does: `load_tensors`). The S3
+reference reads in parallel on purpose: it is what the source and client can deliver at best
+(see `s3raw`).
 """
 
 from __future__ import annotations
 
+import json
+import mmap
 import os
+import random
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 
+import xxhash
+
 CHUNK = 1 << 20
+LOADER_SEED = 18  # the order the loader copies tensors in: shuffled, the same every run
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,39 @@ def read_file(path: str) -> Timing:
     finally:
         os.close(fd)
     return Timing(time.perf_counter() - start, total)
+
+
+def load_tensors(path: str, seed: int = LOADER_SEED) -> tuple[Timing, int]:
+    """Map a safetensors file and copy each tensor out of the mapping, in shuffled order, as
+    vLLM or transformers do (page faults, not read() calls); the time, and the sum of the
+    tensors' xxh3 (taken outside the timed part) to check the bytes against the source's.
+
+    Like `safetensors.safe_open`, it reads the header from the mapping too. Each tensor is
+    copied into one reused buffer (a loader copies it to a GPU); counted bytes are the
+    header's and the tensors'.
+    """
+    digest, hashing = 0, 0.0
+    start = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+            n = int.from_bytes(mapped[:8], "little")
+            header = json.loads(mapped[8:8 + n])
+            ranges = [(8 + n + info["data_offsets"][0], 8 + n + info["data_offsets"][1])
+                      for name, info in header.items() if name != "__metadata__"]
+            random.Random(seed).shuffle(ranges)
+            buffer = bytearray(max((end - begin for begin, end in ranges), default=0))
+            total = 8 + n
+            with memoryview(mapped) as view, memoryview(buffer) as into:
+                for begin, end in ranges:
+                    into[:end - begin] = view[begin:end]
+                    total += end - begin
+                    hashed = time.perf_counter()
+                    digest += xxhash.xxh3_64_intdigest(into[:end - begin])
+                    hashing += time.perf_counter() - hashed
+    finally:
+        os.close(fd)
+    return Timing(time.perf_counter() - start - hashing, total), digest % (1 << 64)
 
 
 def read_tree(root: str) -> Timing:

@@ -7,7 +7,7 @@ ends its process on any exit, Ctrl-C included; `sweep` removes whatever an inter
 could still have left under the work dir.
 
     eddy    `eddy mount s3://bench/PREFIX` with one MEM tier in the cache dir (the daemon is
-            detached; `eddy umount` stops it)
+            detached; `eddy umount` stops it), and the volume parameters it was given
     rclone  `rclone mount --vfs-cache-mode full --cache-dir DIR`, S3 provider Other
     s3fs    `s3fs -o use_cache=DIR,use_path_request_style`
 """
@@ -88,8 +88,9 @@ class System:
 class Eddy(System):
     name = "eddy"
 
-    def __init__(self, source: Source, workdir: str):
+    def __init__(self, source: Source, workdir: str, params: dict[str, str] | None = None):
         super().__init__(source, workdir)
+        self.params = params or {}
         self.secrets_file = os.path.join(workdir, "eddy-secrets.json")
         fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -102,7 +103,8 @@ class Eddy(System):
                     "--secrets-file", self.secrets_file,
                     "--state-dir", os.path.join(cache_dir, "state"),
                     "--tier", f"MEM:{os.path.join(cache_dir, 'mem')}:{tier_bytes}",
-                    "--log-dir", self.log_dir)
+                    "--log-dir", self.log_dir,
+                    *(arg for k, v in self.params.items() for arg in ("--param", f"{k}={v}")))
         return Mounted(path, json.loads(out)["pid"])
 
     def _stop(self, mounted: Mounted) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-from .results import DATASETS, PEER_PHASES, PEERS, PHASES, REFERENCES, Results
+from .results import DATASETS, MODEL, PEER_PHASES, PEERS, PHASES, REFERENCES, Results
 
-LABELS = {"tmpfs/direct": "tmpfs direct read", "s3/raw": "S3 raw parallel GETs"}
+LABELS = {"tmpfs/direct": "tmpfs direct read", "s3/raw": "S3 raw parallel GETs",
+          "eddy/sequential": "eddy sequential read", "eddy/loader": "eddy loader, no prefetch",
+          "eddy/loader-prefetch": "eddy loader, prefetch", "s3fs/loader": "s3fs loader"}
 COLORS = {"tmpfs": "#9e9e9e", "s3": "#616161", "eddy": "#1f77b4", "rclone": "#ff7f0e",
           "s3fs": "#2ca02c"}
 
@@ -47,12 +49,31 @@ def table(results: Results, meta: dict) -> str:
             lines.append(f"  eddy {phase:<17}" + "".join(
                 f"{_num(c, '.2f') + ('x' if c is not None else ''):>14}" for c in cells))
         lines.append("")
+    lines += _model_table(results, meta)
     lines.append("targets")
     for t in results.targets():
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         got = f"{t['ratio']:.2f}x" if t["ratio"] is not None else t["not_measured_because"]
         lines.append(f"  {verdict:<13} {t['target']}: {got}")
     return "\n".join(lines)
+
+
+def _model_table(results: Results, meta: dict) -> list[str]:
+    """The model rows: each one's time over eddy's sequential cold read of the file."""
+    lines = [meta["datasets"][MODEL]["title"],
+             f"  {'what':<26} {'seconds':>8} {'MB/s':>9} {'peak RSS':>9} {'time / seq':>11}  note"]
+    ratios = {r["row"]: r["time_ratio"] for r in results.model_ratios()}
+    for row in results.rows.values():
+        if row.dataset != MODEL:
+            continue
+        note = row.skipped and f"skipped: {row.skipped}" or row.error and \
+            f"FAILED: {row.error}" or ""
+        rss = "-" if row.peak_rss_mib is None else f"{row.peak_rss_mib:.0f} MiB"
+        ratio = ratios.get(row.id, 1.0 if row.measured else None)
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"  {_label(row.system, row.phase):<26} {_num(row.seconds, '8.2f'):>8} "
+                     f"{_num(row.mb_s, '9.1f'):>9} {rss:>9} {ratio_text:>11}  {note}".rstrip())
+    return lines + [""]
 
 
 def write_json(results: Results, meta: dict, path: str) -> None:

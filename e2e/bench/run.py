@@ -4,8 +4,9 @@
 
 Makes the data on tmpfs, starts one SeaweedFS S3 server (loopback, free ports, its volumes on
 the same tmpfs), uploads, then runs the scenarios of `scenarios` for the big file and the small
-files; prints a table and writes --out-dir/bench-results.json and bench-results.png. Every
-mount, process and temp dir is removed at the end, on failure and on Ctrl-C or SIGTERM too.
+files, and `model`'s (a loader mapping the big file, which is a safetensors file); prints a
+table and writes --out-dir/bench-results.json and bench-results.png. Every mount, process and
+temp dir is removed at the end, on failure and on Ctrl-C or SIGTERM too.
 Needs root (FUSE, drop_caches). Exit status: 0 when every eddy row was measured and read the
 source's bytes, 1 otherwise; a missed target is reported, not an error.
 """
@@ -26,7 +27,7 @@ import time
 from cache_engine.quantity import parse_quantity
 from eddy import __version__
 
-from . import report, scenarios
+from . import model, report, scenarios
 from .mounts import Eddy, Rclone, S3fs, System, installed, sweep
 from .results import Results
 from .source import Source
@@ -112,6 +113,8 @@ def _run_scenarios(source: Source, peers: list[type[System]], results: Results, 
         scenarios.finish_references(ds, results)
         for peer in peers:
             scenarios.run_system(peer(source, workdir), ds, results, cache_root)
+    print(meta["datasets"]["model"]["title"], flush=True)
+    model.run(source, peers, results, workdir, cache_root)
 
 
 def _report(results: Results, meta: dict, out_dir: str) -> None:
@@ -188,6 +191,10 @@ def _meta(args, argv: list[str], source: Source, peers: list[type[System]]) -> d
             "small": {"title": f"{source.small_files} small files (4-64 KiB, "
                                f"{source.small_bytes / 2**20:.0f} MiB)",
                       "bytes": source.small_bytes, "files": source.small_files},
+            "model": {"title": f"{source.big_bytes / 2**30:.2f} GiB model.safetensors "
+                               f"({source.tensors} tensors), cold: mmap loader copying its "
+                               "tensors in shuffled order, and a sequential read",
+                      "bytes": source.big_bytes, "files": 1, "tensors": source.tensors},
         },
         "setup": {"workdir_fs": "tmpfs" if args.workdir.startswith("/dev/shm") else args.workdir,
                   "caches": "every system's cache dir on the same tmpfs (eddy: one MEM tier)",

@@ -120,7 +120,7 @@ def run_system(system: System, ds: Dataset, results: Results, cache_root: str) -
                     if not ds.same(mounted.path):
                         rows["hot"].error = "the bytes read differ from the source"
     except Exception as e:  # noqa: BLE001 - one system's failure must not stop the others
-        message = _describe(e)
+        message = describe(e)
         print(f"  {system.name} {ds.key} {phase}: FAILED: {message}")
         if os.environ.get("EDDY_BENCH_DEBUG"):
             traceback.print_exc()
@@ -163,7 +163,7 @@ def _preload_state(system: Eddy, mounted: Mounted) -> dict:
                                     "files_done", "files_total")}
 
 
-def _describe(e: Exception) -> str:
+def describe(e: Exception) -> str:
     if isinstance(e, subprocess.CalledProcessError):
         err = (e.stderr or "").strip().splitlines()
         return f"{e.cmd} exited {e.returncode}: {err[-1] if err else 'no message'}"

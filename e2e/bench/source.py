@@ -2,7 +2,9 @@
 
 The two datasets, under one bucket:
 
-    big/model.bin                      one --size file of random bytes
+    big/model.safetensors              one --size file shaped like a model's weights: a
+                                       safetensors header naming a transformer's tensors,
+                                       then random bytes (`make_model_file`)
     small/dNN/sNN/fNNNN.bin            --small-files files of 4-64 KiB, 100 per directory
 
 The SeaweedFS server keeps its volumes on the same tmpfs, so dropping the page cache never
@@ -24,6 +26,7 @@ from pathlib import Path
 import obstore
 from obstore.store import S3Store
 
+from tests.support.model_files import safetensors_header
 from tests.support.s3server import S3Server
 
 from .measure import Timing
@@ -31,7 +34,7 @@ from .measure import Timing
 BUCKET = "bench"
 BIG = "big"
 SMALL = "small"
-BIG_NAME = "model.bin"
+BIG_NAME = "model.safetensors"
 RANGE = 8 << 20  # the raw reference's ranged GETs
 WORKERS = 8  # parallel requests of the raw reference
 UPLOAD_WORKERS = 16  # parallel PUTs of the small files (setup, untimed)
@@ -41,15 +44,53 @@ FILES_PER_DIR = 100
 DIRS_PER_DIR = 10
 
 
-def make_big_file(path: str, size: int) -> None:
-    """Random bytes, incompressible and with no two blocks alike.
+LAYERS = 16  # of the model file's transformer
+# Each layer's tensors, in units: attention q, k, v, o; MLP gate, up, down (a 2.75x MLP).
+LAYER_TENSORS = {"self_attn.q_proj": 4, "self_attn.k_proj": 4, "self_attn.v_proj": 4,
+                 "self_attn.o_proj": 4, "mlp.gate_proj": 11, "mlp.up_proj": 11,
+                 "mlp.down_proj": 11}
+NORM_BYTES = 16 << 10  # each layer's two norms, the model's last one
+
+
+def model_tensors(size: int) -> dict[str, int]:
+    """Tensor names and byte sizes of a LAYERS-layer transformer whose safetensors file
+    (header included) is `size` bytes: embeddings and head 32 units each, the last tensor
+    taking what rounding left over."""
+    units = 2 * 32 + LAYERS * sum(LAYER_TENSORS.values())
+    unit = max((size - (2 * LAYERS + 1) * NORM_BYTES - (64 << 10)) // units // 4 * 4, 4)
+    tensors = {"model.embed_tokens.weight": 32 * unit}
+    for i in range(LAYERS):
+        layer = f"model.layers.{i}."
+        tensors[layer + "input_layernorm.weight"] = NORM_BYTES
+        tensors.update({f"{layer}{name}.weight": n * unit for name, n in LAYER_TENSORS.items()})
+        tensors[layer + "post_attention_layernorm.weight"] = NORM_BYTES
+    tensors["model.norm.weight"] = NORM_BYTES
+    tensors["lm_head.weight"] = 0
+    for _ in range(3):  # the header's length depends on the sizes it names
+        rest = size - len(safetensors_header(tensors)) - sum(tensors.values())
+        tensors["lm_head.weight"] += rest
+    if tensors["lm_head.weight"] < 0 or rest:
+        raise ValueError(f"no model file of {size} bytes")
+    return tensors
+
+
+def make_model_file(path: str, size: int) -> int:
+    """A safetensors file of `size` bytes (`model_tensors`); how many tensors it holds."""
+    tensors = model_tensors(size)
+    make_big_file(path, size, safetensors_header(tensors))
+    return len(tensors)
+
+
+def make_big_file(path: str, size: int, head: bytes = b"") -> None:
+    """`head`, then random bytes up to `size`: incompressible and with no two blocks alike.
 
     One 64 MiB random buffer, written rotated by a different odd offset each time: a quarter
     of the time os.urandom would take for every byte, on a machine where that is seconds.
     """
     pattern = os.urandom(min(size, 64 << 20)) if size else b""
     with open(path, "wb") as f:
-        left, turn = size, 0
+        f.write(head)
+        left, turn = size - len(head), 0
         while left:
             cut = (turn * 1_000_003) % len(pattern)
             chunk = pattern[cut:] + pattern[:cut]
@@ -101,7 +142,7 @@ class Source:
         self.small_files = small_files
         os.makedirs(os.path.dirname(self.big_path))
         os.makedirs(self.small_root)
-        make_big_file(self.big_path, size)
+        self.tensors = make_model_file(self.big_path, size)
         self.small_bytes = make_small_tree(self.small_root, small_files)
         self.s3 = S3Server()
         with _temp_root(workdir):

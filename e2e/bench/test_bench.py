@@ -53,6 +53,14 @@ def test_quick_bench_writes_every_row(tmp_path):
         assert len(row["details"]["runs_mb_s"]) == 2
         assert row["mb_s"] == pytest.approx(max(row["details"]["runs_mb_s"]), abs=0.06)
     assert rows["big/eddy/hot"]["peak_rss_mib"] > 0
+    for row_id in ("model/eddy/sequential", "model/eddy/loader-prefetch"):  # first and last
+        assert len(rows[row_id]["details"]["runs_seconds"]) == 2
+    assert len(rows["model/eddy/loader"]["details"]["runs_seconds"]) == 1
+    ratios = {r["row"]: r["time_ratio"] for r in results["model_time_ratios"]}
+    assert set(ratios) == {"model/eddy/loader-prefetch", "model/eddy/loader",
+                           "model/s3fs/loader"}
+    assert ratios["model/eddy/loader-prefetch"] > 0 and ratios["model/s3fs/loader"] is None
+    assert "eddy loader, prefetch" in proc.stdout
     assert len(results["ratios"]) == 2 * (3 * 2 + 2 * 2)  # eddy phases x refs, x peers
     assert [t["target"] for t in results["targets"]] == [t.text for t in TARGETS]
     assert (tmp_path / "bench-results.png").stat().st_size > 10_000

@@ -21,6 +21,7 @@ from eddy.base.pb import cache_pb2_grpc
 from eddy.base.rpc import ERRNO_KEY, ERROR_KEY
 from tests.support.engine import FakeClock, blob, make_spec
 from tests.support.fake_source import FakeUfs
+from tests.support.model_files import safetensors_file
 from tests.support.wait import wait_for
 
 
@@ -119,6 +120,17 @@ def test_locate_over_the_socket_carries_the_next_files_of_a_scan(serve):
         here = engine.locate(ds, entry.path, entry.version, 0, entry.size)
         assert (first.file, first.length, first.checksum) == \
             (here.file, here.length, here.checksum)
+
+
+def test_a_volumes_prefetch_reaches_the_engine_and_an_open_over_the_socket_starts_it(serve):
+    src = FakeUfs({"m/model.safetensors": safetensors_file({"w0": 3 << 16, "w1": 2 << 16})})
+    engine, client = serve(ufs=src)
+    ds = client.open_dataset(make_spec(prefetch="safetensors"), {}).dataset_id
+    entry = client.stat(ds, "m/model.safetensors")
+    assert client.extent(ds, entry.path, entry.version, entry.size) is None  # a cold open
+    engine.drain()
+    blocks = -(-entry.size // (64 << 10))
+    assert sorted(b.key.index for b in engine.blocks(ds)) == list(range(blocks))
 
 
 def test_errors_keep_their_meaning_across_the_socket(served, tmp_path):

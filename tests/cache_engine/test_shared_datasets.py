@@ -56,6 +56,10 @@ def test_the_most_generous_setting_of_each_volume_applies():
     assert both.tiers == ("MEM", "SSD") and both.cache_capacity == 9 * BS
     assert both.metadata_ttl == 30.0  # the freshest any volume asked for
     assert (both.read_ahead, both.source_timeout, both.source_concurrency) == (16, 5.0, 4)
+    assert both.prefetch == "off"
+    modes = [make_spec(prefetch=mode) for mode in ("safetensors", "whole", "off")]
+    assert shared_spec(modes[:1] + modes[2:]).prefetch == "safetensors"
+    assert shared_spec(modes).prefetch == "whole"  # whichever volume came last
     every = shared_spec([a, make_spec(metadataTTL="immutable")])  # no capacity, no tiers
     assert every.tiers == () and every.cache_capacity is None and every.metadata_ttl == 600.0
     assert shared_spec([make_spec(metadataTTL="immutable")]).metadata_ttl is None

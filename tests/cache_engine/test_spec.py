@@ -93,6 +93,9 @@ INVALID = [
     ("zero-source-concurrency", LOCAL | {"sourceConcurrency": "0"}, ["sourceConcurrency"]),
     ("bad-source-concurrency", LOCAL | {"sourceConcurrency": "many"},
      ["sourceConcurrency", "integer"]),
+    ("unknown-prefetch", LOCAL | {"prefetch": "eager"}, ["prefetch", "eager", "safetensors"]),
+    ("empty-prefetch", LOCAL | {"prefetch": ""}, ["prefetch", "off, safetensors, whole"]),
+    ("prefetch-as-boolean", LOCAL | {"prefetch": "true"}, ["prefetch", "true"]),
 ]
 
 RESERVED = {
@@ -142,6 +145,12 @@ VALID = [
     ("source-limits", LOCAL | {"sourceTimeout": "2.5", "sourceConcurrency": "3"},
      DatasetSpec(Source("local", "local:///data", root="/data"), source_timeout=2.5,
                  source_concurrency=3)),
+    ("prefetch-safetensors", {"source": "s3://bucket", "prefetch": " SafeTensors "},
+     DatasetSpec(Source("s3", "s3://bucket", bucket="bucket"), prefetch="safetensors")),
+    ("prefetch-whole", LOCAL | {"prefetch": "whole"},
+     DatasetSpec(Source("local", "local:///data", root="/data"), prefetch="whole")),
+    ("prefetch-off", LOCAL | {"prefetch": "off"},
+     DatasetSpec(Source("local", "local:///data", root="/data"))),
 ]
 
 
@@ -239,7 +248,7 @@ def test_create_volume_returns_the_canonical_parameters(controller, case, params
 
 KNOWN_KEYS = ("endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
               "metadataTTL", "readAhead", "uid", "gid", "fileMode", "dirMode",
-              "sourceTimeout", "sourceConcurrency")
+              "sourceTimeout", "sourceConcurrency", "prefetch")
 SOURCES = ("local:///data", "s3://bucket/x", "pvc://ns/claim/sub", "nfs://nas/exports",
            "https://example.com/d/", "http://[::1]:8080/x", "local://", "s3://", "http://[")
 # Any character (lone surrogates too: a command line's undecodable bytes become those), and
@@ -273,6 +282,7 @@ PLAUSIBLE_PARAMETERS = st.fixed_dictionaries({"source": st.sampled_from(SOURCES[
     "dirMode": st.from_regex(r"(0o)?[0-9]{1,5}", fullmatch=True),
     "sourceTimeout": st.one_of(st.floats().map(repr), st.sampled_from(("60", "0.1", "1e2"))),
     "sourceConcurrency": st.integers(-1, 100).map(str),
+    "prefetch": st.sampled_from(("off", "safetensors", "whole", " Whole", "OFF", "true", "")),
 })
 ANY_PARAMETERS = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS + ("source",)), ANY_TEXT,
                                            st.just("csi.storage.k8s.io/pvc/name")),
