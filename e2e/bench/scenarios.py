@@ -104,11 +104,12 @@ def run_system(system: System, ds: Dataset, results: Results, cache_root: str) -
             if isinstance(system, Eddy):
                 rows["cold"].details["preload"] = _preload_state(system, mounted)
                 rows["cold"].details["status"] = system.status(mounted)
-        phase = "warm"
         for run in range(1, WARM_RUNS + 1):
+            phase = "oneshot" if run == 1 else "warm"  # a failure marks this phase and after
             drop_caches()
             with system.mount(ds.prefix, cache, ds.bytes) as mounted:
-                _measure(rows["warm"], system, ds, mounted, run)
+                _measure(rows["warm"], system, ds, mounted, run,
+                         rows.get("oneshot") if run == 1 else None)
                 if run < WARM_RUNS:
                     continue
                 if "hot" in rows:
@@ -134,12 +135,17 @@ def run_system(system: System, ds: Dataset, results: Results, cache_root: str) -
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _measure(row: Row, system: System, ds: Dataset, mounted: Mounted, run: int = 0) -> None:
-    """Time one read into `row`. For run 1, 2, ... of a repeated phase the row keeps the
-    fastest run and lists every run's MB/s in its details."""
+def _measure(row: Row, system: System, ds: Dataset, mounted: Mounted, run: int = 0,
+             also: Row | None = None) -> None:
+    """Time one read into `row` (and into `also`, which takes that one read as it is). For
+    run 1, 2, ... of a repeated phase the row keeps the fastest run and lists every run's
+    MB/s in its details."""
     row.details["mem_available_mib_before"] = mem_available_mib()
     timing = ds.read(mounted.path)
     row.record(timing, ds.bytes, ds.files, keep_faster=run > 1)
+    if also is not None:
+        also.record(timing, ds.bytes, ds.files)
+        _progress(also, ds)
     peak = mounted.peak_rss_mib()
     row.peak_rss_mib = max(peak or 0, row.peak_rss_mib or 0) or None
     if run:

@@ -53,6 +53,9 @@ def test_quick_bench_writes_every_row(tmp_path):
         assert len(row["details"]["runs_mb_s"]) == 2
         assert row["mb_s"] == pytest.approx(max(row["details"]["runs_mb_s"]), abs=0.06)
     assert rows["big/eddy/hot"]["peak_rss_mib"] > 0
+    for dataset in ("big", "small"):  # the first warm run, as it was
+        assert rows[f"{dataset}/eddy/oneshot"]["mb_s"] == pytest.approx(
+            rows[f"{dataset}/eddy/warm"]["details"]["runs_mb_s"][0], abs=0.06)
     for row_id in ("model/eddy/sequential", "model/eddy/loader-prefetch"):  # first and last
         assert len(rows[row_id]["details"]["runs_seconds"]) == 2
     assert len(rows["model/eddy/loader"]["details"]["runs_seconds"]) == 1
@@ -61,7 +64,7 @@ def test_quick_bench_writes_every_row(tmp_path):
                            "model/s3fs/loader"}
     assert ratios["model/eddy/loader-prefetch"] > 0 and ratios["model/s3fs/loader"] is None
     assert "eddy loader, prefetch" in proc.stdout
-    assert len(results["ratios"]) == 2 * (3 * 2 + 2 * 2)  # eddy phases x refs, x peers
+    assert len(results["ratios"]) == 2 * (4 * 2 + 2 * 2)  # eddy phases x refs, x peers
     assert [t["target"] for t in results["targets"]] == [t.text for t in TARGETS]
     assert (tmp_path / "bench-results.png").stat().st_size > 10_000
     assert _leftovers() <= before  # no temp dir or mount of this run is left
