@@ -69,19 +69,27 @@ class S3Writer:
         self._w = writes
         self._lock = threading.Lock()
         self._open: dict[str, tuple[StagedFile, int]] = {}  # path -> (staged file, handles)
+        # An open and an upload of pending files never interleave: an open that could not
+        # adopt a dead writer's staged file because the upload held it would start empty.
+        self._staging = threading.Lock()
 
     def stat(self, path: str) -> Entry:
         return self._w.ufs.stat(path)
 
     def _exists(self, path: str) -> bool:
+        """In S3, or staged and not uploaded yet (a dead daemon's file, reopened)."""
         try:
             self._w.ufs.stat(path)
         except FileNotFoundError:
-            return False
+            return any(m.path == path for m in self._w.pending())
         return True
 
     def open(self, path: str, flags: int, mode: int = 0o644,
              owner: tuple[int, int] | None = None) -> S3File:
+        with self._staging:
+            return self._open_file(path, flags)
+
+    def _open_file(self, path: str, flags: int) -> S3File:
         with self._lock:
             shared = self._open.get(path)
         if shared is None and (flags & os.O_CREAT and flags & os.O_EXCL or
@@ -175,7 +183,8 @@ class S3Writer:
                 waits = iter(delays or RetryDelays())
                 stop.wait(5.0)
                 continue
-            done = self._w.upload_pending()
+            with self._staging:
+                done = self._w.upload_pending()
             if done.uploaded:
                 _log.info("s3.pending.uploaded", paths=done.uploaded[:10])
             stop.wait(next(waits) if done.failed else 5.0)

@@ -101,6 +101,26 @@ def test_what_a_writer_writes_reaches_the_bucket_and_every_publish(node, tmp_pat
     assert mounts_under(str(tmp_path)) == []
 
 
+def test_a_file_open_for_writing_survives_a_killed_mount_daemon(node, tmp_path, s3_server,
+                                                               s3_bucket):
+    """The successor reopens the handle on the staged file its predecessor left (nothing was
+    uploaded yet) and the pod writes on through the same descriptor."""
+    volume = create(node, "pvc-s3-kill", _params(s3_server, s3_bucket))
+    staging, (rw,) = stage_and_publish(node, tmp_path, volume, secrets=s3_server.secrets,
+                                       targets=("pod-a",), mode=WRITER, writers=("pod-a",))
+    first, second = os.urandom(3 * MiB), os.urandom(2 * MiB)
+    with open(os.path.join(rw, "log.bin"), "wb") as f:
+        f.write(first)
+        f.flush()
+        [pid] = driver.daemon_pids(volume.volume_id)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: driver.daemon_pids(volume.volume_id) not in ([], [pid]), 30,
+                 "a new mount daemon")
+        f.write(second)
+    assert sha(_in_bucket(s3_server, s3_bucket, "log.bin")) == sha(first + second)
+    teardown_volume(node, volume, staging, (rw,))
+
+
 @pytest.mark.skipif(find_weed() is None, reason="the SeaweedFS `weed` binary is not installed")
 def test_a_write_s3_refuses_is_eio_stays_staged_and_arrives_when_s3_is_back(node, tmp_path):
     with S3Server() as own:  # its own server: this test stops it
