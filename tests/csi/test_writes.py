@@ -24,14 +24,12 @@ from csi import validate
 from tests.support import driver
 from tests.support.driver import (
     AccessMode,
-    DriverProcess,
-    cleanup_mounts,
     create,
+    errno_of,
     mounts_under,
     sha,
     stage_and_publish,
     teardown_volume,
-    tier_args,
 )
 from tests.support.fuse import fuse_problem
 from tests.support.wait import wait_for
@@ -41,15 +39,6 @@ pytestmark = [pytest.mark.fuse, pytest.mark.timeout(300),
 
 MiB = 1 << 20
 WRITER = AccessMode.SINGLE_NODE_MULTI_WRITER
-
-
-@pytest.fixture
-def node(tmp_path):
-    drv = DriverProcess(str(tmp_path / "driver"),
-                        extra_args=tier_args(f"MEM:{tmp_path}/mem:256Mi")).start()
-    yield drv
-    drv.stop()
-    cleanup_mounts(str(tmp_path))
 
 
 @pytest.fixture
@@ -68,14 +57,6 @@ def _status(drv) -> dict:
     return row
 
 
-def _errno_of(call, *args) -> int:
-    try:
-        call(*args)
-    except OSError as e:
-        return e.errno
-    raise AssertionError(f"{call.__name__}{args} did not fail")
-
-
 @pytest.mark.parametrize(("mode", "source", "writable"), [
     (WRITER, "local:///srv/data", True),
     (AccessMode.SINGLE_NODE_WRITER, "nfs://nas/exports/ckpt", True),
@@ -89,9 +70,9 @@ def test_which_volumes_are_mounted_read_write(mode, source, writable):
 
 
 def test_what_a_writer_writes_is_in_the_source_in_every_publish_and_in_the_cache(
-        node, source, tmp_path):
-    volume = create(node, "pvc-rw", {"source": f"local://{source}", "metadataTTL": "600"})
-    staging, (rw, ro) = stage_and_publish(node, tmp_path, volume, mode=WRITER,
+        mem_driver, source, tmp_path):
+    volume = create(mem_driver, "pvc-rw", {"source": f"local://{source}", "metadataTTL": "600"})
+    staging, (rw, ro) = stage_and_publish(mem_driver, tmp_path, volume, mode=WRITER,
                                           writers=("pod-a",))
     data = os.urandom(8 * MiB + 123)
     os.mkdir(os.path.join(rw, "ckpt"), 0o750)
@@ -105,11 +86,11 @@ def test_what_a_writer_writes_is_in_the_source_in_every_publish_and_in_the_cache
         with open(os.path.join(mount, "ckpt", "model.bin"), "rb") as f:
             assert sha(f.read()) == sha(data)
     # Write-through: the new file's blocks land in the cache without anybody reading them.
-    wait_for(lambda: _status(node)["cached_bytes"] >= len(data), 30,
+    wait_for(lambda: _status(mem_driver)["cached_bytes"] >= len(data), 30,
              "the written file to be cached")
 
-    assert _errno_of(open, os.path.join(ro, "new.txt"), "w") == errno.EROFS
-    assert _errno_of(os.mkdir, os.path.join(ro, "d")) == errno.EROFS
+    assert errno_of(open, os.path.join(ro, "new.txt"), "w") == errno.EROFS
+    assert errno_of(os.mkdir, os.path.join(ro, "d")) == errno.EROFS
 
     with open(os.path.join(rw, "old.txt"), "ab") as f:  # an append to a file read before
         f.write(b" and after")
@@ -131,33 +112,33 @@ def test_what_a_writer_writes_is_in_the_source_in_every_publish_and_in_the_cache
         assert f.read(5) == data[:5]
 
     # Refused, with the documented errno, and nothing left behind.
-    assert _errno_of(os.link, os.path.join(rw, "old.txt"), os.path.join(rw, "hard")) == \
+    assert errno_of(os.link, os.path.join(rw, "old.txt"), os.path.join(rw, "hard")) == \
         errno.EPERM
-    assert _errno_of(os.mkfifo, os.path.join(rw, "fifo")) == errno.EPERM
-    assert _errno_of(os.symlink, "../../etc/passwd", os.path.join(rw, "out")) == errno.EPERM
+    assert errno_of(os.mkfifo, os.path.join(rw, "fifo")) == errno.EPERM
+    assert errno_of(os.symlink, "../../etc/passwd", os.path.join(rw, "out")) == errno.EPERM
     assert sorted(os.listdir(source)) == ["final", "latest", "old.txt"]
 
     os.unlink(os.path.join(rw, "latest"))
     os.unlink(os.path.join(rw, "final", "model.bin"))
     os.rmdir(os.path.join(rw, "final"))
     assert sorted(os.listdir(ro)) == ["old.txt"] == sorted(os.listdir(source))
-    teardown_volume(node, volume, staging, (rw, ro))
+    teardown_volume(mem_driver, volume, staging, (rw, ro))
     assert mounts_under(str(tmp_path)) == []
 
 
-def test_a_reader_mode_volume_stays_read_only(node, source, tmp_path):
-    volume = create(node, "pvc-ro", {"source": f"local://{source}"})
-    staging, (target,) = stage_and_publish(node, tmp_path, volume, targets=("pod-a",),
+def test_a_reader_mode_volume_stays_read_only(mem_driver, source, tmp_path):
+    volume = create(mem_driver, "pvc-ro", {"source": f"local://{source}"})
+    staging, (target,) = stage_and_publish(mem_driver, tmp_path, volume, targets=("pod-a",),
                                            writers=("pod-a",))  # rw publish, reader mode
-    assert _errno_of(open, os.path.join(target, "x"), "w") == errno.EROFS
-    assert _errno_of(open, os.path.join(target, "old.txt"), "r+b") == errno.EROFS
+    assert errno_of(open, os.path.join(target, "x"), "w") == errno.EROFS
+    assert errno_of(open, os.path.join(target, "old.txt"), "r+b") == errno.EROFS
     assert os.listdir(source) == ["old.txt"]
-    teardown_volume(node, volume, staging, (target,))
+    teardown_volume(mem_driver, volume, staging, (target,))
 
 
-def test_concurrent_writers_of_different_files(node, source, tmp_path):
-    volume = create(node, "pvc-many", {"source": f"local://{source}"})
-    staging, (target,) = stage_and_publish(node, tmp_path, volume, mode=WRITER,
+def test_concurrent_writers_of_different_files(mem_driver, source, tmp_path):
+    volume = create(mem_driver, "pvc-many", {"source": f"local://{source}"})
+    staging, (target,) = stage_and_publish(mem_driver, tmp_path, volume, mode=WRITER,
                                            targets=("pod-a",), writers=("pod-a",))
     blobs = {f"part-{i}.bin": os.urandom(3 * MiB + i) for i in range(6)}
     failures = []
@@ -180,12 +161,12 @@ def test_concurrent_writers_of_different_files(node, source, tmp_path):
         assert sha((source / name).read_bytes()) == sha(data), name
         with open(os.path.join(target, name), "rb") as f:
             assert sha(f.read()) == sha(data), name
-    teardown_volume(node, volume, staging, (target,))
+    teardown_volume(mem_driver, volume, staging, (target,))
 
 
-def test_a_write_handle_survives_a_killed_mount_daemon(node, source, tmp_path):
-    volume = create(node, "pvc-kill", {"source": f"local://{source}"})
-    staging, (target,) = stage_and_publish(node, tmp_path, volume, mode=WRITER,
+def test_a_write_handle_survives_a_killed_mount_daemon(mem_driver, source, tmp_path):
+    volume = create(mem_driver, "pvc-kill", {"source": f"local://{source}"})
+    staging, (target,) = stage_and_publish(mem_driver, tmp_path, volume, mode=WRITER,
                                            targets=("pod-a",), writers=("pod-a",))
     first, second = os.urandom(3 * MiB), os.urandom(2 * MiB)
     with open(os.path.join(target, "log.bin"), "wb") as f:
@@ -197,14 +178,14 @@ def test_a_write_handle_survives_a_killed_mount_daemon(node, source, tmp_path):
                  "a new mount daemon")
         f.write(second)  # the same open file, served by the successor
     assert sha((source / "log.bin").read_bytes()) == sha(first + second)
-    teardown_volume(node, volume, staging, (target,))
+    teardown_volume(mem_driver, volume, staging, (target,))
 
 
-def test_sequential_write_throughput_beside_a_direct_write(node, source, tmp_path):
+def test_sequential_write_throughput_beside_a_direct_write(mem_driver, source, tmp_path):
     """A figure, not an assertion: 1 GiB written through the mount and straight to disk."""
     size = int(os.environ.get("EDDY_WRITE_MIB", "1024")) * MiB
-    volume = create(node, "pvc-speed", {"source": f"local://{source}"})
-    staging, (target,) = stage_and_publish(node, tmp_path, volume, mode=WRITER,
+    volume = create(mem_driver, "pvc-speed", {"source": f"local://{source}"})
+    staging, (target,) = stage_and_publish(mem_driver, tmp_path, volume, mode=WRITER,
                                            targets=("pod-a",), writers=("pod-a",))
     chunk = os.urandom(MiB)
 
@@ -226,4 +207,4 @@ def test_sequential_write_throughput_beside_a_direct_write(node, source, tmp_pat
     assert os.path.getsize(source / "mounted.bin") == size
     os.unlink(source / "direct.bin")
     os.unlink(source / "mounted.bin")
-    teardown_volume(node, volume, staging, (target,))
+    teardown_volume(mem_driver, volume, staging, (target,))

@@ -20,14 +20,12 @@ from eddy.base.pb import csi_pb2
 from tests.support import driver
 from tests.support.driver import (
     AccessMode,
-    DriverProcess,
-    cleanup_mounts,
     create,
+    errno_of,
     mounts_under,
     sha,
     stage_and_publish,
     teardown_volume,
-    tier_args,
 )
 from tests.support.fuse import fuse_problem
 from tests.support.s3server import S3Server, find_weed
@@ -40,15 +38,6 @@ MiB = 1 << 20
 WRITER = AccessMode.SINGLE_NODE_MULTI_WRITER
 
 
-@pytest.fixture
-def node(tmp_path):
-    drv = DriverProcess(str(tmp_path / "driver"),
-                        extra_args=tier_args(f"MEM:{tmp_path}/mem:256Mi")).start()
-    yield drv
-    drv.stop()
-    cleanup_mounts(str(tmp_path))
-
-
 def _params(server: S3Server, bucket: str) -> dict[str, str]:
     return {"source": f"s3://{bucket}/out", "endpoint": server.endpoint, "region": "us-east-1",
             "metadataTTL": "600"}
@@ -58,19 +47,11 @@ def _in_bucket(server: S3Server, bucket: str, path: str) -> bytes | None:
     return server.get(bucket, f"out/{path}")
 
 
-def _errno_of(call, *args) -> int:
-    try:
-        call(*args)
-    except OSError as e:
-        return e.errno
-    raise AssertionError(f"{call.__name__}{args} did not fail")
-
-
-def test_what_a_writer_writes_reaches_the_bucket_and_every_publish(node, tmp_path, s3_server,
+def test_what_a_writer_writes_reaches_the_bucket_and_every_publish(mem_driver, tmp_path, s3_server,
                                                                    s3_bucket):
     s3_server.put(s3_bucket, "out/old.txt", b"written before")
-    volume = create(node, "pvc-s3-rw", _params(s3_server, s3_bucket))
-    staging, (rw, ro) = stage_and_publish(node, tmp_path, volume, secrets=s3_server.secrets,
+    volume = create(mem_driver, "pvc-s3-rw", _params(s3_server, s3_bucket))
+    staging, (rw, ro) = stage_and_publish(mem_driver, tmp_path, volume, secrets=s3_server.secrets,
                                           mode=WRITER, writers=("pod-a",))
     data = os.urandom(40 * MiB + 7)  # streamed in parts while it is written
     os.mkdir(os.path.join(rw, "ckpt"))
@@ -90,23 +71,23 @@ def test_what_a_writer_writes_reaches_the_bucket_and_every_publish(node, tmp_pat
     os.rename(os.path.join(rw, "old.txt"), os.path.join(rw, "new.txt"))  # copy + delete
     assert _in_bucket(s3_server, s3_bucket, "old.txt") is None
     assert sorted(os.listdir(ro)) == ["ckpt", "new.txt"]
-    assert _errno_of(os.rename, os.path.join(rw, "ckpt"), os.path.join(rw, "c2")) == errno.EXDEV
-    assert _errno_of(os.symlink, "new.txt", os.path.join(rw, "link")) == errno.EPERM
-    assert _errno_of(os.link, os.path.join(rw, "new.txt"), os.path.join(rw, "h")) == errno.EPERM
-    assert _errno_of(open, os.path.join(ro, "x"), "w") == errno.EROFS
+    assert errno_of(os.rename, os.path.join(rw, "ckpt"), os.path.join(rw, "c2")) == errno.EXDEV
+    assert errno_of(os.symlink, "new.txt", os.path.join(rw, "link")) == errno.EPERM
+    assert errno_of(os.link, os.path.join(rw, "new.txt"), os.path.join(rw, "h")) == errno.EPERM
+    assert errno_of(open, os.path.join(ro, "x"), "w") == errno.EROFS
     os.unlink(os.path.join(rw, "ckpt", "model.bin"))
     os.rmdir(os.path.join(rw, "ckpt"))
     assert sorted(os.listdir(rw)) == ["new.txt"]
-    teardown_volume(node, volume, staging, (rw, ro))
+    teardown_volume(mem_driver, volume, staging, (rw, ro))
     assert mounts_under(str(tmp_path)) == []
 
 
-def test_a_file_open_for_writing_survives_a_killed_mount_daemon(node, tmp_path, s3_server,
+def test_a_file_open_for_writing_survives_a_killed_mount_daemon(mem_driver, tmp_path, s3_server,
                                                                s3_bucket):
     """The successor reopens the handle on the staged file its predecessor left (nothing was
     uploaded yet) and the pod writes on through the same descriptor."""
-    volume = create(node, "pvc-s3-kill", _params(s3_server, s3_bucket))
-    staging, (rw,) = stage_and_publish(node, tmp_path, volume, secrets=s3_server.secrets,
+    volume = create(mem_driver, "pvc-s3-kill", _params(s3_server, s3_bucket))
+    staging, (rw,) = stage_and_publish(mem_driver, tmp_path, volume, secrets=s3_server.secrets,
                                        targets=("pod-a",), mode=WRITER, writers=("pod-a",))
     first, second = os.urandom(3 * MiB), os.urandom(2 * MiB)
     with open(os.path.join(rw, "log.bin"), "wb") as f:
@@ -118,15 +99,15 @@ def test_a_file_open_for_writing_survives_a_killed_mount_daemon(node, tmp_path, 
                  "a new mount daemon")
         f.write(second)
     assert sha(_in_bucket(s3_server, s3_bucket, "log.bin")) == sha(first + second)
-    teardown_volume(node, volume, staging, (rw,))
+    teardown_volume(mem_driver, volume, staging, (rw,))
 
 
 @pytest.mark.skipif(find_weed() is None, reason="the SeaweedFS `weed` binary is not installed")
-def test_a_write_s3_refuses_is_eio_stays_staged_and_arrives_when_s3_is_back(node, tmp_path):
+def test_a_write_s3_refuses_is_eio_stays_staged_and_arrives_when_s3_is_back(mem_driver, tmp_path):
     with S3Server() as own:  # its own server: this test stops it
         own.create_bucket("ckpt")
-        volume = create(node, "pvc-s3-down", _params(own, "ckpt"))
-        staging, (rw,) = stage_and_publish(node, tmp_path, volume, secrets=own.secrets,
+        volume = create(mem_driver, "pvc-s3-down", _params(own, "ckpt"))
+        staging, (rw,) = stage_and_publish(mem_driver, tmp_path, volume, secrets=own.secrets,
                                            targets=("pod-a",), mode=WRITER, writers=("pod-a",))
         data = os.urandom(3 * MiB)
         f = open(os.path.join(rw, "step-7.bin"), "wb")  # noqa: SIM115 - closed below
@@ -141,10 +122,10 @@ def test_a_write_s3_refuses_is_eio_stays_staged_and_arrives_when_s3_is_back(node
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: driver.daemon_pids(volume.volume_id) not in ([], [pid]), 30,
                  "a new mount daemon")
-        node.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
+        mem_driver.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
             volume_id=volume.volume_id, target_path=rw))
         with pytest.raises(grpc.RpcError) as unstage:
-            node.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
+            mem_driver.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
                 volume_id=volume.volume_id, staging_target_path=staging))
         assert unstage.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "step-7.bin" in unstage.value.details()
@@ -153,5 +134,5 @@ def test_a_write_s3_refuses_is_eio_stays_staged_and_arrives_when_s3_is_back(node
         own.start()
         wait_for(lambda: _in_bucket(own, "ckpt", "step-7.bin") == data, 60,
                  "the staged upload to reach the bucket")
-        teardown_volume(node, volume, staging, ())
+        teardown_volume(mem_driver, volume, staging, ())
     assert mounts_under(str(tmp_path)) == []

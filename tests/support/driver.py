@@ -163,6 +163,15 @@ def stage_and_publish(driver, tmp_path, volume, secrets=None, targets=("pod-a", 
     return staging, paths
 
 
+def errno_of(call, *args) -> int:
+    """The errno `call(*args)` fails with; AssertionError if it does not fail."""
+    try:
+        call(*args)
+    except OSError as e:
+        return e.errno
+    raise AssertionError(f"{call.__name__}{args} did not fail")
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
