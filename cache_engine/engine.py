@@ -46,6 +46,7 @@ from .placement import Placement
 from .prefetch import Prefetcher
 from .preload import DEFAULT_WORKERS, BlockOutcome, PreloadJob, PreloadRoom, Preloads, PreloadSource
 from .recovery import node_key, reconcile
+from .scrub import ExtentChecks, ScrubPolicy
 from .spec import DatasetSpec
 from .statedir import StateDirLock
 from .statistics import EngineStatistics, dataset_statistics, tier_statistics
@@ -77,7 +78,8 @@ class CacheEngine:
                  clock: Callable[[], float] = time.monotonic, prefetch_workers: int = 8,
                  maintenance: bool = True, maintenance_interval: float = 1.0,
                  pin_seconds: float = PIN_SECONDS,
-                 held_in_ram: Callable[[str], bool] = in_memory):
+                 held_in_ram: Callable[[str], bool] = in_memory,
+                 scrub: ScrubPolicy = ScrubPolicy()):
         check_tiers(tiers)
         self.tiers = list(tiers)
         self._tier = {t.name: t for t in self.tiers}
@@ -102,13 +104,14 @@ class CacheEngine:
         self._health = TierHealth(self.tiers)
         self._maintenance = Maintenance(self.tiers, self._table, self._index, self._lock, clock,
                                         self._health)
-        growing = GrowingExtents({t.name for t in self.tiers if held_in_ram(t.path)},
-                                 self._table, self._lock)
+        checks = ExtentChecks(frozenset(t.name for t in self.tiers if held_in_ram(t.path)),
+                              clock, scrub)
+        growing = GrowingExtents(set(self._tier), self._table, self._lock, checks)
         self._places = Placement(self.tiers, self._table, self._index, self._lock, self._tiers_of,
                                  self._maintenance.wake, clock, pin_seconds, self._health, growing)
         self._prefetcher = Prefetcher(prefetch_workers)
-        self._extents = Extents(self._table, self._lock, self._places, growing.tiers,
-                                self._health, lambda key: self._files.quiet_in(key))
+        self._extents = Extents(self._table, self._lock, self._places, checks, self._health,
+                                lambda key: self._files.quiet_in(key), self._datasets.get, clock)
         self._fetcher = BlockFetcher(self._table, self._lock, self._places,
                                      self._prefetcher, clock, self._extents.compact_when_whole)
         self._files = FilePrefetches(self._fetcher, self._prefetcher, clock)  # `prefetch`
@@ -124,6 +127,7 @@ class CacheEngine:
         for tier in self.tiers:  # a tier may have shrunk since the last run
             self._places.demote_until(tier, tier.size)
         self._maintenance.start(self._places, maintenance_interval if maintenance else None)
+        self._extents.start(background=maintenance)
 
     # --- datasets and metadata -------------------------------------------------------------
 
@@ -163,15 +167,13 @@ class CacheEngine:
                       capacity=ds.spec.cache_capacity)
 
     def _dataset(self, dataset_id: str) -> Dataset:
-        ds = self._datasets.get(dataset_id)
-        if ds is None:
+        if (ds := self._datasets.get(dataset_id)) is None:
             raise NotFound(f"dataset {dataset_id} is not open on this node")
         return ds
 
     def _tiers_of(self, dataset_id: str) -> list[Tier] | None:
         """The tiers an open dataset may use; None if it is not open (for `Placement`)."""
-        ds = self._datasets.get(dataset_id)
-        return ds.tiers if ds is not None else None
+        return ds.tiers if (ds := self._datasets.get(dataset_id)) is not None else None
 
     def stat(self, dataset_id: str, path: str) -> Entry:
         return self.stat_fresh(dataset_id, path)[0]
@@ -266,11 +268,11 @@ class CacheEngine:
     def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
         """The tier file whose bytes [0, file_size) are this whole file version, for a reader
         that hands it to the kernel (FUSE passthrough); None unless the file has 2+ blocks,
-        all in one extent in a tier held in RAM (checked block by block as it was built).
+        all in one extent the kernel may read unchecked (`scrub.ExtentChecks.trusted`).
 
         Every block counts as a hit. A file cached whole but not yet in one extent is queued
-        for compaction, so a later open may get one. The file is never written again; the
-        engine may unlink it later, which leaves an open descriptor reading the same bytes.
+        for compaction, so a later open may get one. Its bytes never change (a scrub may only
+        rewrite a rotten block with its right bytes); an unlink leaves open descriptors be.
         """
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, 0)
@@ -294,8 +296,7 @@ class CacheEngine:
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         """A reader found a block whose length or checksum is wrong: drop it, count it."""
         self._dataset(dataset_id)
-        key = BlockKey(dataset_id, clean_path(path), version, index)
-        self._places.drop_corrupt(key)
+        self._places.drop_corrupt(BlockKey(dataset_id, clean_path(path), version, index))
 
     def blocks(self, dataset_id: str | None = None) -> list[CachedBlock]:
         with self._lock:
@@ -337,8 +338,10 @@ class CacheEngine:
     # --- maintenance, status, shutdown ----------------------------------------------------
 
     def maintain(self) -> None:
-        """One round of maintenance now (see `Maintenance.maintain`); its thread runs this."""
+        """A round of maintenance and every due scrub of a disk extent; their threads do this."""
         self._maintenance.maintain()
+        while self._extents.scrub_one():
+            pass
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no read-ahead, prefetch, promotion or compaction is queued or running."""
@@ -371,7 +374,7 @@ class CacheEngine:
         return self._statuses.row(dataset_id, ds)
 
     def close(self) -> None:
-        """Stop maintenance and background loads, write LRU counters, release the state dir."""
+        """Stop maintenance and background work, write LRU counters, release the state dir."""
         if self._closed:
             return
         self._closed = True

@@ -2,14 +2,15 @@
 
 A reader that opens a file of 2+ blocks asks for an extent: one tier file holding the whole
 version at its own offsets, which a mount hands to the kernel (FUSE passthrough) so no read
-reaches the daemon. Only tiers held in RAM get extents: the kernel reads an extent unchecked,
-and in RAM nothing rots on a medium, and a power loss empties the tier rather than tearing a
-file. A disk tier keeps every read checked, block by block. The copying itself is
+reaches the daemon. The kernel reads an extent unchecked, so one is handed out only while it is
+trusted (scrub.py): in a tier held in RAM as built (nothing rots on a medium there, and a power
+loss empties the tier rather than tearing a file), on a disk tier while its last check is
+recent; otherwise the file is read block by block, every block checked. The copying itself is
 `build` here, through `Placement.relocate`; this module decides when, and runs one compaction
 at a time in the background: once every block is cached, and after the file's reader paused if
 a whole-file prefetch loaded it ahead of that reader (`quiet_in`): copying a file costs the
 reader that is still going through it time, on a machine whose cores the source and the mount
-share. Blocks stored in a RAM tier usually land in an extent already (growing.py): compaction
+share. Blocks stored in a tier usually land in an extent already (growing.py): compaction
 is for the rest.
 """
 
@@ -26,6 +27,7 @@ from .dataset import Dataset
 from .health import TierHealth
 from .placement import Placement
 from .prefetch import Prefetcher
+from .scrub import ExtentChecks, Scrubber
 from .table import BlockTable
 
 MAX_DEFER_SECONDS = 30.0  # a compaction waits this long at most for a file's reader to pause
@@ -43,12 +45,15 @@ class Extents:
     """
 
     def __init__(self, table: BlockTable, lock: threading.Condition,
-                 placement: Placement, in_memory: frozenset[str], health: TierHealth,
-                 quiet_in: Callable[[BlockKey], float] = lambda key: 0.0):
+                 placement: Placement, checks: ExtentChecks, health: TierHealth,
+                 quiet_in: Callable[[BlockKey], float] = lambda key: 0.0,
+                 datasets: Callable[[str], Dataset | None] = lambda id: None,
+                 clock: Callable[[], float] = time.monotonic):
         self._table = table
         self._lock = lock
         self._places = placement
-        self._in_memory = in_memory  # tiers held in RAM: the only ones with extents
+        self._checks = checks  # which extents the kernel may read unchecked
+        self._scrubber = Scrubber(checks, table, lock, placement, datasets, clock)
         self._health = health
         self._quiet_in = quiet_in
         self._closing = threading.Event()
@@ -56,15 +61,26 @@ class Extents:
         self._compacting: set[tuple[str, str, str]] = set()  # file versions queued or in it
         self._served = 0
 
+    def start(self, background: bool = True) -> None:
+        """Take on the disk extents rows name, and (`background`) start the scrubber."""
+        with self._lock:
+            self._checks.restore(self._table)
+        if background:
+            self._scrubber.start()
+
+    def scrub_one(self) -> bool:
+        """Check the disk extent most due now, if one is (tests; the scrubber does it)."""
+        return self._scrubber.scrub_one()
+
     def counts(self) -> dict[str, int]:
         """Under the lock: this part's counters, by name."""
-        return {"extents_served": self._served}
+        return {"extents_served": self._served, "extents_overdue": self._checks.overdue()}
 
     def extent(self, ds: Dataset, key: BlockKey, file_size: int,
                hit: Callable[[Block], None]) -> str | None:
         """The extent file of `key`'s file version (key index 0) if all its 2+ blocks sit in
-        one extent in a tier held in RAM, each block then passed to `hit` under the lock;
-        else None, and a version cached whole but not in one extent is queued for compaction.
+        one trusted extent (scrub.py), each block then passed to `hit` under the lock; else
+        None, and a version cached whole but not in one extent is queued for compaction.
         """
         count = ds.block_count(file_size)
         if count < 2:
@@ -74,7 +90,7 @@ class Extents:
             if blocks is None:
                 return None
             whole = in_one_extent(ds, blocks)
-            if not whole or blocks[0].tier not in self._in_memory:
+            if not whole or not self._checks.trusted(blocks[0].tier, blocks[0].file):
                 extent = None
             else:
                 for block in blocks:
@@ -95,7 +111,7 @@ class Extents:
 
     def compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
         """Queue the compaction of a file version of 2+ blocks once all of them are cached
-        (it happens if they all sit in one tier held in RAM)."""
+        (it happens if they all sit in one tier)."""
         count = ds.block_count(file_size)
         if count < 2:
             return  # every miss of a small file comes here: no lock for it
@@ -114,8 +130,7 @@ class Extents:
             while True:  # nothing to build (filled in place, say), or the reader paused
                 with self._lock:
                     blocks = self._blocks_of(key, count)
-                if (blocks is None or blocks[0].tier not in self._in_memory
-                        or in_one_extent(ds, blocks)):
+                if blocks is None or in_one_extent(ds, blocks):
                     return
                 wait = min(self._quiet_in(key), deadline - time.monotonic())
                 if wait <= 0:
@@ -151,6 +166,7 @@ class Extents:
             return None
         with self._lock:
             self._table.ref_file(tier.name, extent)  # this writer: the file stays meanwhile
+            self._checks.wrote(tier.name, extent, blocks[0].key, len(blocks))  # each copy checks
         offset, done = 0, 0
         for block in blocks:
             # One claim at a time: eviction may still take the blocks not copied yet.
@@ -181,6 +197,7 @@ class Extents:
     def close(self) -> None:
         self._closing.set()
         self._compactor.close()
+        self._scrubber.close()
 
 
 def in_one_extent(ds: Dataset, blocks: list[Block]) -> bool:

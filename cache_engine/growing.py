@@ -1,11 +1,11 @@
 """Extents filled in place: a file version's blocks written straight to their offsets.
 
-A block stored in a tier held in RAM, of a file of 2+ blocks that fits in the tier's free room,
-goes into one extent file of its version at `index * blockSize` (`Placement.store`), so the
-file is whole in one extent (passthrough-ready, extents.py) the moment its last block lands,
-with no copy afterwards and nothing a restart could lose: each row names the extent and its
-offset. Files stored elsewhere (a disk tier, promoted back, cached before) are still compacted
-later by `Extents`.
+A block stored in a tier, of a file of 2+ blocks that fits in the tier's free room, goes into
+one extent file of its version at `index * blockSize` (`Placement.store`), so the file is whole
+in one extent (passthrough-ready, extents.py) the moment its last block lands, with no copy
+afterwards and nothing a restart could lose: each row names the extent and its offset. On a
+disk tier the first write dates the extent's check (scrub.py). Files stored otherwise (moved
+between tiers, cached before) are still compacted later by `Extents`.
 
 It shares the engine's lock and `BlockTable`, and does no I/O.
 """
@@ -19,20 +19,23 @@ from .blocks import BlockKey, new_extent_name
 
 if TYPE_CHECKING:
     from .dataset import Dataset
+    from .scrub import ExtentChecks
     from .table import BlockTable
     from .tiers import Tier
 
 
 class GrowingExtents:
-    """Which extent each file version is being filled into, per tier held in RAM.
+    """Which extent each file version is being filled into, per tier.
 
     `Placement.store` asks it where a new block goes (`claim`), and tells it when a writer is
     done (`let_go`) and when an extent file was unlinked (`freed`)."""
 
-    def __init__(self, tiers_in_ram: set[str], table: BlockTable, lock: threading.Condition):
-        self.tiers = frozenset(tiers_in_ram)
+    def __init__(self, tiers: set[str], table: BlockTable, lock: threading.Condition,
+                 checks: ExtentChecks):
+        self.tiers = frozenset(tiers)
         self._table = table
         self._lock = lock
+        self._checks = checks
         self._names: dict[tuple[str, str, str, str], str] = {}  # (tier, file version) -> extent
         self._versions: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         self._written: dict[tuple[str, str], set[int]] = {}  # (tier, extent) -> block indexes
@@ -53,6 +56,7 @@ class GrowingExtents:
                 extent = self._names[version] = new_extent_name(key)
                 self._versions[(tier.name, extent)] = version
                 self._written[(tier.name, extent)] = set()
+                self._checks.wrote(tier.name, extent, key, ds.block_count(size))
             written = self._written[(tier.name, extent)]
             if key.index in written:
                 return None
@@ -73,6 +77,7 @@ class GrowingExtents:
     def freed(self, tier: str, file: str) -> None:
         """Under the lock: a tier file was unlinked; a later block of its version starts a
         new extent."""
+        self._checks.forget(tier, file)
         version = self._versions.pop((tier, file), None)
         if version is not None:
             del self._names[version]

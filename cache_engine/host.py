@@ -21,14 +21,15 @@ from eddy.base.rpc import bind_unix
 
 from .client import MAX_MESSAGE
 from .engine import CacheEngine
+from .scrub import ScrubPolicy
 from .service import CacheEngineService, Volumes
 from .tiers import parse_tiers
 from .types import StateDirBusy
 from .ufs import SAME_ORIGIN, RedirectPolicy, open_ufs
 
 DEFAULT_TIER_SIZE = "10Gi"
-__all__ = ["CacheEngine", "EngineHost", "StateDirBusy", "Volumes", "default_tiers", "engine_server",
-           "start_private"]
+__all__ = ["CacheEngine", "EngineHost", "ScrubPolicy", "StateDirBusy", "Volumes", "default_tiers",
+           "engine_server", "start_private"]
 
 THREADS = 32  # concurrent engine calls from all mount daemons (misses block on the source)
 
@@ -59,13 +60,14 @@ class EngineHost:
     Owns the `CacheEngine` (opened on `state_dir` with the tiers given as NAME:PATH:SIZE flags;
     StateDirBusy if another process holds that directory) and its server. The node plugin's
     `csi.server.Driver` and a standalone mount daemon create one; `serve` starts the socket.
-    `redirects` is the node's --http-redirect-allow, for every http(s) source it opens.
+    `redirects` is the node's --http-redirect-allow, for every http(s) source it opens;
+    `scrub` its --extent-trust and --scrub-rate (scrub.py).
     """
 
     def __init__(self, tiers: list[str], state_dir: str, threads: int = THREADS,
-                 redirects: RedirectPolicy = SAME_ORIGIN):
+                 redirects: RedirectPolicy = SAME_ORIGIN, scrub: ScrubPolicy = ScrubPolicy()):
         self.engine = CacheEngine(parse_tiers(tiers), state_dir, open_ufs=functools.partial(
-            open_ufs, redirects=redirects))
+            open_ufs, redirects=redirects), scrub=scrub)
         self.server = engine_server(threads)
         self.path: str | None = None
 

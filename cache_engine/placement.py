@@ -54,7 +54,8 @@ from .tiers import Tier
 
 # What placement counts (read by the engine's `statistics`).
 COUNTERS = ("uncached_reads", "tier_write_failures", "evictions", "demotions", "promotions",
-            "checksum_failures", "extents_built")
+            "checksum_failures", "extents_built", "extents_checked", "extent_repairs",
+            "extent_failures")
 _log = log.get("cache_engine.placement")
 
 

@@ -63,6 +63,10 @@ class EngineStatistics:
     prefetches_skipped: int  # read-ahead not started: the dataset's source slots were needed
     extents_built: int
     extents_served: int
+    extents_checked: int  # scrubs of disk extents (scrub.py)
+    extent_repairs: int  # bad blocks of disk extents rewritten from the source
+    extent_failures: int  # disk extents given up: truncated, their blocks dropped
+    extents_overdue: int  # disk extents past their trust now: no passthrough until a scrub
     index_write_failures: int  # writes SQLite refused (disk full, locked, I/O error)
     index_in_memory: bool  # the state disk refused the index at start (`index.BlockIndex`)
     # Source reads of whole blocks: (upper bound in seconds, reads <= it), ending with +inf.

@@ -44,6 +44,12 @@ COUNTERS = {
     "extents_built": ("eddy_extents_built", "Files compacted into one tier file (an extent)."),
     "extents_served": ("eddy_extents_served",
                        "Opens handed an extent for the kernel to read (FUSE passthrough)."),
+    "extents_checked": ("eddy_extents_checked", "Disk extents read back and checked by the "
+                        "scrubber."),
+    "extent_repairs": ("eddy_extent_repairs", "Bad blocks of disk extents rewritten with "
+                       "their bytes from the source."),
+    "extent_failures": ("eddy_extent_failures", "Disk extents with a bad block the source "
+                        "could not repair: truncated, their blocks dropped."),
 }
 
 
@@ -80,6 +86,9 @@ class NodeCollector:
         yield GaugeMetricFamily("eddy_index_in_memory", "1 while the block index is kept in "
                                 "memory: the state disk refused it at start.",
                                 value=1 if stats.index_in_memory else 0)
+        yield GaugeMetricFamily("eddy_extents_overdue", "Disk extents whose last check is "
+                                "older than --extent-trust: the kernel gets none of them until "
+                                "the scrubber checks it.", value=stats.extents_overdue)
         cached = GaugeMetricFamily("eddy_dataset_cached_bytes",
                                    "Bytes cached per dataset, all tiers.", labels=["dataset"])
         for ds, d in stats.datasets.items():

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from cache_engine.host import EngineHost, Volumes, default_tiers
+from cache_engine.host import EngineHost, ScrubPolicy, Volumes, default_tiers
 from cache_engine.ufs import RedirectPolicy
 from eddy.base import log
 from eddy.base.errors import InvalidArgument
@@ -87,6 +87,7 @@ class DriverConfig:
     kubelet_dir: str = KUBELET_DIR  # staging and target paths must be beneath it
     local_allow: list[str] = field(default_factory=list)  # local:// roots (empty: anywhere)
     socket_group: str = ""  # the CSI socket is 0660 for this group ("" : 0600, root's alone)
+    scrub: dict = field(default_factory=dict)  # `ScrubPolicy` keywords: --extent-trust ...
 
 
 class Driver:
@@ -114,7 +115,7 @@ class Driver:
             redirects = RedirectPolicy.from_flags(config.http_redirect_allow)
             self.host = EngineHost(config.tiers or default_tiers(config.state_dir),
                                    os.path.join(config.state_dir, "engine"),
-                                   redirects=redirects)
+                                   redirects=redirects, scrub=ScrubPolicy(**config.scrub))
             # Without --mounter, the node runs a mounter in this process.
             mounter = MounterClient(config.mounter) if config.mounter else None
             self.node = NodeService(config.node_id, config.state_dir, config.max_volumes,

@@ -139,6 +139,26 @@ def _tier_argument(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--tier", action="append", default=[], metavar="NAME:PATH:SIZE[:HIGH:LOW]",
                    help="a cache tier, fastest first, e.g. MEM:/dev/shm/eddy:4Gi; repeatable "
                         f"(default: one SSD tier in {default})")
+    p.add_argument("--extent-trust", type=float, default=3600.0, metavar="SECONDS",
+                   help="how long a check of a whole file on a disk tier lets the kernel read it "
+                        "unchecked (FUSE passthrough); the scrubber checks each again at half "
+                        "that age (default: %(default)s)")
+    p.add_argument("--scrub-rate", default="64Mi", metavar="BYTES",
+                   help="bytes a second the scrubber reads at most (default: %(default)s)")
+
+
+def _scrub(args) -> dict:
+    """--extent-trust and --scrub-rate, checked: the keyword arguments of `ScrubPolicy`."""
+    from cache_engine.quantity import parse_quantity
+
+    try:
+        scrub = {"trust": args.extent_trust, "rate": parse_quantity(args.scrub_rate)}
+        if not scrub["trust"] > 0 or scrub["rate"] <= 0:
+            raise ValueError("both must be positive")
+    except ValueError as e:
+        raise EddyError(f"--extent-trust {args.extent_trust} --scrub-rate {args.scrub_rate}: "
+                        f"{e}") from None
+    return scrub
 
 
 def _redirect_argument(p: argparse.ArgumentParser) -> None:
@@ -178,7 +198,7 @@ def _serve(args) -> int:
         ephemeral_private=args.ephemeral_allow_private, ephemeral_write=args.ephemeral_allow_write,
         http_redirect_allow=args.http_redirect_allow, mounter=args.mounter,
         socket_group=args.socket_group, secrets_dir=args.secrets_dir,
-        kubelet_dir=args.kubelet_dir, local_allow=args.local_allow))
+        kubelet_dir=args.kubelet_dir, local_allow=args.local_allow, scrub=_scrub(args)))
     stopping = _stop_signals()
     driver.start()
     stopping.wait()
@@ -248,7 +268,8 @@ def _mount(args) -> int:
     parse_tiers(tiers)  # a bad --tier is reported here, not by the detached daemon
     engine = {"tiers": tiers, "state_dir": state_dir,
               "socket": cache_cli.mount_socket(mountpoint),  # for `eddy status`/`preload`
-              "redirect_allow": RedirectPolicy.from_flags(args.http_redirect_allow).flags()}
+              "redirect_allow": RedirectPolicy.from_flags(args.http_redirect_allow).flags(),
+              "scrub": _scrub(args)}
     if args.foreground:
         from csi.fuse.daemon import run
 

@@ -48,12 +48,13 @@ class Sources:
                 self.client.close()
                 raise
         elif engine.get("state_dir"):
-            from cache_engine.host import EngineHost, StateDirBusy
+            from cache_engine.host import EngineHost, ScrubPolicy, StateDirBusy
             from cache_engine.reader import DatasetReader
 
             try:
                 self.host = EngineHost(engine.get("tiers") or [], engine["state_dir"], threads=4,
-                                       redirects=redirects)
+                                       redirects=redirects,
+                                       scrub=ScrubPolicy(**engine.get("scrub", {})))
             except StateDirBusy as e:
                 raise StateDirBusy(
                     f"{e} (another mount is using it: give this one its own --state-dir)"

@@ -220,8 +220,10 @@ def test_tier_that_refuses_writes_serves_reads_uncached(engines, source):
     ds = engine.open_dataset(make_spec(tiers="MEM"), {}).dataset_id
     mem = engine.tiers[0]
     os.rmdir(mem.tmp_dir)
-    with open(mem.tmp_dir, "w"):
-        pass  # writes into tmp/ now fail with ENOTDIR
+    blocker = os.path.join(mem.blocks_dir, ds)  # where the dataset's extents go
+    for path in (mem.tmp_dir, blocker):
+        with open(path, "w"):
+            pass  # writes into tmp/ (block files) and blocks/DATASET/ (extents): ENOTDIR
     entry = engine.stat(ds, "data/b.bin")
     loc = engine.locate(ds, "data/b.bin", entry.version, 2, entry.size)
     assert loc.data == source.data("data/b.bin")[2 * BS:]
@@ -236,6 +238,7 @@ def test_tier_that_refuses_writes_serves_reads_uncached(engines, source):
     assert stats.tier_write_failures == 1 and stats.uncached_reads == 2
     assert not stats.tiers["MEM"].in_service
     os.unlink(mem.tmp_dir)
+    os.unlink(blocker)
     engine.maintain()  # the probe makes tmp/ again and writes there
     assert engine.statistics().tiers["MEM"].in_service
     assert engine.locate(ds, "data/b.bin", entry.version, 0, entry.size).file is not None

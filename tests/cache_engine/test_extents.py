@@ -15,12 +15,13 @@ import pytest
 from cache_engine.index import BlockIndex
 from eddy.base.mounttable import in_memory
 from tests.support.engine import BS, make_spec, make_tiers, read_all
+from tests.support.tiers import flip_a_byte
 
 
 @pytest.fixture
 def engines(engines):
-    """The tests' tiers (under tmp_path) stand for tiers held in RAM, the only ones that get
-    extents; a test of a disk tier says otherwise."""
+    """The tests' tiers (under tmp_path) stand for tiers held in RAM, whose extents are
+    trusted as built; test_scrub.py has disk tiers."""
     return lambda held_in_ram=lambda path: True, **kw: engines(held_in_ram=held_in_ram, **kw)
 
 
@@ -137,24 +138,6 @@ def test_a_block_stored_again_gets_a_file_of_its_own_an_extent_is_written_once(e
     again = [b for b in engine.blocks(ds) if b.key.index == 1]
     assert [b.offset for b in again] == [0] and again[0].file != path
     assert os.stat(path).st_mtime_ns == before.st_mtime_ns  # not written again
-
-
-def flip_a_byte(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:  # same length, another byte
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
-def test_a_disk_tier_gets_no_extent_and_every_read_stays_checked(engines, source):
-    engine = engines(held_in_ram=lambda path: False)
-    ds, entry = cached_whole(engine, source)
-    assert engine.extent(ds, entry.path, entry.version, entry.size) is None
-    engine.drain()
-    stats = engine.statistics()
-    assert stats.extents_built == stats.extents_served == 0
-    assert len(tier_files(engine.tiers[0])) == 3  # its block files, as they came
 
 
 def test_an_extent_in_ram_is_trusted_after_a_restart_as_when_it_was_built(engines, source):

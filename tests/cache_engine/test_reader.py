@@ -111,6 +111,7 @@ def test_a_corrupt_tier_file_is_never_served(engines, readers, source):
     want = source.data("data/b.bin")[BS:2 * BS]
     loc = engine.locate(reader.info.dataset_id, entry.path, entry.version, 1, entry.size)
     with open(loc.file, "r+b") as f:
+        f.seek(loc.offset)  # the block's bytes in its extent
         f.write(b"\xff" * 16)
     assert reader.read_cached(entry.path, BS, BS, entry.version) is None
     assert bytes(reader.read(entry.path, BS, BS, entry.version)) == want
@@ -119,6 +120,7 @@ def test_a_corrupt_tier_file_is_never_served(engines, readers, source):
     # afterwards; a reader that has not checked the block yet detects the damage itself.
     refetched = engine.locate(reader.info.dataset_id, entry.path, entry.version, 1, entry.size)
     with open(refetched.file, "r+b") as f:
+        f.seek(refetched.offset)
         f.write(b"\x00" * 16)
     assert bytes(reader.read_cached(entry.path, BS, BS, entry.version)) == want
     fresh = readers(engine)
@@ -143,6 +145,7 @@ def test_a_tier_file_damaged_behind_the_engine_is_fetched_again(engines, readers
         os.truncate(loc.file, BS // 2)
     else:
         with open(loc.file, "r+b") as f:
+            f.seek(loc.offset)
             f.write(os.urandom(BS))
     fetches = [r for r in source.reads if r[1] == BS]
     assert bytes(reader.read(entry.path, BS, BS, entry.version)) == want[BS:2 * BS]

@@ -37,7 +37,7 @@ from tests.support.driver import (
     unpublish_and_unstage,
 )
 from tests.support.http_source import HttpSource
-from tests.support.tiers import tier_bytes, tier_files, wait_compacted
+from tests.support.tiers import flip_a_byte, tier_bytes, tier_files, wait_compacted
 from tests.support.wait import wait_for
 
 pytestmark = [
@@ -214,6 +214,68 @@ def test_a_file_cached_whole_is_read_by_the_kernel_from_its_extent(tmp_path, ram
         [stats] = unmounted_statistics(drv.log_path)
         assert stats["passthrough_opens"] == 1  # the model's second open; config.json is small
         assert stats["errors"] == 0
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+# --- 1c. a disk tier's extent: passed through while checked, a flipped byte repaired ----------
+
+
+TRUST = 12.0  # --extent-trust: the scrubber checks an extent again once its check is 6 s old
+
+
+def extent_of(tier_path) -> str:
+    [path] = [p for p in tier_files(tier_path) if is_extent(p)]
+    return path
+
+
+@pytest.mark.skipif(not pyfuse3_has_passthrough(),
+                    reason="stock pyfuse3 cannot ask for passthrough: `make setup` builds one")
+@pytest.mark.parametrize("source_keeps_it", [True, False], ids=["repaired", "given-up"])
+def test_a_byte_flipped_in_a_disk_extent_is_not_served_past_the_trust(tmp_path,
+                                                                       source_keeps_it):
+    """The kernel reads a disk extent unchecked (passthrough), so a flipped byte does reach a
+    file held open, but only until the scrubber's next check, which comes before the
+    extent's check is TRUST old: then the byte is rewritten from the source, or, the source
+    having changed, the extent is cut to nothing (the open file ends early: no wrong byte)."""
+    src, ssd = tmp_path / "dataset", tmp_path / "ssd"
+    assert not in_memory(str(ssd)), "the tier must be on a disk for this test"
+    files = {"model.bin": os.urandom(6 * MiB)}
+    write_tree(src, files)
+    drv = DriverProcess(str(tmp_path / "driver"), extra_args=(
+        *tier_args(f"SSD:{ssd}:64Mi"), "--extent-trust", str(TRUST), "--scrub-rate", "1Gi")
+    ).start()
+    try:
+        volume = create(drv, "pvc-disk-extent", {"source": f"local://{src}", "blockSize": "1Mi",
+                                                 "metadataTTL": "0"})
+        staging, targets = stage_and_publish(drv, tmp_path, volume)
+        written = time.monotonic()  # the extent's check (its first write) comes after this
+        assert_files(targets[0], files)  # cold: grows in one extent on the disk tier
+        extent = extent_of(ssd)
+        want = files["model.bin"]
+        with open(os.path.join(targets[1], "model.bin"), "rb") as held:  # passthrough
+            flip_a_byte(extent, 3 * MiB + 7)
+            if not source_keeps_it:
+                (src / "model.bin").write_bytes(os.urandom(6 * MiB))  # a new version
+            assert os.pread(held.fileno(), len(want), 0) != want  # read unchecked: bad byte
+            while True:  # every read is the bad byte until the scrub; then never again
+                got = os.pread(held.fileno(), len(want), 0)
+                if got in (want, b""):
+                    break
+                assert time.monotonic() - written < TRUST, "served past the bound"
+                time.sleep(0.1)
+            assert got == (want if source_keeps_it else b"")
+            for _ in range(5):
+                assert os.pread(held.fileno(), len(want), 0) == got
+                time.sleep(0.2)
+        again = read_file(os.path.join(targets[0], "model.bin"))  # a fresh open
+        assert again == (want if source_keeps_it else (src / "model.bin").read_bytes())
+        unpublish_and_unstage(drv, volume, staging, targets)
+        assert sum(s["passthrough_opens"] for s in unmounted_statistics(drv.log_path)) >= 1
+        log = pathlib.Path(drv.log_path).read_text(errors="replace")
+        assert ("scrub.repaired" in log, "scrub.extent_dropped" in log) == \
+            (source_keeps_it, not source_keeps_it)
     finally:
         drv.stop()
         cleanup_mounts(str(tmp_path))

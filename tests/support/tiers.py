@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from eddy.base.mounttable import in_memory
-
 from .wait import wait_for
 
 
@@ -36,11 +34,19 @@ def tier_bytes(tier_path) -> int:
 
 
 def wait_compacted(tier_path, files: dict[str, bytes]) -> None:
-    """In a tier held in RAM, wait until it holds every file in one tier file: each file of
-    2+ blocks compacted into its extent (in the background, after its last block came in),
-    the others as they are. A disk tier gets no extents: nothing to wait for."""
-    if not in_memory(str(tier_path)):
-        return
+    """Wait until a tier holds every file in one tier file: each file of 2+ blocks in its
+    extent (grown in place, or compacted in the background after its last block came in),
+    the others as they are."""
     want = sorted(map(len, files.values()))
     wait_for(lambda: sorted(map(os.path.getsize, tier_files(tier_path))) == want,
              what="every file in one tier file")
+
+
+def flip_a_byte(path: str, offset: int) -> bytes:
+    """Change one byte of a file in place, as a rotting medium would; the byte it was."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return byte

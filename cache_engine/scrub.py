@@ -1,0 +1,264 @@
+"""Extents on disk tiers: when the kernel may read one unchecked, and the scrubber that checks.
+
+The kernel reads an extent handed to a mount (FUSE passthrough) without eddy seeing a byte, so
+a disk extent is handed out only while a recent check vouches for it. The rule:
+
+- An extent in a tier held in RAM is trusted as built (extents.py): nothing rots there.
+- An extent on a disk tier is handed to an open only while its last check is at most `trust`
+  seconds old. A check is the write of its bytes (each block's checksum was verified in memory
+  just before: growing.py, `Extents.build`; the first block's write dates the extent) or a
+  scrub: every block read back from the tier and compared with its checksum.
+- The scrubber checks each disk extent again once its last check is `trust / 2` old, the
+  oldest (or never checked, after a restart) first, reading at most `rate` bytes a second.
+- A block a scrub finds bad is rewritten in place with the same bytes read again from the
+  source (their checksum must match the row's), so a file the kernel holds open reads right
+  from then on. If the source cannot give them (gone, changed, unreachable, the dataset
+  closed), the extent is truncated to nothing and its blocks are dropped: a file held open
+  then ends early (read) or faults (mmap) rather than serving the bad byte again, and the next
+  open reads block by block from fresh copies.
+
+So a byte that changes on disk after a check at time c reaches no open made after c + trust,
+and a file already open at most until the next scrub of its extent: before c + trust while
+the scrubber keeps up, that is while the disk extents' bytes take less than trust / 2 to read
+at `rate` (`extents_overdue` in the statistics counts extents past trust).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from eddy.base import log
+
+from .blocks import Block, BlockKey, block_path, checksum, is_extent
+from .dataset import Dataset
+from .placement import Placement
+from .table import BlockTable
+
+_log = log.get("cache_engine.scrub")
+IDLE_SECONDS = 1.0  # how often an idle scrubber looks for a check that came due
+
+
+@dataclass(frozen=True)
+class ScrubPolicy:
+    """How long a check of a disk extent vouches for it, and how fast the scrubber reads."""
+
+    trust: float = 3600.0  # seconds
+    rate: int = 64 << 20  # bytes per second
+
+    def __post_init__(self):
+        if not self.trust > 0 or self.rate <= 0:
+            raise ValueError(f"extent trust ({self.trust} s) and scrub rate ({self.rate} B/s) "
+                             "must be positive")
+
+
+@dataclass(slots=True)
+class _Extent:
+    version: tuple[str, str, str]  # (dataset id, path, version): the file version it holds
+    blocks: int  # how many blocks the file version has
+    checked: float  # engine clock of its last good check; -inf: never
+
+
+class ExtentChecks:
+    """The disk extents and when each was last checked. Every method runs under the engine's
+    lock; `in_ram` names the tiers held in RAM (their extents are trusted as built)."""
+
+    def __init__(self, in_ram: frozenset[str], clock: Callable[[], float], policy: ScrubPolicy):
+        self.in_ram = in_ram
+        self.policy = policy
+        self._clock = clock
+        self._extents: dict[tuple[str, str], _Extent] = {}
+
+    def restore(self, table: BlockTable) -> None:
+        """Register the disk extents rows name after a restart: never checked."""
+        for block in table.blocks.values():
+            if block.tier not in self.in_ram and is_extent(block.file):
+                self.wrote(block.tier, block.file, block.key, block.key.index + 1, float("-inf"))
+
+    def wrote(self, tier: str, file: str, key: BlockKey, blocks: int,
+              at: float | None = None) -> None:
+        """Verified bytes of `key`'s file version (`blocks` blocks) go into the extent `file`:
+        its first write (or `at`) dates its check."""
+        if tier in self.in_ram:
+            return
+        entry = self._extents.get((tier, file))
+        if entry is None:
+            self._extents[(tier, file)] = _Extent(key[:3], blocks, self._now(at))
+        else:
+            entry.blocks = max(entry.blocks, blocks)
+
+    def _now(self, at: float | None) -> float:
+        return self._clock() if at is None else at
+
+    def trusted(self, tier: str, file: str) -> bool:
+        """Whether the kernel may read this extent unchecked now."""
+        if tier in self.in_ram:
+            return True
+        entry = self._extents.get((tier, file))
+        return entry is not None and self._clock() - entry.checked <= self.policy.trust
+
+    def forget(self, tier: str, file: str) -> None:
+        """The tier file was unlinked."""
+        self._extents.pop((tier, file), None)
+
+    def due(self) -> tuple[str, str, _Extent] | None:
+        """The disk extent checked longest ago, if that is at least trust / 2 ago."""
+        if not self._extents:
+            return None
+        (tier, file), entry = min(self._extents.items(), key=lambda item: item[1].checked)
+        if self._clock() - entry.checked < self.policy.trust / 2:
+            return None
+        return tier, file, entry
+
+    def checked(self, tier: str, file: str, at: float) -> None:
+        entry = self._extents.get((tier, file))
+        if entry is not None:
+            entry.checked = max(entry.checked, at)
+
+    def overdue(self) -> int:
+        """How many disk extents are past their trust: no open gets them until a scrub."""
+        cutoff = self._clock() - self.policy.trust
+        return sum(1 for entry in self._extents.values() if entry.checked < cutoff)
+
+
+class Scrubber:
+    """The background thread that checks disk extents (`ExtentChecks.due`), one at a time.
+
+    It shares the engine's lock and `BlockTable`; `datasets` finds an open dataset by id (to
+    repair from its source), `placement` drops the blocks of an extent it gives up on and
+    counts `extents_checked`, `extent_repairs` and `extent_failures`."""
+
+    def __init__(self, checks: ExtentChecks, table: BlockTable, lock: threading.Condition,
+                 placement: Placement, datasets: Callable[[str], Dataset | None],
+                 clock: Callable[[], float]):
+        self._checks = checks
+        self._table = table
+        self._lock = lock
+        self._places = placement
+        self._datasets = datasets
+        self._clock = clock
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if any(t.name not in self._checks.in_ram for t in self._table.tiers.values()):
+            self._thread = threading.Thread(target=self._loop, name="extent-scrubber",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                if self.scrub_one():
+                    continue
+            except Exception:  # a bug must not stop the checks for the rest of the run
+                _log.exception("scrub.failed")
+            self._closing.wait(IDLE_SECONDS)
+
+    def scrub_one(self) -> bool:
+        """Check the extent that is most due; False if none is."""
+        with self._lock:
+            due = self._checks.due()
+        if due is None:
+            return False
+        tier, file, entry = due
+        started = self._clock()
+        good = self._check(tier, file, entry)
+        with self._lock:
+            if good:
+                self._checks.checked(tier, file, started)
+            elif not self._closing.is_set():
+                self._checks.forget(tier, file)  # gone meanwhile, or given up
+        self._places.count("extents_checked")
+        return True
+
+    def _blocks(self, tier: str, file: str, entry: _Extent) -> list[Block]:
+        """Under the lock: the rows that still name this extent."""
+        keys = (BlockKey(*entry.version, i) for i in range(entry.blocks))
+        return [b for b in map(self._table.get, keys)
+                if b is not None and b.tier == tier and b.file == file]
+
+    def _check(self, tier: str, file: str, entry: _Extent) -> bool:
+        """Read every block of the extent back at `rate`; repair or give up on a bad one.
+        False if the extent went meanwhile or was given up."""
+        path = block_path(self._table.tiers[tier], file)
+        with self._lock:
+            blocks = self._blocks(tier, file, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        start, done = time.monotonic(), 0
+        try:
+            for block in blocks:
+                data = os.pread(fd, block.length, block.offset)
+                bad = len(data) != block.length or checksum(data) != block.checksum
+                if bad and not self._repair(block, path):
+                    self._give_up(tier, file, entry, block)
+                    return False
+                done += block.length
+                ahead = done / self._checks.policy.rate - (time.monotonic() - start)
+                if ahead > 0 and self._closing.wait(ahead):
+                    return False
+        finally:
+            os.close(fd)
+        return True
+
+    def _repair(self, block: Block, path: str) -> bool:
+        """Rewrite a bad block of an extent with its bytes read again from the source."""
+        key = block.key
+        ds = self._datasets(key.dataset_id)
+        if ds is None:
+            return False
+        try:
+            data = ds.call_source(
+                lambda ufs: ufs.read(key.path, key.index * ds.block_size, block.length,
+                                     key.version or None),
+                f"read of block {key.index} of {key.path!r} (repair)",
+                time.monotonic() + ds.spec.source_timeout)
+        except Exception as e:  # noqa: BLE001 - any source failure means: cannot repair
+            _log.warning("scrub.repair_failed", dataset=key.dataset_id, path=key.path,
+                         block=key.index, error=str(e))
+            return False
+        if len(data) != block.length or checksum(data) != block.checksum:
+            return False
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # never O_CREAT: it may have gone
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.pwrite(fd, view, block.offset + len(data) - len(view)):]
+                if checksum(os.pread(fd, block.length, block.offset)) != block.checksum:
+                    return False  # the medium does not keep what it is given
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        self._places.count("extent_repairs")
+        _log.warning("scrub.repaired", dataset=key.dataset_id, path=key.path, block=key.index)
+        return True
+
+    def _give_up(self, tier: str, file: str, entry: _Extent, bad: Block) -> None:
+        """Truncate the extent (no open file reads its bytes again) and drop its blocks."""
+        _log.error("scrub.extent_dropped", dataset=bad.key.dataset_id, path=bad.key.path,
+                   block=bad.key.index, tier=tier)
+        try:
+            os.truncate(block_path(self._table.tiers[tier], file), 0)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # a file already open keeps reading it: nothing else stops that
+            _log.error("scrub.truncate_failed", tier=tier, error=e.strerror)
+        self._places.count("extent_failures")
+        with self._lock:
+            blocks = self._blocks(tier, file, entry)
+            self._checks.forget(tier, file)
+        for block in blocks:
+            self._places.drop_corrupt(block.key)
