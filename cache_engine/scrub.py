@@ -46,13 +46,13 @@ IDLE_SECONDS = 1.0  # how often an idle scrubber looks for a check that came due
 class ScrubPolicy:
     """How long a check of a disk extent vouches for it, and how fast the scrubber reads."""
 
-    trust: float = 3600.0  # seconds
+    trust: float = 3600.0  # seconds; 0: no disk extent goes to the kernel, none is scrubbed
     rate: int = 64 << 20  # bytes per second
 
     def __post_init__(self):
-        if not self.trust > 0 or self.rate <= 0:
-            raise ValueError(f"extent trust ({self.trust} s) and scrub rate ({self.rate} B/s) "
-                             "must be positive")
+        if not self.trust >= 0 or self.rate <= 0:
+            raise ValueError(f"extent trust ({self.trust} s) must be 0 or more and scrub rate "
+                             f"({self.rate} B/s) positive")
 
 
 @dataclass(slots=True)
@@ -98,7 +98,8 @@ class ExtentChecks:
         if tier in self.in_ram:
             return True
         entry = self._extents.get((tier, file))
-        return entry is not None and self._clock() - entry.checked <= self.policy.trust
+        return (entry is not None and self.policy.trust > 0
+                and self._clock() - entry.checked <= self.policy.trust)
 
     def forget(self, tier: str, file: str) -> None:
         """The tier file was unlinked."""
@@ -106,7 +107,7 @@ class ExtentChecks:
 
     def due(self) -> tuple[str, str, _Extent] | None:
         """The disk extent checked longest ago, if that is at least trust / 2 ago."""
-        if not self._extents:
+        if not self._extents or not self.policy.trust:
             return None
         (tier, file), entry = min(self._extents.items(), key=lambda item: item[1].checked)
         if self._clock() - entry.checked < self.policy.trust / 2:
@@ -120,6 +121,8 @@ class ExtentChecks:
 
     def overdue(self) -> int:
         """How many disk extents are past their trust: no open gets them until a scrub."""
+        if not self.policy.trust:
+            return 0  # none is ever handed out
         cutoff = self._clock() - self.policy.trust
         return sum(1 for entry in self._extents.values() if entry.checked < cutoff)
 
@@ -144,7 +147,8 @@ class Scrubber:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if any(t.name not in self._checks.in_ram for t in self._table.tiers.values()):
+        if self._checks.policy.trust and any(t.name not in self._checks.in_ram
+                                             for t in self._table.tiers.values()):
             self._thread = threading.Thread(target=self._loop, name="extent-scrubber",
                                             daemon=True)
             self._thread.start()

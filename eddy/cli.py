@@ -142,7 +142,7 @@ def _tier_argument(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--extent-trust", type=float, default=3600.0, metavar="SECONDS",
                    help="how long a check of a whole file on a disk tier lets the kernel read it "
                         "unchecked (FUSE passthrough); the scrubber checks each again at half "
-                        "that age (default: %(default)s)")
+                        "that age; 0: every read of a disk tier checked (default: %(default)s)")
     p.add_argument("--scrub-rate", default="64Mi", metavar="BYTES",
                    help="bytes a second the scrubber reads at most (default: %(default)s)")
 
@@ -153,8 +153,8 @@ def _scrub(args) -> dict:
 
     try:
         scrub = {"trust": args.extent_trust, "rate": parse_quantity(args.scrub_rate)}
-        if not scrub["trust"] > 0 or scrub["rate"] <= 0:
-            raise ValueError("both must be positive")
+        if not scrub["trust"] >= 0 or scrub["rate"] <= 0:
+            raise ValueError("the trust must be 0 (off) or more, the rate positive")
     except ValueError as e:
         raise EddyError(f"--extent-trust {args.extent_trust} --scrub-rate {args.scrub_rate}: "
                         f"{e}") from None

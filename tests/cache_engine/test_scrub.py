@@ -123,3 +123,14 @@ def test_the_scrubber_reads_no_faster_than_its_rate(engines, source, clock):
     engine.maintain()
     assert time.monotonic() - start >= 1.4  # paced after each block: 1.5 s at least
     assert engine.statistics().extents_checked == 1
+
+
+def test_a_trust_of_zero_hands_out_no_disk_extent_and_scrubs_none(engines, source, clock):
+    engine = engines(scrub=ScrubPolicy(0, 1 << 30))  # --extent-trust 0
+    ds, entry, path = cached(engine, source)
+    assert path is None  # every read of the file stays checked, block by block
+    clock.advance(TRUST)
+    engine.maintain()
+    stats = engine.statistics()
+    assert (stats.extents_checked, stats.extents_overdue, stats.extents_served) == (0, 0, 0)
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")

@@ -75,11 +75,11 @@ def node(tmp_path, filesystems, healthy_data):
     the healthy volume on MEM alone; return (node, healthy volume)."""
     made = []
 
-    def start(*tiers: str, state_size: str = ""):
+    def start(*tiers: str, state_size: str = "", args: tuple[str, ...] = ()):
         mem = filesystems.mount(tmp_path / "mem", "64m")
         if state_size:  # the plugin's whole --state-dir on a small filesystem of its own
             filesystems.mount(tmp_path / "driver" / "state", state_size)
-        made.append(Node(tmp_path, [f"MEM:{mem}/tier:48Mi", *tiers]).start())
+        made.append(Node(tmp_path, [f"MEM:{mem}/tier:48Mi", *tiers], args).start())
         root, _ = healthy_data
         return made[-1], made[-1].stage("well", {"source": f"local://{root}", "tiers": "MEM"})
 
@@ -263,17 +263,19 @@ def test_a_tier_that_fails(node, healthy, tmp_path, filesystems, fault):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_cached_block_damaged(node, healthy, tmp_path, filesystems, damage):
-    disk = filesystems.ext4(tmp_path / "disk", "64M")  # a disk tier: every read is checked
+    disk = filesystems.ext4(tmp_path / "disk", "64M")
     tier = os.path.join(disk, "tier")
     files = {f"f{i}.bin": os.urandom(4 * MiB + i * 999) for i in range(3)}
     write_files(tmp_path / "src", files)
-    n, well = node(f"SSD:{tier}:32Mi")
+    # A disk tier whose every read is checked: no extent of it goes to the kernel unchecked
+    # (test_cache_mounts.py shows what a scrubbed one does with a flipped byte).
+    n, well = node(f"SSD:{tier}:32Mi", args=("--extent-trust", "0"))
     params = {"source": f"local://{tmp_path / 'src'}", "tiers": "SSD", **SICK}
     sick = n.stage("sick", params)
     for name, data in files.items():
         right_bytes(os.path.join(sick.mount, name), data)
-    blocks = tier_files(tier)
-    assert len(blocks) == sum(-(-len(data) // (4 * MiB)) for data in files.values())
+    blocks = tier_files(tier)  # a block file (f0) and extents (f1, f2: two blocks each)
+    assert tier_bytes(tier) == sum(map(len, files.values()))
     reader = healthy(well)
     with reader.during(f"cached blocks {damage}"):
         for block in blocks:

@@ -22,7 +22,7 @@ def scrape(engine) -> dict[str, float]:
 
 
 def test_a_tier_out_of_service_shows_until_it_is_back(tmp_path):
-    source = FakeUfs({"f": blob(2 * BS)})
+    source = FakeUfs({"f": blob(BS)})  # one block: a block file, written through tmp/
     tiers = make_tiers(str(tmp_path), 4, 4)
     with CacheEngine(tiers, str(tmp_path / "state"), open_ufs=lambda spec, secrets: source,
                      maintenance=False) as engine:
@@ -32,7 +32,7 @@ def test_a_tier_out_of_service_shows_until_it_is_back(tmp_path):
         os.rmdir(tiers[0].tmp_dir)
         with open(tiers[0].tmp_dir, "w"):
             pass  # writes into MEM's tmp/ now fail with ENOTDIR
-        assert engine.locate(ds, "f", version, 0, 2 * BS).file.startswith(tiers[1].path)
+        assert engine.locate(ds, "f", version, 0, BS).file.startswith(tiers[1].path)
         metrics = scrape(engine)
         assert metrics["eddy_tier_in_service{tier='MEM'}"] == 0
         assert metrics["eddy_tier_faults_total{tier='MEM'}"] == 1

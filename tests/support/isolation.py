@@ -148,14 +148,14 @@ class Node:
     `tmp_path` (by pid), every mount under `tmp_path/kubelet`.
     """
 
-    def __init__(self, tmp_path, tiers: list[str]):
+    def __init__(self, tmp_path, tiers: list[str], extra_args: tuple[str, ...] = ()):
         self.tmp_path = tmp_path
         self.kubelet = str(tmp_path / "kubelet")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.metrics_port = s.getsockname()[1]
         args = (*tier_args(*tiers), "--metrics-port", str(self.metrics_port),
-                "--metrics-address", "127.0.0.1")
+                "--metrics-address", "127.0.0.1", *extra_args)
         self.driver = DriverProcess(str(tmp_path / "driver"), extra_args=args)
         self.volumes: dict[str, Volume] = {}
 
