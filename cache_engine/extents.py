@@ -27,7 +27,7 @@ from .dataset import Dataset
 from .health import TierHealth
 from .placement import Placement
 from .prefetch import Prefetcher
-from .scrub import ExtentChecks, Scrubber
+from .scrub import ExtentChecks, Scrubber, stamp, stamped
 from .table import BlockTable
 
 MAX_DEFER_SECONDS = 30.0  # a compaction waits this long at most for a file's reader to pause
@@ -62,9 +62,15 @@ class Extents:
         self._served = 0
 
     def start(self, background: bool = True) -> None:
-        """Take on the disk extents rows name, and (`background`) start the scrubber."""
+        """Take on the disk extents rows name, checked when their stamps say, and
+        (`background`) start the scrubber."""
         with self._lock:
-            self._checks.restore(self._table)
+            blocks = self._checks.disk_extents(self._table)
+        files = {(b.tier, b.file) for b in blocks}
+        stamps = {(tier, file): stamped(block_path(self._table.tiers[tier], file))
+                  for tier, file in files}
+        with self._lock:
+            self._checks.restore(blocks, stamps)
         if background:
             self._scrubber.start()
 
@@ -110,8 +116,9 @@ class Extents:
         return None if None in blocks else blocks
 
     def compact_when_whole(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
-        """Queue the compaction of a file version of 2+ blocks once all of them are cached
-        (it happens if they all sit in one tier)."""
+        """Once all blocks of a file version of 2+ are cached: if they grew in one extent,
+        stamp its check on it now (a disk tier's); else queue its compaction (it happens if
+        they all sit in one tier)."""
         count = ds.block_count(file_size)
         if count < 2:
             return  # every miss of a small file comes here: no lock for it
@@ -119,7 +126,13 @@ class Extents:
         with self._lock:
             if version in self._compacting or self._table.file_blocks(*version) < count:
                 return
-            self._compacting.add(version)
+            blocks = self._blocks_of(key._replace(index=0), count)
+            grown = blocks is not None and in_one_extent(ds, blocks)
+            if not grown:
+                self._compacting.add(version)
+        if grown:
+            self._stamp(blocks[0])
+            return
         if not self._compactor.submit(self._compact, ds, key._replace(index=0), count):
             with self._lock:
                 self._compacting.discard(version)
@@ -188,7 +201,15 @@ class Extents:
         if done < len(blocks):
             return None
         self._places.count("extents_built")
+        self._stamp(blocks[0])
         return extent
+
+    def _stamp(self, block: Block) -> None:
+        """Record the check of the disk extent `block` sits in on its file (`scrub.stamp`)."""
+        with self._lock:
+            wall = self._checks.wall(block.tier, block.file)
+        if wall is not None:
+            stamp(block_path(self._table.tiers[block.tier], block.file), wall)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no compaction is queued or running; False on timeout."""

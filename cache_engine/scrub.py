@@ -9,7 +9,11 @@ a disk extent is handed out only while a recent check vouches for it. The rule:
   just before: growing.py, `Extents.build`; the first block's write dates the extent) or a
   scrub: every block read back from the tier and compared with its checksum.
 - The scrubber checks each disk extent again once its last check is `trust / 2` old, the
-  oldest (or never checked, after a restart) first, reading at most `rate` bytes a second.
+  oldest first, reading at most `rate` bytes a second.
+- A check outlives a restart as an extended attribute of the extent file (`stamp`): when its
+  last block landed (dated by its first write) and after every good scrub, with the file's
+  mtime then. A restart takes it back unless the file was written since (its mtime moved) or
+  has no stamp (a filesystem without user xattrs): such an extent waits for a scrub.
 - A block a scrub finds bad is rewritten in place with the same bytes read again from the
   source (their checksum must match the row's), so a file the kernel holds open reads right
   from then on. If the source cannot give them (gone, changed, unreachable, the dataset
@@ -40,6 +44,25 @@ from .table import BlockTable
 
 _log = log.get("cache_engine.scrub")
 IDLE_SECONDS = 1.0  # how often an idle scrubber looks for a check that came due
+STAMP = "user.eddy.checked"  # "<unix time of the check> <the file's mtime_ns then>"
+
+
+def stamp(path: str, checked: float) -> None:
+    """Record on an extent file that it was good at `checked` (unix time), as it is now."""
+    try:
+        mtime_ns = os.stat(path).st_mtime_ns
+        os.setxattr(path, STAMP, f"{checked:.3f} {mtime_ns}".encode())
+    except OSError:
+        pass  # gone, or no user xattrs here: after a restart it waits for a scrub
+
+
+def stamped(path: str) -> float | None:
+    """When the extent file was last found good (unix time), unless written since."""
+    try:
+        checked, mtime_ns = os.getxattr(path, STAMP).decode().split()
+        return float(checked) if os.stat(path).st_mtime_ns == int(mtime_ns) else None
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -72,11 +95,26 @@ class ExtentChecks:
         self._clock = clock
         self._extents: dict[tuple[str, str], _Extent] = {}
 
-    def restore(self, table: BlockTable) -> None:
-        """Register the disk extents rows name after a restart: never checked."""
-        for block in table.blocks.values():
-            if block.tier not in self.in_ram and is_extent(block.file):
-                self.wrote(block.tier, block.file, block.key, block.key.index + 1, float("-inf"))
+    def restore(self, blocks: list[Block], stamps: dict[tuple[str, str], float | None]) -> None:
+        """Register the disk extents the rows of `blocks` name after a restart, checked when
+        their `stamps` say (unix time; None: never)."""
+        now, wall = self._clock(), time.time()
+        for block in blocks:
+            checked = stamps.get((block.tier, block.file))
+            at = float("-inf") if checked is None else now - max(wall - checked, 0.0)
+            self.wrote(block.tier, block.file, block.key, block.key.index + 1, at)
+
+    def disk_extents(self, table: BlockTable) -> list[Block]:
+        """The rows that name an extent on a disk tier."""
+        return [b for b in table.blocks.values()
+                if b.tier not in self.in_ram and is_extent(b.file)]
+
+    def wall(self, tier: str, file: str) -> float | None:
+        """The unix time of the extent's last check; None if it is not a known disk extent."""
+        entry = self._extents.get((tier, file))
+        if entry is None or entry.checked == float("-inf"):
+            return None
+        return time.time() - (self._clock() - entry.checked)
 
     def wrote(self, tier: str, file: str, key: BlockKey, blocks: int,
               at: float | None = None) -> None:
@@ -179,8 +217,11 @@ class Scrubber:
         with self._lock:
             if good:
                 self._checks.checked(tier, file, started)
+                wall = self._checks.wall(tier, file)
             elif not self._closing.is_set():
                 self._checks.forget(tier, file)  # gone meanwhile, or given up
+        if good and wall is not None:
+            stamp(block_path(self._table.tiers[tier], file), wall)
         self._places.count("extents_checked")
         return True
 

@@ -21,6 +21,7 @@ from cache_engine.blocks import is_extent
 from cache_engine.engine import CacheEngine
 from tests.support.engine import BS, make_spec, make_tiers, read_location
 from tests.support.fake_source import FakeUfs
+from tests.support.tiers import held_bytes
 
 SOURCES = {
     "local:///a": {"x": 3 * BS + 100, "y": 2 * BS, "z": 700},
@@ -169,14 +170,9 @@ class EngineMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _stored(tier) -> int:
-        """Bytes the tier's files take: an extent filled in place is sparse until whole, so
-        its apparent size may run ahead of what it holds."""
-        total = 0
-        for dirpath, _dirs, names in os.walk(tier.blocks_dir):
-            for name in names:
-                st = os.stat(os.path.join(dirpath, name))
-                total += min(st.st_size, st.st_blocks * 512)
-        return total
+        """Bytes the tier's files hold (an extent filled in place is sparse until whole)."""
+        return sum(held_bytes(os.path.join(dirpath, name))
+                   for dirpath, _dirs, names in os.walk(tier.blocks_dir) for name in names)
 
     @staticmethod
     def _files(tier) -> dict[str, int]:

@@ -99,11 +99,31 @@ def test_an_extent_the_source_cannot_repair_is_truncated_and_its_blocks_dropped(
     assert engine.statistics().extents_checked == 1
 
 
-def test_after_a_restart_a_disk_extent_waits_for_its_scrub(engines, source, clock):
+def test_a_check_outlives_a_restart_on_the_extent_file(engines, source, clock):
     engine = engines()
     ds, entry, path = cached(engine, source)
     engine.close()
-    flip_a_byte(path, 10)  # while no engine ran
+    engine = engines()  # a fresh mount of `eddy mount` restarts its engine like this
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    assert engine.extent(ds, entry.path, entry.version, entry.size) == path  # at once
+    clock.advance(TRUST / 2)
+    engine.maintain()  # due as it would have been without the restart
+    assert engine.statistics().extents_checked == 1
+    engine.close()
+    engine = engines()
+    ds = engine.open_dataset(make_spec(), {}).dataset_id
+    clock.advance(TRUST / 2 + 1)  # the scrub's check, not the first write, dates it now
+    assert engine.extent(ds, entry.path, entry.version, entry.size) == path
+    clock.advance(TRUST / 2)
+    assert engine.extent(ds, entry.path, entry.version, entry.size) is None
+
+
+def test_after_a_restart_an_extent_written_since_its_check_waits_for_a_scrub(engines, source,
+                                                                            clock):
+    engine = engines()
+    ds, entry, path = cached(engine, source)
+    engine.close()
+    flip_a_byte(path, 10)  # while no engine ran: its mtime moves, its stamp no longer holds
     engine = engines()
     ds = engine.open_dataset(make_spec(), {}).dataset_id
     assert engine.extent(ds, entry.path, entry.version, entry.size) is None  # never checked

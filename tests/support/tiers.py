@@ -26,11 +26,29 @@ def tier_bytes(tier_path) -> int:
     total = 0
     for path in tier_files(tier_path):
         try:
-            st = os.stat(path)
+            total += held_bytes(path)
         except FileNotFoundError:
             continue  # removed since the walk saw it
-        total += min(st.st_size, st.st_blocks * 512)
     return total
+
+
+def held_bytes(path: str) -> int:
+    """The bytes a tier file holds: its data ranges (SEEK_DATA/SEEK_HOLE), up to its size. An
+    extent filled in place is sparse until whole; a block at its end may hold a single byte
+    in a page of its own."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, held, at = os.fstat(fd).st_size, 0, 0
+        while at < size:
+            try:
+                start = os.lseek(fd, at, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after `at`
+                break
+            at = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            held += at - start
+        return held
+    finally:
+        os.close(fd)
 
 
 def wait_compacted(tier_path, files: dict[str, bytes]) -> None:
