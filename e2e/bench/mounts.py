@@ -6,8 +6,9 @@ same dir on a fresh mount is a warm one. Every mount is a context manager that u
 ends its process on any exit, Ctrl-C included; `sweep` removes whatever an interrupted run
 could still have left under the work dir.
 
-    eddy    `eddy mount s3://bench/PREFIX` with one MEM tier in the cache dir (the daemon is
-            detached; `eddy umount` stops it), and the volume parameters it was given
+    eddy    `eddy mount s3://bench/PREFIX` with one tier in the cache dir, MEM unless told
+            otherwise (SSD for the disk rows), and the volume parameters it was given (the
+            daemon is detached; `eddy umount` stops it)
     rclone  `rclone mount --vfs-cache-mode full --cache-dir DIR`, S3 provider Other
     s3fs    `s3fs -o use_cache=DIR,use_path_request_style`
 """
@@ -32,15 +33,17 @@ from .source import BUCKET, Source
 
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 30.0
-TIER_HEADROOM = 1.25  # a MEM tier this much larger than the dataset keeps every block
+TIER_HEADROOM = 1.25  # a tier this much larger than the dataset keeps every block
 
 
 class Mounted:
-    """A live mount: its path and the pid of the process serving it."""
+    """A live mount: its path, the pid of the process serving it and that process's log file
+    (if it has one of its own)."""
 
-    def __init__(self, path: str, pid: int):
+    def __init__(self, path: str, pid: int, log: str | None = None):
         self.path = path
         self.pid = pid
+        self.log = log
 
     def peak_rss_mib(self) -> float | None:
         return peak_rss_mib(self.pid)
@@ -88,9 +91,11 @@ class System:
 class Eddy(System):
     name = "eddy"
 
-    def __init__(self, source: Source, workdir: str, params: dict[str, str] | None = None):
+    def __init__(self, source: Source, workdir: str, params: dict[str, str] | None = None,
+                 tier: str = "MEM"):
         super().__init__(source, workdir)
         self.params = params or {}
+        self.tier = tier  # its one tier's kind (MEM, SSD): a directory of that name, lowercase
         self.secrets_file = os.path.join(workdir, "eddy-secrets.json")
         fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -102,10 +107,12 @@ class Eddy(System):
                     "--param", f"endpoint={self.source.endpoint}", "--param", "region=us-east-1",
                     "--secrets-file", self.secrets_file,
                     "--state-dir", os.path.join(cache_dir, "state"),
-                    "--tier", f"MEM:{os.path.join(cache_dir, 'mem')}:{tier_bytes}",
+                    "--tier", f"{self.tier}:{os.path.join(cache_dir, self.tier.lower())}:"
+                              f"{tier_bytes}",
                     "--log-dir", self.log_dir,
                     *(arg for k, v in self.params.items() for arg in ("--param", f"{k}={v}")))
-        return Mounted(path, json.loads(out)["pid"])
+        started = json.loads(out)
+        return Mounted(path, started["pid"], started["log"])
 
     def _stop(self, mounted: Mounted) -> None:
         if hostmounts.is_mount_point(mounted.path):
@@ -122,6 +129,19 @@ class Eddy(System):
     def status(self, mounted: Mounted) -> dict:
         rows = json.loads(_eddy("status", "--mountpoint", mounted.path, "--json"))
         return rows[0] if rows else {}
+
+    def session(self, mounted: Mounted) -> dict:
+        """What the daemon of an ended mount did (FUSE reads, passthrough opens, ...), from the
+        `unmounted` event it logged last; {} if there is none. Every mount of one mountpoint
+        logs to the same file, so this is the newest one's."""
+        last = {}
+        with contextlib.suppress(OSError), open(mounted.log or "", errors="replace") as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict) and event.get("event") == "unmounted":
+                        last = event
+        return {k: v for k, v in last.items() if k not in ("event", "level", "timestamp")}
 
 
 class Rclone(System):

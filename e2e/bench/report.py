@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
-from .results import DATASETS, MODEL, PEER_PHASES, PEERS, PHASES, REFERENCES, Results
+from .results import DATASETS, DISK, MODEL, PEER_PHASES, PEERS, PHASES, REFERENCES, Results, Row
 
 LABELS = {"tmpfs/direct": "tmpfs direct read", "s3/raw": "S3 raw parallel GETs",
           "eddy/sequential": "eddy sequential read", "eddy/loader": "eddy loader, no prefetch",
-          "eddy/loader-prefetch": "eddy loader, prefetch", "s3fs/loader": "s3fs loader"}
+          "eddy/loader-prefetch": "eddy loader, prefetch", "s3fs/loader": "s3fs loader",
+          "direct/read": "disk direct read"}
 COLORS = {"tmpfs": "#9e9e9e", "s3": "#616161", "eddy": "#1f77b4", "rclone": "#ff7f0e",
-          "s3fs": "#2ca02c"}
+          "s3fs": "#2ca02c", "direct": "#9e9e9e"}
+CHARTED = (*DATASETS, DISK)  # one chart panel each, in MB/s or files/s
 
 
 def _label(system: str, phase: str) -> str:
@@ -50,6 +53,7 @@ def table(results: Results, meta: dict) -> str:
                 f"{_num(c, '.2f') + ('x' if c is not None else ''):>14}" for c in cells))
         lines.append("")
     lines += _model_table(results, meta)
+    lines += _disk_table(results, meta)
     lines.append("targets")
     for t in results.targets():
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
@@ -60,16 +64,31 @@ def table(results: Results, meta: dict) -> str:
 
 def _model_table(results: Results, meta: dict) -> list[str]:
     """The model rows: each one's time over eddy's sequential cold read of the file."""
-    lines = [meta["datasets"][MODEL]["title"],
-             f"  {'what':<26} {'seconds':>8} {'MB/s':>9} {'peak RSS':>9} {'time / seq':>11}  note"]
     ratios = {r["row"]: r["time_ratio"] for r in results.model_ratios()}
+    return _rows_table(results, meta, MODEL, "time / seq",
+                       lambda row: ratios.get(row.id, 1.0 if row.measured else None))
+
+
+def _disk_table(results: Results, meta: dict) -> list[str]:
+    """The disk rows: each one's throughput over the direct read of the same disk."""
+    ratios = {r["eddy"]: r["ratio"] for r in results.ratios() if r["dataset"] == DISK}
+    return _rows_table(results, meta, DISK, "/ direct",
+                       lambda row: ratios.get(row.phase) if row.system == "eddy"
+                       else 1.0 if row.measured else None)
+
+
+def _rows_table(results: Results, meta: dict, dataset: str, ratio_name: str,
+                ratio_of: Callable[[Row], float | None]) -> list[str]:
+    """A dataset's rows with one ratio column, under the dataset's title."""
+    lines = [meta["datasets"][dataset]["title"],
+             f"  {'what':<26} {'seconds':>8} {'MB/s':>9} {'peak RSS':>9} {ratio_name:>11}  note"]
     for row in results.rows.values():
-        if row.dataset != MODEL:
+        if row.dataset != dataset:
             continue
         note = row.skipped and f"skipped: {row.skipped}" or row.error and \
             f"FAILED: {row.error}" or ""
         rss = "-" if row.peak_rss_mib is None else f"{row.peak_rss_mib:.0f} MiB"
-        ratio = ratios.get(row.id, 1.0 if row.measured else None)
+        ratio = ratio_of(row)
         ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
         lines.append(f"  {_label(row.system, row.phase):<26} {_num(row.seconds, '8.2f'):>8} "
                      f"{_num(row.mb_s, '9.1f'):>9} {rss:>9} {ratio_text:>11}  {note}".rstrip())
@@ -85,16 +104,17 @@ def write_json(results: Results, meta: dict, path: str) -> None:
 
 
 def write_chart(results: Results, meta: dict, path: str) -> None:
-    """One panel per dataset: horizontal bars on a log axis (MB/s for the big file, files/s
-    for the small ones), eddy against the references and the peers."""
+    """One panel per dataset (the big file, the small ones, the big file on a disk):
+    horizontal bars on a log axis (MB/s, or files/s for the small files), eddy against the
+    references and the peers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, axes = plt.subplots(1, len(DATASETS), figsize=(13, 5.5))
-    for ax, dataset in zip(axes, DATASETS, strict=True):
+    fig, axes = plt.subplots(1, len(CHARTED), figsize=(6.5 * len(CHARTED), 5.5))
+    for ax, dataset in zip(axes, CHARTED, strict=True):
         rows = [r for r in results.rows.values() if r.dataset == dataset]
         per_file = meta["datasets"][dataset]["files"] > 1
         unit = "files/s" if per_file else "MB/s"
@@ -108,7 +128,7 @@ def write_chart(results: Results, meta: dict, path: str) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"{unit} (log scale; higher is better)")
-        ax.set_title(meta["datasets"][dataset]["title"])
+        ax.set_title(meta["datasets"][dataset]["title"], fontsize=9, wrap=True)
         for y, row in enumerate(rows):
             text = (f"{values[y]:,.0f}" if row.measured
                     else "skipped" if row.skipped else "failed")

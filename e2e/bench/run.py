@@ -1,14 +1,18 @@
 """`make bench`: eddy beside the physical references and its peers, one run, one machine.
 
     python -m e2e.bench [--size 2Gi] [--small-files 10000] [--quick] [--no-peers]
+                        [--disk-dir /var/tmp]
 
 Makes the data on tmpfs, starts one SeaweedFS S3 server (loopback, free ports, its volumes on
 the same tmpfs), uploads, then runs the scenarios of `scenarios` for the big file and the small
-files, and `model`'s (a loader mapping the big file, which is a safetensors file); prints a
-table and writes --out-dir/bench-results.json and bench-results.png. Every mount, process and
-temp dir is removed at the end, on failure and on Ctrl-C or SIGTERM too.
-Needs root (FUSE, drop_caches). Exit status: 0 when every eddy row was measured and read the
-source's bytes, 1 otherwise; a missed target is reported, not an error.
+files, `model`'s (a loader mapping the big file, which is a safetensors file) and `disk`'s (the
+big file on an SSD tier in --disk-dir, beside a direct read of a copy there; skipped with the
+reason when that is no disk or has no room); prints a table and writes
+--out-dir/bench-results.json and bench-results.png. Every mount, process and temp dir is
+removed at the end, on failure and on Ctrl-C or SIGTERM too.
+Needs root (FUSE, drop_caches). Exit status: 0 when every eddy row not skipped (the disk rows
+can be) was measured and read the source's bytes, 1 otherwise; a missed target is reported,
+not an error.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from cache_engine.quantity import parse_quantity
 from eddy import __version__
 
-from . import model, report, scenarios
+from . import disk, model, report, scenarios
 from .mounts import Eddy, Rclone, S3fs, System, installed, sweep
 from .results import Results
 from .source import Source
@@ -53,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="/dev/shm",
                    help="a tmpfs for the data, the S3 server and the caches "
                         "(default: %(default)s)")
+    p.add_argument("--disk-dir", default="/var/tmp",
+                   help="a directory on a real disk for the disk rows: a copy of the big file "
+                        "and eddy's SSD tier (default: %(default)s)")
     return p
 
 
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         source = Source(workdir, size, small_files)
         meta = _meta(args, argv, source, peers)
         print(f"ready after {time.monotonic() - started:.0f} s", flush=True)
-        _run_scenarios(source, peers, results, workdir, meta)
+        _run_scenarios(source, peers, results, workdir, args.disk_dir, meta)
         meta["elapsed_seconds"] = round(time.monotonic() - started, 1)
         meta["within_budget"] = meta["elapsed_seconds"] <= BUDGET_SECONDS
     finally:
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_scenarios(source: Source, peers: list[type[System]], results: Results, workdir: str,
-                   meta: dict) -> None:
+                   disk_dir: str, meta: dict) -> None:
     cache_root = os.path.join(workdir, "cache")
     for ds in scenarios.datasets(source):
         print(meta["datasets"][ds.key]["title"], flush=True)
@@ -115,6 +122,8 @@ def _run_scenarios(source: Source, peers: list[type[System]], results: Results, 
             scenarios.run_system(peer(source, workdir), ds, results, cache_root)
     print(meta["datasets"]["model"]["title"], flush=True)
     model.run(source, peers, results, workdir, cache_root)
+    print(meta["datasets"]["disk"]["title"], flush=True)
+    disk.run(source, results, workdir, disk_dir)
 
 
 def _report(results: Results, meta: dict, out_dir: str) -> None:
@@ -195,9 +204,16 @@ def _meta(args, argv: list[str], source: Source, peers: list[type[System]]) -> d
                                f"({source.tensors} tensors), cold: mmap loader copying its "
                                "tensors in shuffled order, and a sequential read",
                       "bytes": source.big_bytes, "files": 1, "tensors": source.tensors},
+            "disk": {"title": f"{source.big_bytes / 2**30:.2f} GiB file on a disk "
+                              f"({disk.filesystem(args.disk_dir)} at {args.disk_dir}), page "
+                              "cache dropped: read directly, and through eddy with one SSD "
+                              "tier there",
+                     "bytes": source.big_bytes, "files": 1},
         },
         "setup": {"workdir_fs": "tmpfs" if args.workdir.startswith("/dev/shm") else args.workdir,
-                  "caches": "every system's cache dir on the same tmpfs (eddy: one MEM tier)",
+                  "caches": "every system's cache dir on the same tmpfs (eddy: one MEM tier); "
+                            "the disk rows: eddy's one SSD tier in --disk-dir",
+                  "disk_dir": args.disk_dir,
                   "s3": "SeaweedFS on 127.0.0.1, volumes on the same tmpfs",
                   "reader": "1 MiB read() calls; small files: find | xargs cat"},
     }

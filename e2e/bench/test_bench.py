@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _leftovers() -> set[str]:
     dirs = {p for p in os.listdir("/dev/shm") if p.startswith("eddy-bench-")}
+    dirs |= {p for p in os.listdir("/var/tmp") if p.startswith("eddy-bench-disk-")}
     with open("/proc/self/mountinfo") as f:
         mounts = {line.split()[4] for line in f if "/eddy-bench-" in line.split()[4]}
     return dirs | mounts
@@ -64,7 +65,13 @@ def test_quick_bench_writes_every_row(tmp_path):
                            "model/s3fs/loader"}
     assert ratios["model/eddy/loader-prefetch"] > 0 and ratios["model/s3fs/loader"] is None
     assert "eddy loader, prefetch" in proc.stdout
-    assert len(results["ratios"]) == 2 * (4 * 2 + 2 * 2)  # eddy phases x refs, x peers
+    assert len(results["ratios"]) == 2 * (4 * 2 + 2 * 2) + 3  # eddy x refs, x peers; disk
+    disk = {r["eddy"]: r["ratio"] for r in results["ratios"] if r["dataset"] == "disk"}
+    assert set(disk) == {"cold", "oneshot", "hot"} and all(disk.values())
+    assert len(rows["disk/direct/read"]["details"]["runs_mb_s"]) == 2  # before eddy, after
+    for phase in ("cold", "oneshot"):  # what each mount's daemon did: FUSE reads, passthrough
+        assert {"reads", "passthrough_opens"} <= set(rows[f"disk/eddy/{phase}"]["details"]["mount"])
+    assert "disk direct read" in proc.stdout
     assert [t["target"] for t in results["targets"]] == [t.text for t in TARGETS]
     assert (tmp_path / "bench-results.png").stat().st_size > 10_000
     assert _leftovers() <= before  # no temp dir or mount of this run is left
