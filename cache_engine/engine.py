@@ -296,7 +296,7 @@ class CacheEngine:
     def report_corrupt(self, dataset_id: str, path: str, version: str, index: int) -> None:
         """A reader found a block whose length or checksum is wrong: drop it, count it."""
         self._dataset(dataset_id)
-        self._places.drop_corrupt(BlockKey(dataset_id, clean_path(path), version, index))
+        self._extents.report_corrupt(BlockKey(dataset_id, clean_path(path), version, index))
 
     def blocks(self, dataset_id: str | None = None) -> list[CachedBlock]:
         with self._lock:

@@ -74,6 +74,15 @@ class Extents:
         if background:
             self._scrubber.start()
 
+    def report_corrupt(self, key: BlockKey) -> None:
+        """A reader found `key`'s bytes bad: drop the block; if it sat in a disk extent, that
+        extent is scrubbed at once (`ExtentChecks.suspect`)."""
+        with self._lock:
+            block = self._table.get(key)
+            if block is not None:
+                self._checks.suspect(block)
+        self._places.drop_corrupt(key)
+
     def scrub_one(self) -> bool:
         """Check the disk extent most due now, if one is (tests; the scrubber does it)."""
         return self._scrubber.scrub_one()

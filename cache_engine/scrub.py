@@ -14,6 +14,9 @@ a disk extent is handed out only while a recent check vouches for it. The rule:
   last block landed (dated by its first write) and after every good scrub, with the file's
   mtime then. A restart takes it back unless the file was written since (its mtime moved) or
   has no stamp (a filesystem without user xattrs): such an extent waits for a scrub.
+- A block a reader finds bad (its own checksum) is dropped and fetched anew elsewhere, but
+  its bytes stay in the extent, where a file the kernel holds open still reads them: the
+  extent is trusted no more and scrubbed at once, that block included (`suspect`).
 - A block a scrub finds bad is rewritten in place with the same bytes read again from the
   source (their checksum must match the row's), so a file the kernel holds open reads right
   from then on. If the source cannot give them (gone, changed, unreachable, the dataset
@@ -33,7 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from eddy.base import log
 
@@ -83,6 +86,9 @@ class _Extent:
     version: tuple[str, str, str]  # (dataset id, path, version): the file version it holds
     blocks: int  # how many blocks the file version has
     checked: float  # engine clock of its last good check; -inf: never
+    # Blocks a reader found bad and dropped: their bytes stay in the extent, where a file the
+    # kernel holds open still reads them, until a scrub mends them or gives the extent up.
+    suspects: list[Block] = field(default_factory=list)
 
 
 class ExtentChecks:
@@ -152,10 +158,20 @@ class ExtentChecks:
             return None
         return tier, file, entry
 
-    def checked(self, tier: str, file: str, at: float) -> None:
+    def checked(self, tier: str, file: str, at: float, blocks: list[Block]) -> None:
+        """A scrub that started `at` found `blocks` of the extent good (or mended them)."""
         entry = self._extents.get((tier, file))
         if entry is not None:
             entry.checked = max(entry.checked, at)
+            entry.suspects = [b for b in entry.suspects if b not in blocks]
+
+    def suspect(self, block: Block) -> None:
+        """A reader found `block` bad: if it sits in a disk extent, the extent is trusted no
+        more and scrubbed first, this block's bytes included (its row is about to go)."""
+        entry = self._extents.get((block.tier, block.file))
+        if entry is not None:
+            entry.suspects.append(replace(block))
+            entry.checked = float("-inf")
 
     def overdue(self) -> int:
         """How many disk extents are past their trust: no open gets them until a scrub."""
@@ -213,10 +229,12 @@ class Scrubber:
             return False
         tier, file, entry = due
         started = self._clock()
-        good = self._check(tier, file, entry)
+        with self._lock:
+            blocks = self._blocks(tier, file, entry)
+        good = self._check(tier, file, entry, blocks)
         with self._lock:
             if good:
-                self._checks.checked(tier, file, started)
+                self._checks.checked(tier, file, started, blocks)
                 wall = self._checks.wall(tier, file)
             elif not self._closing.is_set():
                 self._checks.forget(tier, file)  # gone meanwhile, or given up
@@ -226,17 +244,19 @@ class Scrubber:
         return True
 
     def _blocks(self, tier: str, file: str, entry: _Extent) -> list[Block]:
+        """Under the lock: the rows that still name this extent, and its suspects."""
+        return self._rows(tier, file, entry) + entry.suspects
+
+    def _rows(self, tier: str, file: str, entry: _Extent) -> list[Block]:
         """Under the lock: the rows that still name this extent."""
         keys = (BlockKey(*entry.version, i) for i in range(entry.blocks))
         return [b for b in map(self._table.get, keys)
                 if b is not None and b.tier == tier and b.file == file]
 
-    def _check(self, tier: str, file: str, entry: _Extent) -> bool:
-        """Read every block of the extent back at `rate`; repair or give up on a bad one.
+    def _check(self, tier: str, file: str, entry: _Extent, blocks: list[Block]) -> bool:
+        """Read `blocks` of the extent back at `rate`; repair or give up on a bad one.
         False if the extent went meanwhile or was given up."""
         path = block_path(self._table.tiers[tier], file)
-        with self._lock:
-            blocks = self._blocks(tier, file, entry)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -303,7 +323,7 @@ class Scrubber:
             _log.error("scrub.truncate_failed", tier=tier, error=e.strerror)
         self._places.count("extent_failures")
         with self._lock:
-            blocks = self._blocks(tier, file, entry)
+            blocks = self._rows(tier, file, entry)
             self._checks.forget(tier, file)
         for block in blocks:
             self._places.drop_corrupt(block.key)

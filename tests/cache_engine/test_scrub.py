@@ -154,3 +154,21 @@ def test_a_trust_of_zero_hands_out_no_disk_extent_and_scrubs_none(engines, sourc
     stats = engine.statistics()
     assert (stats.extents_checked, stats.extents_overdue, stats.extents_served) == (0, 0, 0)
     assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
+
+
+def test_a_bad_block_a_reader_drops_is_still_mended_for_a_file_held_open(engines, source,
+                                                                        clock):
+    """The reader's path drops the bad block and fetches it anew elsewhere; the kernel still
+    reads the old bytes through an open passthrough file, so the scrub mends them at once."""
+    engine = engines()
+    ds, entry, path = cached(engine, source)
+    want = source.data("data/b.bin")
+    with open(path, "rb") as held:
+        flip_a_byte(path, BS + 10)
+        assert read_all(engine, ds, source, "data/b.bin") == want  # found, dropped, refetched
+        assert engine.statistics().checksum_failures == 1
+        assert engine.extent(ds, entry.path, entry.version, entry.size) is None
+        assert os.pread(held.fileno(), entry.size, 0) != want
+        engine.maintain()  # due at once, though its check is recent
+        assert os.pread(held.fileno(), entry.size, 0) == want
+    assert engine.statistics().extent_repairs == 1
