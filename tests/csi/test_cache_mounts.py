@@ -79,17 +79,36 @@ def block_hashes(files: dict[str, bytes], block_size: int) -> set[str]:
 
 def cached_hashes(*tier_paths, block_size: int) -> set[str]:
     """The hash of every block in these tiers: a block file, or each block of an extent (a
-    whole file, its blocks one after the other)."""
+    file's blocks at their own offsets; a block that went to another tier is a hole here)."""
     out = set()
     for tier in tier_paths:
         for path in tier_files(tier):
             try:
                 data = read_file(path)
+                written = written_at(path, range(0, len(data), block_size))
             except FileNotFoundError:
                 continue  # moved to another tier or evicted meanwhile
-            step = block_size if is_extent(path) else len(data)
-            out.update(sha(data[i:i + step]) for i in range(0, len(data), step or 1))
+            if not is_extent(path):
+                out.add(sha(data))
+                continue
+            out.update(sha(data[i:i + block_size]) for i in written)
     return out
+
+
+def written_at(path: str, offsets: range) -> list[int]:
+    """Which of `offsets` start data in the file, not a hole (blocks are written whole)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = []
+        for offset in offsets:
+            try:
+                if os.lseek(fd, offset, os.SEEK_DATA) == offset:
+                    out.append(offset)
+            except OSError:  # ENXIO: only a hole after it
+                break
+        return out
+    finally:
+        os.close(fd)
 
 
 def block_ids(tier_path) -> set[str]:
