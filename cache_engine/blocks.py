@@ -139,6 +139,12 @@ def write_into_extent(tier: Tier, file: str, offset: int, data: bytes) -> None:
     _write_at(fd, offset, data)
 
 
+def rewrite_in_extent(tier: Tier, file: str, offset: int, data: bytes) -> None:
+    """Write `data` over the bytes at `offset` of the extent `file` (the same bytes, its bad
+    copy mended: scrub.py); FileNotFoundError if the extent is gone, which is not made again."""
+    _write_at(os.open(block_path(tier, file), os.O_WRONLY | os.O_CLOEXEC), offset, data)
+
+
 def _write_at(fd: int, offset: int, data: bytes) -> None:
     """Write all of `data` at `offset`, then close `fd`."""
     try:

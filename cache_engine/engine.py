@@ -106,7 +106,7 @@ class CacheEngine:
                                         self._health)
         checks = ExtentChecks(frozenset(t.name for t in self.tiers if held_in_ram(t.path)),
                               clock, scrub)
-        growing = GrowingExtents(set(self._tier), self._table, self._lock, checks)
+        growing = GrowingExtents(self._table, self._lock, checks)
         self._places = Placement(self.tiers, self._table, self._index, self._lock, self._tiers_of,
                                  self._maintenance.wake, clock, pin_seconds, self._health, growing)
         self._prefetcher = Prefetcher(prefetch_workers)

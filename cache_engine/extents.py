@@ -27,7 +27,7 @@ from .dataset import Dataset
 from .health import TierHealth
 from .placement import Placement
 from .prefetch import Prefetcher
-from .scrub import ExtentChecks, Scrubber, stamp, stamped
+from .scrub import ExtentChecks, Scrubber, stamped
 from .table import BlockTable
 
 MAX_DEFER_SECONDS = 30.0  # a compaction waits this long at most for a file's reader to pause
@@ -140,7 +140,7 @@ class Extents:
             if not grown:
                 self._compacting.add(version)
         if grown:
-            self._stamp(blocks[0])
+            self._scrubber.stamp(blocks[0].tier, blocks[0].file)
             return
         if not self._compactor.submit(self._compact, ds, key._replace(index=0), count):
             with self._lock:
@@ -210,15 +210,8 @@ class Extents:
         if done < len(blocks):
             return None
         self._places.count("extents_built")
-        self._stamp(blocks[0])
+        self._scrubber.stamp(tier.name, extent)
         return extent
-
-    def _stamp(self, block: Block) -> None:
-        """Record the check of the disk extent `block` sits in on its file (`scrub.stamp`)."""
-        with self._lock:
-            wall = self._checks.wall(block.tier, block.file)
-        if wall is not None:
-            stamp(block_path(self._table.tiers[block.tier], block.file), wall)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no compaction is queued or running; False on timeout."""

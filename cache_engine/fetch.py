@@ -154,9 +154,7 @@ class BlockFetcher:
               taken: bool) -> Location:
         length = block_length(ds, key, file_size)
         start = time.monotonic()
-        offset, version = key.index * ds.block_size, key.version or None
-        data = ds.call_source(lambda ufs: ufs.read(key.path, offset, length, version),
-                              f"read of block {key.index} of {key.path!r}", deadline, taken)
+        data = read_source_block(ds, key, length, deadline, taken)
         with self._lock:
             self.fetch_seconds.observe(time.monotonic() - start)
             self._counters["source_reads"] += 1
@@ -170,6 +168,15 @@ class BlockFetcher:
             return Location(data=data)
         self._compact_when_whole(ds, key, file_size)
         return replace(self.location(block), data=data)
+
+
+def read_source_block(ds: Dataset, key: BlockKey, length: int, deadline: float,
+                      taken: bool = False) -> bytes:
+    """Block `key` of its file version, `length` bytes, from the dataset's source (within its
+    budget, by `deadline`: `Dataset.call_source`)."""
+    offset, version = key.index * ds.block_size, key.version or None
+    return ds.call_source(lambda ufs: ufs.read(key.path, offset, length, version),
+                          f"read of block {key.index} of {key.path!r}", deadline, taken)
 
 
 def block_length(ds: Dataset, key: BlockKey, file_size: int) -> int:

@@ -30,9 +30,7 @@ class GrowingExtents:
     `Placement.store` asks it where a new block goes (`claim`), and tells it when a writer is
     done (`let_go`) and when an extent file was unlinked (`freed`)."""
 
-    def __init__(self, tiers: set[str], table: BlockTable, lock: threading.Condition,
-                 checks: ExtentChecks):
-        self.tiers = frozenset(tiers)
+    def __init__(self, table: BlockTable, lock: threading.Condition, checks: ExtentChecks):
         self._table = table
         self._lock = lock
         self._checks = checks
@@ -45,7 +43,7 @@ class GrowingExtents:
         block reserved), with a writer's reference on it; None: a block file of its own.
         A byte of an extent is written once: a block stored again (dropped, then fetched
         again) gets a file of its own, as a kernel may be reading the extent."""
-        if tier.name not in self.tiers or ds.block_count(size) < 2:
+        if ds.block_count(size) < 2:
             return None
         version = (tier.name, *key[:3])
         with self._lock:

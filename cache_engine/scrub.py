@@ -40,8 +40,9 @@ from dataclasses import dataclass, field, replace
 
 from eddy.base import log
 
-from .blocks import Block, BlockKey, block_path, checksum, is_extent
+from .blocks import Block, BlockKey, block_path, checksum, is_extent, read_block, rewrite_in_extent
 from .dataset import Dataset
+from .fetch import read_source_block
 from .placement import Placement
 from .table import BlockTable
 
@@ -130,12 +131,10 @@ class ExtentChecks:
             return
         entry = self._extents.get((tier, file))
         if entry is None:
-            self._extents[(tier, file)] = _Extent(key[:3], blocks, self._now(at))
+            self._extents[(tier, file)] = _Extent(key[:3], blocks,
+                                                  self._clock() if at is None else at)
         else:
             entry.blocks = max(entry.blocks, blocks)
-
-    def _now(self, at: float | None) -> float:
-        return self._clock() if at is None else at
 
     def trusted(self, tier: str, file: str) -> bool:
         """Whether the kernel may read this extent unchecked now."""
@@ -235,13 +234,19 @@ class Scrubber:
         with self._lock:
             if good:
                 self._checks.checked(tier, file, started, blocks)
-                wall = self._checks.wall(tier, file)
             elif not self._closing.is_set():
                 self._checks.forget(tier, file)  # gone meanwhile, or given up
-        if good and wall is not None:
-            stamp(block_path(self._table.tiers[tier], file), wall)
+        if good:
+            self.stamp(tier, file)
         self._places.count("extents_checked")
         return True
+
+    def stamp(self, tier: str, file: str) -> None:
+        """Record the last check of a disk extent on its file (`stamp`): a restart finds it."""
+        with self._lock:
+            wall = self._checks.wall(tier, file)
+        if wall is not None:
+            stamp(block_path(self._table.tiers[tier], file), wall)
 
     def _blocks(self, tier: str, file: str, entry: _Extent) -> list[Block]:
         """Under the lock: the rows that still name this extent, and its suspects."""
@@ -266,7 +271,7 @@ class Scrubber:
             for block in blocks:
                 data = os.pread(fd, block.length, block.offset)
                 bad = len(data) != block.length or checksum(data) != block.checksum
-                if bad and not self._repair(block, path):
+                if bad and not self._repair(block):
                     self._give_up(tier, file, entry, block)
                     return False
                 done += block.length
@@ -277,34 +282,26 @@ class Scrubber:
             os.close(fd)
         return True
 
-    def _repair(self, block: Block, path: str) -> bool:
+    def _repair(self, block: Block) -> bool:
         """Rewrite a bad block of an extent with its bytes read again from the source."""
         key = block.key
         ds = self._datasets(key.dataset_id)
         if ds is None:
             return False
         try:
-            data = ds.call_source(
-                lambda ufs: ufs.read(key.path, key.index * ds.block_size, block.length,
-                                     key.version or None),
-                f"read of block {key.index} of {key.path!r} (repair)",
-                time.monotonic() + ds.spec.source_timeout)
+            data = read_source_block(ds, key, block.length,
+                                     time.monotonic() + ds.spec.source_timeout)
         except Exception as e:  # noqa: BLE001 - any source failure means: cannot repair
             _log.warning("scrub.repair_failed", dataset=key.dataset_id, path=key.path,
                          block=key.index, error=str(e))
             return False
         if len(data) != block.length or checksum(data) != block.checksum:
             return False
+        tier = self._table.tiers[block.tier]
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # never O_CREAT: it may have gone
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.pwrite(fd, view, block.offset + len(data) - len(view)):]
-                if checksum(os.pread(fd, block.length, block.offset)) != block.checksum:
-                    return False  # the medium does not keep what it is given
-            finally:
-                os.close(fd)
+            rewrite_in_extent(tier, block.file, block.offset, data)
+            if checksum(read_block(tier, block)) != block.checksum:
+                return False  # the medium does not keep what it is given
         except OSError:
             return False
         self._places.count("extent_repairs")

@@ -149,16 +149,16 @@ def _tier_argument(p: argparse.ArgumentParser, default: str) -> None:
 
 def _scrub(args) -> dict:
     """--extent-trust and --scrub-rate, checked: the keyword arguments of `ScrubPolicy`."""
+    from dataclasses import asdict
+
+    from cache_engine.host import ScrubPolicy
     from cache_engine.quantity import parse_quantity
 
     try:
-        scrub = {"trust": args.extent_trust, "rate": parse_quantity(args.scrub_rate)}
-        if not scrub["trust"] >= 0 or scrub["rate"] <= 0:
-            raise ValueError("the trust must be 0 (off) or more, the rate positive")
+        return asdict(ScrubPolicy(args.extent_trust, parse_quantity(args.scrub_rate)))
     except ValueError as e:
         raise EddyError(f"--extent-trust {args.extent_trust} --scrub-rate {args.scrub_rate}: "
                         f"{e}") from None
-    return scrub
 
 
 def _redirect_argument(p: argparse.ArgumentParser) -> None:
