@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 
-from eddy.base.mounttable import mount_table
+from eddy.base.mounttable import MEMORY_FILESYSTEMS, filesystem_of
 
 from .measure import drop_caches, read_file
 from .mounts import TIER_HEADROOM, Eddy, Mounted
@@ -39,7 +39,6 @@ from .results import DISK, DISK_REFERENCE, DISK_ROWS, Results, Row
 from .scenarios import describe
 from .source import BIG, BIG_NAME, Source
 
-MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 SPARE = 256 << 20  # free space left on the disk beside the copy and the full tier
 
 
@@ -47,7 +46,7 @@ def unusable(disk_dir: str, size: int) -> str | None:
     """Why the disk rows cannot run in `disk_dir` for a file of `size` bytes; None if they can."""
     if not os.path.isdir(disk_dir):
         return f"--disk-dir {disk_dir} is not a directory"
-    fstype = filesystem(disk_dir)
+    fstype = filesystem_of(disk_dir)
     if fstype in MEMORY_FILESYSTEMS:
         return f"{disk_dir} is on {fstype}, not a disk"
     need = size + int(size * TIER_HEADROOM) + SPARE
@@ -55,17 +54,6 @@ def unusable(disk_dir: str, size: int) -> str | None:
     if free < need:
         return f"{disk_dir} has {free >> 20} MiB free, the disk rows need {need >> 20} MiB"
     return None
-
-
-def filesystem(path: str) -> str:
-    """The type of the filesystem `path` is on: that of the deepest mount point above it."""
-    path = os.path.realpath(path)
-    found, depth = "?", -1
-    for entry in mount_table():
-        top = entry.mount_point.rstrip("/") + "/"
-        if (path + "/").startswith(top) and len(top) >= depth:
-            found, depth = entry.fstype, len(top)  # later lines are mounted over earlier ones
-    return found
 
 
 def run(source: Source, results: Results, workdir: str, disk_dir: str) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 from csi import mounts as hostmounts
 from eddy.base.mounttable import mount_table
+from tests.support.logs import log_events
 
 from .measure import peak_rss_mib
 from .source import BUCKET, Source
@@ -134,13 +135,8 @@ class Eddy(System):
         """What the daemon of an ended mount did (FUSE reads, passthrough opens, ...), from the
         `unmounted` event it logged last; {} if there is none. Every mount of one mountpoint
         logs to the same file, so this is the newest one's."""
-        last = {}
-        with contextlib.suppress(OSError), open(mounted.log or "", errors="replace") as f:
-            for line in f:
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if isinstance(event, dict) and event.get("event") == "unmounted":
-                        last = event
+        events = log_events(mounted.log or "", "unmounted")
+        last = events[-1] if events else {}
         return {k: v for k, v in last.items() if k not in ("event", "level", "timestamp")}
 
 

@@ -30,6 +30,7 @@ import time
 
 from cache_engine.quantity import parse_quantity
 from eddy import __version__
+from eddy.base.mounttable import filesystem_of
 
 from . import disk, model, report, scenarios
 from .mounts import Eddy, Rclone, S3fs, System, installed, sweep
@@ -209,7 +210,7 @@ def _meta(args, argv: list[str], source: Source, peers: list[type[System]]) -> d
                                "tensors in shuffled order, and a sequential read",
                       "bytes": source.big_bytes, "files": 1, "tensors": source.tensors},
             "disk": {"title": f"{source.big_bytes / 2**30:.2f} GiB file on a disk "
-                              f"({disk.filesystem(args.disk_dir)} at {args.disk_dir}), page "
+                              f"({filesystem_of(args.disk_dir) or '?'} at {args.disk_dir}), page "
                               "cache dropped: read directly, and through eddy with one SSD "
                               "tier there",
                      "bytes": source.big_bytes, "files": 1},

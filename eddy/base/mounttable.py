@@ -105,15 +105,20 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 def in_memory(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
     """Whether `path` is on a filesystem held in RAM (tmpfs, ramfs): its files cannot rot on
     a medium, and a power loss takes them all rather than tearing some. False if unknown."""
+    return filesystem_of(path, mountinfo) in MEMORY_FILESYSTEMS
+
+
+def filesystem_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the filesystem `path` is on ("" if unknown)."""
     real = os.path.realpath(path)
     try:
         mounts = mount_table(mountinfo)
     except OSError:
-        return False
+        return ""
     best, kind = "", ""
     for m in mounts:  # the deepest mount holding `path`; of several there, the last
         point = m.mount_point
         if (real == point or real.startswith(point.rstrip("/") + "/")) \
                 and len(point) >= len(best):
             best, kind = point, m.fstype
-    return kind in MEMORY_FILESYSTEMS
+    return kind

@@ -37,6 +37,7 @@ from tests.support.driver import (
     unpublish_and_unstage,
 )
 from tests.support.http_source import HttpSource
+from tests.support.logs import log_events
 from tests.support.tiers import flip_a_byte, tier_bytes, tier_files, wait_compacted
 from tests.support.wait import wait_for
 
@@ -198,16 +199,7 @@ def ram_dir():
 
 def unmounted_statistics(log_path: str) -> list[dict]:
     """The statistics every mount daemon logged when it unmounted."""
-    out = []
-    with open(log_path, errors="replace") as log:
-        for line in log:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") == "unmounted":
-                out.append(record)
-    return out
+    return log_events(log_path, "unmounted")
 
 
 @pytest.mark.skipif(not pyfuse3_has_passthrough(),
