@@ -241,6 +241,35 @@ def extent_of(tier_path) -> str:
     return path
 
 
+HOLDER = """
+import hashlib, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print("opened", flush=True)
+for _ in sys.stdin:
+    print(hashlib.sha256(os.pread(fd, int(sys.argv[2]), 0)).hexdigest(), flush=True)
+"""
+
+
+class HeldInPod:
+    """A file held open by a process in a private mount namespace of its own, as a container
+    holds it; each `read` reads it whole through that one descriptor: the bytes' sha256."""
+
+    def __init__(self, path: str, size: int):
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", sys.executable, "-c", HOLDER, path,
+             str(size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "opened"
+
+    def read(self) -> str:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
 @pytest.mark.skipif(not pyfuse3_has_passthrough(),
                     reason="stock pyfuse3 cannot ask for passthrough: `make setup` builds one")
 @pytest.mark.parametrize("source_keeps_it", [True, False], ids=["repaired", "given-up"])
@@ -265,21 +294,24 @@ def test_a_byte_flipped_in_a_disk_extent_is_not_served_past_the_trust(tmp_path,
         assert_files(targets[0], files)  # cold: grows in one extent on the disk tier
         extent = extent_of(ssd)
         want = files["model.bin"]
-        with open(os.path.join(targets[1], "model.bin"), "rb") as held:  # passthrough
+        held = HeldInPod(os.path.join(targets[1], "model.bin"), len(want))  # passthrough
+        try:
             flip_a_byte(extent, 3 * MiB + 7)
             if not source_keeps_it:
                 (src / "model.bin").write_bytes(os.urandom(6 * MiB))  # a new version
-            assert os.pread(held.fileno(), len(want), 0) != want  # read unchecked: bad byte
+            assert held.read() not in (sha(want), sha(b""))  # read unchecked: the bad byte
             while True:  # every read is the bad byte until the scrub; then never again
-                got = os.pread(held.fileno(), len(want), 0)
-                if got in (want, b""):
+                got = held.read()
+                if got in (sha(want), sha(b"")):
                     break
                 assert time.monotonic() - written < TRUST, "served past the bound"
                 time.sleep(0.1)
-            assert got == (want if source_keeps_it else b"")
+            assert got == sha(want if source_keeps_it else b"")
             for _ in range(5):
-                assert os.pread(held.fileno(), len(want), 0) == got
+                assert held.read() == got
                 time.sleep(0.2)
+        finally:
+            held.close()
         again = read_file(os.path.join(targets[0], "model.bin"))  # a fresh open
         assert again == (want if source_keeps_it else (src / "model.bin").read_bytes())
         unpublish_and_unstage(drv, volume, staging, targets)
