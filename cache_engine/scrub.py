@@ -253,9 +253,11 @@ class Scrubber:
         return self._rows(tier, file, entry) + entry.suspects
 
     def _rows(self, tier: str, file: str, entry: _Extent) -> list[Block]:
-        """Under the lock: the rows that still name this extent."""
+        """Under the lock: copies of the rows that still name this extent. Copies: a move (a
+        compaction, a demotion) changes a row's file and offset in place, and a check reads
+        where the block was in this file."""
         keys = (BlockKey(*entry.version, i) for i in range(entry.blocks))
-        return [b for b in map(self._table.get, keys)
+        return [replace(b) for b in map(self._table.get, keys)
                 if b is not None and b.tier == tier and b.file == file]
 
     def _check(self, tier: str, file: str, entry: _Extent, blocks: list[Block]) -> bool:
