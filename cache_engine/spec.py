@@ -49,6 +49,10 @@ PRELOAD_NONE = ("", "false", "no", "0")
 PREFETCH_MODES = ("off", "safetensors", "whole")
 # How files look, not what they hold: the mount applies these, the engine never needs them.
 OWNER_KEYS = ("uid", "gid", "fileMode", "dirMode")
+# Which opens bypass the kernel's page cache (README "Volume parameters"): `cold`, those of a
+# file the cache does not hold whole yet; `off`, none. A mount setting too.
+DIRECT_IO_MODES = ("cold", "off")
+MOUNT_KEYS = (*OWNER_KEYS, "directIO")
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to chown(2): never an owner
 
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
@@ -77,6 +81,7 @@ class DatasetSpec:
     source_timeout: float = DEFAULT_SOURCE_TIMEOUT  # seconds a block read may take
     source_concurrency: int = DEFAULT_SOURCE_CONCURRENCY  # source operations in flight
     prefetch: str = "off"  # one of PREFETCH_MODES (README "Volume parameters")
+    direct_io: str = "cold"  # one of DIRECT_IO_MODES
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_parameters(self) -> dict[str, str]:
@@ -106,6 +111,8 @@ class DatasetSpec:
             out["sourceConcurrency"] = str(self.source_concurrency)
         if self.prefetch != "off":  # as the timeouts: an engine that predates it would refuse
             out["prefetch"] = self.prefetch
+        if self.direct_io != "cold":
+            out["directIO"] = self.direct_io
         owner = (self.uid, self.gid, self.file_mode, self.dir_mode)
         for key, value in zip(OWNER_KEYS, owner, strict=True):
             if value is not None:
@@ -113,9 +120,9 @@ class DatasetSpec:
         return out
 
     def engine_parameters(self) -> dict[str, str]:
-        """`to_parameters` without the owner keys: the engine caches bytes, the mount shows
-        owners, and an engine that predates those keys would refuse them."""
-        return {k: v for k, v in self.to_parameters().items() if k not in OWNER_KEYS}
+        """`to_parameters` without the mount's keys: the engine caches bytes, the mount shows
+        owners and opens files, and an engine that predates those keys would refuse them."""
+        return {k: v for k, v in self.to_parameters().items() if k not in MOUNT_KEYS}
 
     @property
     def metadata_timeout(self) -> float:
@@ -226,11 +233,10 @@ def _parse_timeout(value: str) -> float:
     return seconds
 
 
-def _parse_prefetch(value: str) -> str:
+def _parse_mode_word(key: str, value: str, modes: tuple[str, ...]) -> str:
     mode = value.strip().lower()
-    if mode not in PREFETCH_MODES:
-        raise InvalidParameter("prefetch", f"{shown(value)} is not one of "
-                                           f"{', '.join(PREFETCH_MODES)}")
+    if mode not in modes:
+        raise InvalidParameter(key, f"{shown(value)} is not one of {', '.join(modes)}")
     return mode
 
 
@@ -260,7 +266,7 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
             raise InvalidParameter(key, "credentials belong in the node-stage secret, not here")
     known = {"source", "endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
              "metadataTTL", "readAhead", "sourceTimeout", "sourceConcurrency", "prefetch",
-             *OWNER_KEYS}
+             *MOUNT_KEYS}
     for key in sorted(dataset):
         if key not in known:
             raise InvalidParameter(key, f"unknown parameter (known: {', '.join(sorted(known))})")
@@ -298,7 +304,9 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
         kwargs["source_concurrency"] = _parse_int(
             "sourceConcurrency", dataset["sourceConcurrency"], 1, MAX_SOURCE_CONCURRENCY)
     if "prefetch" in dataset:
-        kwargs["prefetch"] = _parse_prefetch(dataset["prefetch"])
+        kwargs["prefetch"] = _parse_mode_word("prefetch", dataset["prefetch"], PREFETCH_MODES)
+    if "directIO" in dataset:
+        kwargs["direct_io"] = _parse_mode_word("directIO", dataset["directIO"], DIRECT_IO_MODES)
     for key, name in zip(OWNER_KEYS, ("uid", "gid", "file_mode", "dir_mode"), strict=True):
         if key in dataset:
             parse = _parse_id if name in ("uid", "gid") else _parse_mode

@@ -193,10 +193,12 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
         if resume_init is None:  # a resumed mount serves what it can, whatever the source
             _check_source(opened.backend, spec.source.shown)
         on_init = None
-        if session is not None and pyfuse3_can_resume():
+        if session is not None and pyfuse3_can_resume() and resume_init is None:
             def on_init() -> None:  # before the INIT is answered: a successor needs it
-                journal.save_init(pyfuse3.get_init_exchange()[0])
-        options = {"table": table, "on_init": on_init, "permissions": Permissions.of(spec)}
+                journal.save_init(pyfuse3.get_init_exchange()[0],
+                                  {"direct_io_mmap": fs.direct_io_mmap})
+        options = {"table": table, "on_init": on_init, "permissions": Permissions.of(spec),
+                   "cold_direct_io": spec.direct_io == "cold"}
         fs = WritableFs(opened.backend, spec.metadata_ttl, writer=opened.writer(), **options) \
             if writable else DatasetFs(opened.backend, spec.metadata_ttl, **options)
         target = mountpoint if session is None else f"/dev/fd/{session.fd}"
@@ -214,6 +216,10 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
             except RuntimeError as e:
                 raise Unavailable(
                     f"cannot mount at {mountpoint}: {e} (is /dev/fuse usable?)") from None
+            if resume_init:  # the replayed INIT says what this build asks; the kernel has
+                # what the first daemon asked
+                fs.direct_io_mmap = fs.direct_io_mmap and \
+                    journal.init_granted().get("direct_io_mmap") is True
             resent = session is not None and device.notify_resend(session.fd)
             logger.info("resumed" if resume_init else "mounted", mountpoint=mountpoint,
                         metadata_ttl=spec.metadata_ttl, passthrough=fs.enable_passthrough,

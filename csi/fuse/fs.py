@@ -95,6 +95,7 @@ class FsStatistics:
 
     reads: int  # read requests answered with data
     passthrough_opens: int  # opens answered with a backing file: the kernel reads those itself
+    direct_io_opens: int  # opens of files not cached whole, read around the page cache
     bytes_read: int
     errors: int  # requests answered with an error other than "no such file"
     open_files: int
@@ -116,6 +117,8 @@ class DatasetFs(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
     enable_passthrough = False  # True on an instance that may pass through: init asks for it
+    enable_direct_io_mmap = False  # True: init asks that files opened direct_io may be mapped
+    direct_io_mmap = False  # set by eddy's pyfuse3 at init: the kernel granted that
 
     def __init__(
         self,
@@ -126,6 +129,7 @@ class DatasetFs(pyfuse3.Operations):
         read_threads: int = READ_THREADS,
         metadata_threads: int = METADATA_THREADS,
         passthrough: bool = True,
+        cold_direct_io: bool = True,
         table: SessionTable | None = None,
         on_init: Callable[[], None] | None = None,
         permissions: Permissions | None = None,
@@ -152,6 +156,9 @@ class DatasetFs(pyfuse3.Operations):
             self._passthrough = Passthrough(extent, BackingFiles(), self._meta_limiter,
                                             self._log)
             self.enable_passthrough = True
+            # Opens of files not cached whole bypass the page cache (`directIO: cold`), but
+            # only where a mapping of them still works (Linux 6.6+).
+            self.enable_direct_io_mmap = cold_direct_io
         # Smaller files never have an extent: their opens skip the worker thread that asks.
         self._extent_min_size = getattr(reader, "extent_min_size", 0)
         self._table = table or SessionTable()
@@ -161,12 +168,14 @@ class DatasetFs(pyfuse3.Operations):
                     self._passthrough.resume(handle.inode, handle.backing_id)
         self._reads = 0
         self._passthrough_opens = 0
+        self._direct_io_opens = 0
         self._bytes_read = 0
         self._errors = 0
 
     def statistics(self) -> FsStatistics:
         return FsStatistics(
             reads=self._reads, passthrough_opens=self._passthrough_opens,
+            direct_io_opens=self._direct_io_opens,
             bytes_read=self._bytes_read, errors=self._errors,
             open_files=len(self._table.files), open_dirs=len(self._table.dirs),
             known_inodes=len(self._table.lookups),
@@ -337,6 +346,13 @@ class DatasetFs(pyfuse3.Operations):
             self._passthrough_opens += 1
             # The kernel reads the extent itself, and fails the open beside keep_cache.
             return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)
+        if tracked and self.direct_io_mmap:
+            # Not cached whole yet (or its extent is not trusted now): each reply is copied
+            # straight into the reader's buffer, not into page cache that would hold the
+            # file a second time beside the tier (and be charged to the pod). A later open
+            # of the whole file passes through to the tier's copy.
+            self._direct_io_opens += 1
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         # This inode only ever shows this version: the kernel's pages of it stay right. A
         # version-less source (no etag, size or mtime) gets no such promise.
         return pyfuse3.FileInfo(fh=fh, keep_cache=bool(entry.version))

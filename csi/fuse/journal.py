@@ -4,6 +4,8 @@ A session directory belongs to one connection (the mounter makes it with the mou
 it with the mount):
 
     init      the connection's FUSE_INIT request, as the kernel sent it (once per connection)
+    granted   what the first daemon's answer to it granted that a successor cannot tell from
+              the request (JSON; absent: nothing), as {"direct_io_mmap": true}
     journal   one JSON array per line, one change each; rewritten as a snapshot of what is
               live when it has grown well past that, so it stays near the size of the tables
 
@@ -39,10 +41,25 @@ class Journal:
     def _open(path: str, flags: int) -> int:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
 
-    def save_init(self, request: bytes) -> None:
-        """Keep the connection's INIT request (written once, before it is answered)."""
+    def save_init(self, request: bytes, granted: dict[str, bool] | None = None) -> None:
+        """Keep the connection's INIT request and what the answer grants (written once,
+        before it is answered)."""
         if self.directory is not None:
+            self._write_whole(os.path.join(self.directory, "granted"),
+                              json.dumps(granted or {}).encode())
             self._write_whole(os.path.join(self.directory, "init"), request)
+
+    def init_granted(self) -> dict[str, bool]:
+        """What the connection's first answer granted; {} for a session saved before this
+        was kept (a successor must then assume nothing was)."""
+        if self.directory is None:
+            return {}
+        try:
+            with open(os.path.join(self.directory, "granted"), "rb") as f:
+                granted = json.loads(f.read())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return granted if isinstance(granted, dict) else {}
 
     def init_request(self) -> bytes | None:
         if self.directory is None:

@@ -96,6 +96,7 @@ INVALID = [
     ("unknown-prefetch", LOCAL | {"prefetch": "eager"}, ["prefetch", "eager", "safetensors"]),
     ("empty-prefetch", LOCAL | {"prefetch": ""}, ["prefetch", "off, safetensors, whole"]),
     ("prefetch-as-boolean", LOCAL | {"prefetch": "true"}, ["prefetch", "true"]),
+    ("direct-io-as-boolean", LOCAL | {"directIO": "true"}, ["directIO", "true", "cold, off"]),
 ]
 
 RESERVED = {
@@ -151,6 +152,10 @@ VALID = [
      DatasetSpec(Source("local", "local:///data", root="/data"), prefetch="whole")),
     ("prefetch-off", LOCAL | {"prefetch": "off"},
      DatasetSpec(Source("local", "local:///data", root="/data"))),
+    ("direct-io-off", LOCAL | {"directIO": " Off"},
+     DatasetSpec(Source("local", "local:///data", root="/data"), direct_io="off")),
+    ("direct-io-cold", LOCAL | {"directIO": "cold"},
+     DatasetSpec(Source("local", "local:///data", root="/data"))),
 ]
 
 
@@ -178,13 +183,15 @@ def test_valid_parameters_parse_to_the_spec(case, params, expected):
     assert not any(k.startswith("csi.storage.k8s.io/") for k in canonical)
 
 
-def test_owner_keys_stay_with_the_mount_and_are_not_sent_to_the_engine():
-    spec = parse_parameters({"source": "s3://bucket", "uid": "1000", "fileMode": "640"})
+def test_mount_keys_stay_with_the_mount_and_are_not_sent_to_the_engine():
+    spec = parse_parameters({"source": "s3://bucket", "uid": "1000", "fileMode": "640",
+                             "directIO": "off"})
     assert spec.to_parameters()["fileMode"] == "0640"
+    assert spec.to_parameters()["directIO"] == "off"
     sent = spec.engine_parameters()
     # An engine that predates these keys would refuse them; it needs none of them.
-    assert not set(sent) & {"uid", "gid", "fileMode", "dirMode"}
-    assert parse_parameters(sent) == replace(spec, uid=None, file_mode=None)
+    assert not set(sent) & {"uid", "gid", "fileMode", "dirMode", "directIO"}
+    assert parse_parameters(sent) == replace(spec, uid=None, file_mode=None, direct_io="cold")
 
 
 def test_parse_quantity():
@@ -248,7 +255,7 @@ def test_create_volume_returns_the_canonical_parameters(controller, case, params
 
 KNOWN_KEYS = ("endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
               "metadataTTL", "readAhead", "uid", "gid", "fileMode", "dirMode",
-              "sourceTimeout", "sourceConcurrency", "prefetch")
+              "sourceTimeout", "sourceConcurrency", "prefetch", "directIO")
 SOURCES = ("local:///data", "s3://bucket/x", "pvc://ns/claim/sub", "nfs://nas/exports",
            "https://example.com/d/", "http://[::1]:8080/x", "local://", "s3://", "http://[")
 # Any character (lone surrogates too: a command line's undecodable bytes become those), and
@@ -283,6 +290,7 @@ PLAUSIBLE_PARAMETERS = st.fixed_dictionaries({"source": st.sampled_from(SOURCES[
     "sourceTimeout": st.one_of(st.floats().map(repr), st.sampled_from(("60", "0.1", "1e2"))),
     "sourceConcurrency": st.integers(-1, 100).map(str),
     "prefetch": st.sampled_from(("off", "safetensors", "whole", " Whole", "OFF", "true", "")),
+    "directIO": st.sampled_from(("cold", "off", " OFF", "on", "")),
 })
 ANY_PARAMETERS = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS + ("source",)), ANY_TEXT,
                                            st.just("csi.storage.k8s.io/pvc/name")),

@@ -11,8 +11,10 @@ failed, no read waited 10 s, and the target and the staging path are each mounte
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import mmap
 import os
 import pathlib
 import random
@@ -318,6 +320,41 @@ def test_passthrough_opens_survive(node, tmp_path, dataset, ram_dir):
     unpublish_and_unstage(n.plugin, volume, staging, targets)
     [*_, stats] = events(n.mounter.log(), "unmounted")
     assert stats["errors"] == 0 and stats["open_files"] == 0  # its release was answered
+
+
+@pytest.mark.skipif(not pyfuse3_has_passthrough(), reason="needs the passthrough pyfuse3")
+@pytest.mark.parametrize("granted", [True, False], ids=["granted", "session-without-grants"])
+def test_a_mapped_file_read_around_the_page_cache_survives(node, tmp_path, dataset, granted):
+    """A pod maps a file the cache does not hold whole (a direct_io open, which the kernel
+    lets be mapped only because the first daemon asked at INIT) and faults it in across a
+    kill of the daemon. The successor opens new files around the page cache only if the
+    session directory says the kernel granted that: a session saved by a daemon that did not
+    keep grants (an upgrade) must not have its new opens' maps refused."""
+    root, hashes = dataset
+    n = node()
+    volume = create(n.plugin, f"pvc-mapped-{granted}", {"source": f"local://{root}"})
+    staging, targets = stage_and_publish(n.plugin, tmp_path, volume, targets=("pod-a",))
+    [saved] = glob.glob(os.path.join(n.mounter.state_dir, "volumes", "*", "session", "granted"))
+    with open(saved) as f:
+        assert json.load(f) == {"direct_io_mmap": True}
+    if not granted:
+        os.unlink(saved)
+    reader = pod_for(targets[0], hashes, "mid.bin", rate=64 * MiB, map=True)
+    try:
+        reader.wait_at(64 * MiB)
+        kill_daemon(n, volume.volume_id, reader)
+        with open(os.path.join(targets[0], "big.bin"), "rb") as f, \
+                open(root / "big.bin", "rb") as source, \
+                mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as m:
+            assert m[:16 * MiB] == source.read(16 * MiB)  # a new open, mapped
+        result = reader.finish(120)
+    finally:
+        reader.kill()
+    assert_unharmed(result, MID, staging, targets)
+    unpublish_and_unstage(n.plugin, volume, staging, targets)
+    [*_, stats] = events(n.mounter.log(), "unmounted")  # the successor's
+    assert stats["errors"] == 0
+    assert (stats["direct_io_opens"] == 1) is granted, stats
 
 
 @pytest.fixture

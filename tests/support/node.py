@@ -44,9 +44,10 @@ class MounterContainer:
     def __init__(self, workdir: str):
         self.socket = os.path.join(workdir, "mounter.sock")
         self.log_path = os.path.join(workdir, "mounter.log")
+        self.state_dir = os.path.join(workdir, "mounter-state")
         self.args = [*CONTAINER, sys.executable, "-m", "eddy.cli", "--log-level", "debug",
                      "mounter", "--endpoint", f"unix://{self.socket}",
-                     "--state-dir", os.path.join(workdir, "mounter-state")]
+                     "--state-dir", self.state_dir]
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> MounterContainer:

@@ -3,11 +3,13 @@
     unshare -m --propagation private python -m tests.support.pod_reader CONFIG
 
 CONFIG is JSON: {"hold": FILE, "others": [FILE, ...], "sha256": {FILE: HEX}, "chunk": BYTES,
-"rate": BYTES_PER_S, "every": N, "until": UNIX_TIME, "passes": N}. FILE is opened at once and
-that one descriptor is read to its end, `passes` times (or until `until`), `chunk` bytes per
-read() at about `rate`; after every `every` reads one of `others` is opened by path, read
-whole and checked. Between passes the file's cached pages are dropped, so the next pass asks
-the mount again. Every read is timed and every failure kept, never raised.
+"rate": BYTES_PER_S, "every": N, "until": UNIX_TIME, "passes": N, "map": BOOL}. FILE is opened
+at once and that one descriptor is read to its end, `passes` times (or until `until`), `chunk`
+bytes per read() at about `rate` (with "map", copied out of a shared read-only mapping of it
+instead, as a model loader does: a fault the mount fails kills the reader); after every
+`every` reads one of `others` is opened by path, read whole and checked. Between passes the
+file's cached pages are dropped, so the next pass asks the mount again. Every read is timed
+and every failure kept, never raised.
 
 Prints one JSON line per 64 MiB read ({"at": bytes}, so a test can time its fault), then a
 last line: {"done": true, "bytes": N, "passes": N, "path_reads": N, "failures": [...],
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import sys
 import time
@@ -34,6 +37,8 @@ def main() -> int:
     failures, mismatches = [], []
     worst, total, path_reads, done_passes, reads = 0.0, 0, 0, 0, 0
     fd = os.open(hold, os.O_RDONLY)
+    mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) \
+        if config.get("map") else None
     say({"opened": hold})
     started = time.monotonic()
     next_progress = PROGRESS_EVERY
@@ -50,7 +55,8 @@ def main() -> int:
         digest, offset = hashlib.sha256(), 0
         while True:
             try:
-                data = timed(os.pread, fd, chunk, offset)
+                data = timed(os.pread, fd, chunk, offset) if mapped is None else \
+                    timed(mapped.__getitem__, slice(offset, offset + chunk))
             except OSError as e:
                 failures.append(f"read of {hold} at {offset}: {e}")
                 offset += chunk  # keep going: how many fail is what the test wants to know
@@ -81,7 +87,11 @@ def main() -> int:
         if digest.hexdigest() != expected[hold]:
             mismatches.append(hold)
         done_passes += 1
+        if mapped is not None:
+            mapped.madvise(mmap.MADV_DONTNEED)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the next pass asks the mount
+    if mapped is not None:
+        mapped.close()
     os.close(fd)
     say({"done": True, "bytes": total, "passes": done_passes, "path_reads": path_reads,
          "failures": failures[:20], "failure_count": len(failures), "mismatches": mismatches,

@@ -218,9 +218,11 @@ async def _write_statistics(fs: DatasetFs, path: Path) -> None:
 
 def serve(mountpoint: str, source: str, control: str, mode: str) -> None:
     """Serve until unmounted. `mode` "off" turns passthrough off; "unasked" keeps it on but
-    never asks the kernel for it at init, so every backing file is refused."""
+    never asks the kernel for it at init, so every backing file is refused; "paged" keeps
+    it on and opens files not cached whole through the page cache (`directIO: off`)."""
     log.configure("debug")
-    fs = DatasetFs(ExtentReader(source, control), None, passthrough=mode != "off")
+    fs = DatasetFs(ExtentReader(source, control), None, passthrough=mode != "off",
+                   cold_direct_io=mode != "paged")
     if mode == "unasked":
         fs.enable_passthrough = False
     pyfuse3.init(fs, mountpoint, {"ro", "fsname=eddy-passthrough-test"})
@@ -347,6 +349,55 @@ def test_a_file_below_the_readers_extent_size_is_never_asked_for(server):
     assert (s.mountpoint / "small.bin").read_bytes() == small
     stats = s.closed()
     assert s.extent_calls() == 0 and stats["passthrough_opens"] == 0 and stats["reads"] >= 1
+    assert stats["direct_io_opens"] == 0  # a small file stays in the page cache
+
+
+@pytest.mark.fuse
+def test_a_file_not_cached_whole_is_read_around_the_page_cache(server, data):
+    s = server({"big.bin": data})
+    path = s.mountpoint / "big.bin"
+    with open(path, "rb") as f, open(path, "rb") as second:  # both follow the first's mode
+        assert sha(f.read()) == sha(data)
+        before = s.statistics()["reads"]
+        assert os.pread(f.fileno(), 1 << 20, 0) == data[:1 << 20]
+        # The page cache kept none of it: the same bytes again are the daemon's to answer.
+        assert s.statistics()["reads"] > before
+        assert os.pread(second.fileno(), 4096, BIG - 100) == data[BIG - 100:]
+    stats = s.closed()
+    assert stats["direct_io_opens"] == 2 and stats["passthrough_opens"] == 0
+    s.cache("big.bin", data)  # cached whole now: the next open passes through
+    assert sha(path.read_bytes()) == sha(data)
+    after = s.closed()
+    assert after["passthrough_opens"] == 1 and after["direct_io_opens"] == 2
+
+
+@pytest.mark.fuse
+def test_a_file_read_around_the_page_cache_can_be_mapped(server, data):
+    """As a model loader maps its weights: MAP_SHARED, which the kernel refuses on a
+    direct_io open unless the daemon asked for FUSE_DIRECT_IO_ALLOW_MMAP at init."""
+    s = server({"big.bin": data})
+    with open(s.mountpoint / "big.bin", "rb") as f, \
+            mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as m:
+        rng = random.Random(2)
+        for _ in range(50):
+            off = rng.randrange(BIG)
+            assert m[off:off + 5000] == data[off:off + 5000]
+        assert sha(m) == sha(data)
+        assert os.pread(f.fileno(), 4096, 12345) == data[12345:12345 + 4096]
+    stats = s.closed()
+    assert stats["direct_io_opens"] == 1 and stats["reads"] > 0 and stats["errors"] == 0
+
+
+@pytest.mark.fuse
+def test_direct_io_turned_off_reads_through_the_page_cache(server, data):
+    s = server({"big.bin": data}, mode="paged")
+    path = s.mountpoint / "big.bin"
+    with open(path, "rb") as f:
+        assert sha(f.read()) == sha(data)
+        before = s.statistics()["reads"]
+        assert os.pread(f.fileno(), 1 << 20, 0) == data[:1 << 20]
+        assert s.statistics()["reads"] == before  # the page cache answered
+    assert s.closed()["direct_io_opens"] == 0
 
 
 @pytest.mark.fuse
