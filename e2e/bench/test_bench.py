@@ -52,6 +52,7 @@ def test_quick_bench_writes_every_row(tmp_path):
     cold = rows["big/eddy/cold"]  # read twice, the second time after the others: the mean
     assert len(cold["details"]["runs_seconds"]) == 2
     assert cold["seconds"] == pytest.approx(sum(cold["details"]["runs_seconds"]) / 2, abs=0.01)
+    assert cold["details"]["warm_up_mb_s"] > 0  # read once more before, untimed
     for row_id in ("big/eddy/warm", "small/eddy/warm", "big/eddy/hot", "small/eddy/hot"):
         row = rows[row_id]  # timed twice (warm: on two fresh mounts), the faster kept
         assert len(row["details"]["runs_mb_s"]) == 2
