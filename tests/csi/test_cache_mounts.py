@@ -167,9 +167,15 @@ def test_dataset_larger_than_the_mem_tier_spills_to_ssd(tmp_path):
             assert_files(target, files)
             # Demotion runs in the background: keep watching until every block has settled.
             want = block_hashes(files, MiB)
-            wait_for(lambda: want <= cached_hashes(mem, ssd, block_size=MiB)
-                     and tier_bytes(mem) + tier_bytes(ssd) == total,
-                     what="every block cached exactly once in MEM or SSD")
+            try:
+                wait_for(lambda: want <= cached_hashes(mem, ssd, block_size=MiB)
+                         and tier_bytes(mem) + tier_bytes(ssd) == total,
+                         what="every block cached exactly once in MEM or SSD")
+            except AssertionError as e:  # say which part never came
+                missing = len(want - cached_hashes(mem, ssd, block_size=MiB))
+                raise AssertionError(
+                    f"{e}: {missing} of {len(want)} blocks missing, MEM holds "
+                    f"{tier_bytes(mem)} and SSD {tier_bytes(ssd)} bytes of {total}") from None
         assert mem_use.samples > 10
         assert 0 < mem_use.peak <= mem_size, f"MEM tier held {mem_use.peak} bytes"
         assert tier_bytes(mem) <= mem_size
