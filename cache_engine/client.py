@@ -137,9 +137,11 @@ class EngineClient:
         self._call(self._stub.Changed, cache_pb2.ChangedRequest(
             dataset_id=dataset_id, paths=paths, load=load, tree=tree))
 
-    def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
+    def extent(self, dataset_id: str, path: str, version: str, file_size: int,
+               wait: float = 0.0) -> str | None:
         resp = self._call(self._stub.Extent, cache_pb2.ExtentRequest(
-            dataset_id=dataset_id, path=path, version=version, file_size=file_size))
+            dataset_id=dataset_id, path=path, version=version, file_size=file_size, wait=wait),
+            timeout=CALL_TIMEOUT + wait)
         return resp.path or None
 
     def close(self) -> None:

@@ -7,10 +7,10 @@ once however many threads ask (single-flight), writes it into the fastest allowe
 records it in the index. No lock is held across source I/O or file copies; space is reserved
 before a write, so tier sizes and dataset capacities hold as hard limits. When no tier can take
 a block the bytes are returned inline and the failure is counted: a full cache never fails a
-read. The engine keeps datasets and lookups; its parts do the rest: `fetch` (misses,
-read-ahead), `file_prefetch` (whole files ahead of a reader: the `prefetch` parameter),
-`placement` (store, demote, promote, evict), `extents` (whole files for the kernel),
-`maintenance`, `preload`, `status` rows and `statedir` (one engine per state dir).
+read. The engine keeps datasets and lookups; its parts do the rest: `fetch` (misses, read-ahead),
+`file_prefetch` (whole files ahead of a reader: `prefetch`), `placement` (store, demote,
+promote, evict), `extents` (whole files for the kernel), `maintenance`, `preload`, `status`
+rows and `statedir` (one engine per state dir).
 
     engine = CacheEngine([parse_tier("MEM:/dev/shm/eddy:4Gi")], "/var/lib/eddy")
     info = engine.open_dataset(parse_parameters({"source": "local:///data"}), {})
@@ -32,7 +32,7 @@ from eddy.base.errors import NotFound, Unavailable
 from eddy.base.mounttable import in_memory
 
 from . import ufs as ufsmod
-from .blocks import Block, BlockKey, block_path, prepare_tiers
+from .blocks import Block, BlockKey, prepare_tiers
 from .changes import apply_changes
 from .dataset import Dataset, dataset_id, open_backend
 from .extents import Extents
@@ -82,7 +82,6 @@ class CacheEngine:
                  scrub: ScrubPolicy = ScrubPolicy()):
         check_tiers(tiers)
         self.tiers = list(tiers)
-        self._tier = {t.name: t for t in self.tiers}
         self._open_ufs = open_ufs
         self._clock = clock
         os.makedirs(state_dir, 0o700, exist_ok=True)
@@ -265,25 +264,29 @@ class CacheEngine:
         key = BlockKey(dataset_id, clean_path(path), version, first)
         return self._fetcher.schedule(ds, key, file_size, first, count, limit=None)
 
-    def extent(self, dataset_id: str, path: str, version: str, file_size: int) -> str | None:
+    def extent(self, dataset_id: str, path: str, version: str, file_size: int,
+               wait: float = 0.0) -> str | None:
         """The tier file whose bytes [0, file_size) are this whole file version, for a reader
-        that hands it to the kernel (FUSE passthrough); None unless the file has 2+ blocks,
-        all in one extent the kernel may read unchecked (`scrub.ExtentChecks.trusted`).
+        that hands it to the kernel (FUSE passthrough), once its `prefetch` has loaded it if
+        that ends within `wait` seconds; None unless the file has 2+ blocks, all in one extent
+        the kernel may read unchecked (`scrub.ExtentChecks.trusted`).
 
-        Every block counts as a hit. A file cached whole but not yet in one extent is queued
-        for compaction, so a later open may get one. Its bytes never change (a scrub may only
-        rewrite a rotten block with its right bytes); an unlink leaves open descriptors be.
+        Every block counts as a hit. A file cached whole but not in one extent is queued for
+        compaction. Its bytes never change (a scrub may only rewrite a rotten block with its
+        right bytes); an unlink leaves open descriptors be.
         """
         ds = self._dataset(dataset_id)
         key = BlockKey(dataset_id, clean_path(path), version, 0)
         if not version:
             return None
         promotions: list = []
-        extent = self._extents.extent(ds, key, file_size,
-                                      lambda block: self._count_hit(ds, block, promotions))
-        self._places.start_promotions(promotions, self._prefetcher.submit)
+        hit = functools.partial(self._count_hit, ds, promotions=promotions)
+        extent = self._extents.extent(ds, key, file_size, hit)
         if extent is None:  # an open: the file's `prefetch` may start now
             self._files.note(ds, key, file_size)
+            if wait > 0 and self._files.wait_loaded(key, wait):
+                extent = self._extents.extent(ds, key, file_size, hit)
+        self._places.start_promotions(promotions, self._prefetcher.submit)
         return extent
 
     def changed(self, dataset_id: str, paths: Sequence[str], load: bool = False,
@@ -300,10 +303,7 @@ class CacheEngine:
 
     def blocks(self, dataset_id: str | None = None) -> list[CachedBlock]:
         with self._lock:
-            found = (self._table.blocks.values() if dataset_id is None
-                     else self._table.dataset_blocks(dataset_id).values())
-            return [CachedBlock(b.key, b.tier, block_path(self._tier[b.tier], b.file),
-                                b.length, b.checksum, b.offset) for b in found]
+            return self._table.cached(dataset_id)
 
     # --- preload -----------------------------------------------------------------------------
 
@@ -344,8 +344,8 @@ class CacheEngine:
             pass
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until no read-ahead, prefetch, promotion or compaction is queued or running."""
-        # File prefetches queue background loads, which queue compactions; never the reverse.
+        """Wait until no read-ahead, prefetch, promotion or compaction is queued or running
+        (file prefetches queue loads, which queue compactions: drained in that order)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         return all(part.drain(None if deadline is None else max(deadline - time.monotonic(), 0))
                    for part in (self._files, self._prefetcher, self._extents))
@@ -357,7 +357,7 @@ class CacheEngine:
                 tiers=tier_statistics(self.tiers, self._table, self._served_bytes, self._health),
                 datasets=dataset_statistics(self._table, set(self._datasets)),
                 index_write_failures=self._index.failures,
-                index_in_memory=self._index.in_memory, **self._counters,
+                index_in_memory=self._index.in_memory, **self._counters, **self._files.counts(),
                 **self._fetcher.counts(), **self._places.counts(), **self._extents.counts(),
                 fetch_seconds=tuple(self._fetcher.fetch_seconds.cumulative()),
                 fetch_seconds_sum=self._fetcher.fetch_seconds.sum)

@@ -20,6 +20,11 @@ blocks (the rest would evict its own first blocks), and stops at its first faile
 A prefetched file is cached whole while its reader is still going through it: `quiet_in`
 tells `extents.Extents` to build its extent (a copy of the whole file) once the reader pauses,
 not on top of the reader's last seconds.
+
+An open may wait for the file it opens to be loaded whole (`wait_loaded`, the mount's
+`prefetchWait`): then the kernel reads it from the tier itself (passthrough), a map of it
+included, instead of each fault of a loader's map reaching the daemon and filling the page
+cache with a second copy. At most MAX_WAITERS opens wait at once (they hold engine threads).
 """
 
 from __future__ import annotations
@@ -39,13 +44,18 @@ from .blocks import BlockKey, checksum
 from .dataset import Dataset
 from .fetch import BlockFetcher
 from .prefetch import Prefetcher
-from .safetensors import LENGTH_BYTES, header_length, span_blocks, tensor_spans
+from .safetensors import LENGTH_BYTES, covers_all, header_length, span_blocks, tensor_spans
+from .spec import prefetch_covers
 from .types import Location
 
 MAX_QUEUED_FILES = 64  # per dataset; a file noted beyond it is not prefetched
 POLL_SECONDS = 0.05  # a runner waiting for a slot, or for a header block, looks this often
 QUIET_SECONDS = 0.5  # a file this long without a lookup has no reader going through it
 MAX_READ_FILES = 1024  # file versions whose last lookup is remembered (`quiet_in`)
+MAX_WAITERS = 8  # opens waiting for a file's prefetch (`wait_loaded`), of all datasets
+# prefetch_open_waits: opens that waited for a file's prefetch; ..._loaded: of them, those
+# whose file was loaded whole in time (the others read it through the mount).
+COUNTERS = ("prefetch_open_waits", "prefetch_open_waits_loaded")
 _log = log.get("cache_engine.file_prefetch")
 
 
@@ -62,6 +72,12 @@ class _File:
     loads: int = 0  # block loads started (under the lock, as the two below)
     loading: int = 0  # of them not ended yet
     all_started: bool = False  # the runner is done with it: its last load ending ends it
+    whole: bool | None = None  # its loads cover every block (None: not known yet)
+
+    @property
+    def ended(self) -> bool:
+        """Every load it started has ended (under the lock)."""
+        return self.all_started and not self.loading
 
 
 class FilePrefetches:
@@ -81,15 +97,16 @@ class FilePrefetches:
         self._lock = threading.Condition(threading.Lock())  # notified: a load ended, a runner
         self._queues: dict[str, deque[_File]] = {}  # dataset id -> files; a runner while here
         self._read_at: OrderedDict[tuple[str, str, str], float] = OrderedDict()  # last lookup
+        self._files: dict[tuple[str, str, str], _File] = {}  # file version -> its file, queued
+        self._waiters = 0  # in `wait_loaded`
+        self._counters = dict.fromkeys(COUNTERS, 0)
         self._closed = False
 
     def note(self, ds: Dataset, key: BlockKey, file_size: int) -> None:
         """A block of this file version was asked for (or the file opened): queue the file
         if the dataset's `prefetch` covers it and it was not queued before."""
         mode = ds.spec.prefetch
-        if mode == "off" or file_size <= ds.block_size:
-            return
-        if mode == "safetensors" and not key.path.lower().endswith(".safetensors"):
+        if file_size <= ds.block_size or not prefetch_covers(mode, key.path):
             return
         with self._lock:
             self._read_at[key[:3]] = self._clock()
@@ -111,6 +128,32 @@ class FilePrefetches:
                 _log.info("prefetch.queue_full", dataset=ds.id)
                 return
             queue.append(file)
+            self._files[key[:3]] = file
+
+    def wait_loaded(self, key: BlockKey, seconds: float) -> bool:
+        """Wait up to `seconds` for the prefetch of this file version to load every block of
+        it: True once its last load ended, none failed (its extent may be asked for again).
+        False at once if no prefetch of it is queued or running, if it will not load every
+        block (a header that does not name them all, a file bigger than the dataset's
+        capacity) or if MAX_WAITERS wait already; False when a load fails, on close or when
+        the time is up."""
+        with self._lock:
+            file = self._files.get(key[:3])
+            if file is None or self._waiters >= MAX_WAITERS:
+                return False
+            self._waiters += 1
+            self._counters["prefetch_open_waits"] += 1
+            started = time.monotonic()
+            try:
+                self._lock.wait_for(lambda: self._closed or file.failed or file.whole is False
+                                    or file.ended, seconds)
+                loaded = not (self._closed or file.failed) and file.whole is True and file.ended
+                self._counters["prefetch_open_waits_loaded"] += loaded
+            finally:
+                self._waiters -= 1
+        _log.info("prefetch.open_waited", dataset=key.dataset_id, path=key.path, loaded=loaded,
+                  seconds=round(time.monotonic() - started, 3))
+        return loaded
 
     def quiet_in(self, key: BlockKey) -> float:
         """Seconds until this file version has gone QUIET_SECONDS without a lookup (0: it
@@ -119,15 +162,20 @@ class FilePrefetches:
             last = self._read_at.get(key[:3])
         return 0.0 if last is None else max(0.0, last + QUIET_SECONDS - self._clock())
 
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counters)
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued file has had its loads started; False on timeout."""
         with self._lock:
             return self._lock.wait_for(lambda: not self._queues, timeout)
 
     def close(self) -> None:
-        """Stop the runners: they start no more loads and end within a poll."""
+        """Stop the runners: they start no more loads and end within a poll; no open waits."""
         with self._lock:
             self._closed = True
+            self._files.clear()
             self._lock.notify_all()
 
     def _run(self, dataset_id: str) -> None:
@@ -147,7 +195,8 @@ class FilePrefetches:
                 _log.info("prefetch.failed", dataset=dataset_id, error=str(e))
             with self._lock:
                 file.all_started = True
-                ended = not file.loading
+                ended = file.ended  # its last load ended before (or none started)
+                self._lock.notify_all()
             if ended:
                 self._ended(file)
 
@@ -160,8 +209,12 @@ class FilePrefetches:
             if spans is None:
                 _log.debug("prefetch.not_safetensors", dataset=ds.id, path=file.key.path)
                 return
-        for index in itertools.islice(span_blocks(spans, ds.block_size),
-                                      ds.capacity() // ds.block_size):
+        most = ds.capacity() // ds.block_size  # more would evict its own first blocks
+        count = ds.block_count(file.size)
+        with self._lock:
+            file.whole = count <= most and covers_all(spans, ds.block_size, count)
+            self._lock.notify_all()
+        for index in itertools.islice(span_blocks(spans, ds.block_size), most):
             key = file.key._replace(index=index)
             if not self._fetcher.wanted(key):
                 continue
@@ -178,6 +231,9 @@ class FilePrefetches:
 
     def _ended(self, file: _File) -> None:
         """The file's last load ended: one line says what its prefetch did, if anything."""
+        with self._lock:
+            if self._files.get(file.key[:3]) is file:
+                del self._files[file.key[:3]]
         if file.loads or file.failed:
             _log.info("prefetch.file", dataset=file.ds.id, path=file.key.path,
                       loads=file.loads, failed=file.failed,

@@ -190,12 +190,12 @@ class DatasetReader(UfsBackend):
         The mount asks `extent` for no smaller file."""
         return self.info.block_size + 1
 
-    def extent(self, path: str, version: str, size: int) -> str | None:
+    def extent(self, path: str, version: str, size: int, wait: float = 0.0) -> str | None:
         """A tier file holding this whole file version, for the mount to hand to the kernel
-        at open (FUSE passthrough); None: read it block by block, as while the engine is
-        away."""
+        at open (FUSE passthrough), after up to `wait` seconds of its `prefetch`
+        (`CacheEngine.extent`); None: read it block by block, as while the engine is away."""
         try:
-            return self._call(self._engine.extent, path, version, size)
+            return self._call(self._engine.extent, path, version, size, wait)
         except EngineUnreachable:
             return None
 

@@ -77,3 +77,13 @@ def span_blocks(spans: list[tuple[int, int]], block_size: int) -> Iterator[int]:
         for index in range(max(start // block_size, last + 1), (end - 1) // block_size + 1):
             yield index
             last = index
+
+
+def covers_all(spans: list[tuple[int, int]], block_size: int, count: int) -> bool:
+    """Whether `spans` (sorted, disjoint) touch every one of blocks 0..count-1."""
+    reached = 0  # the first block index no span touched yet
+    for start, end in spans:
+        if start // block_size > reached:
+            return False
+        reached = max(reached, (end - 1) // block_size + 1)
+    return reached >= count

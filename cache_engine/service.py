@@ -98,7 +98,7 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
     def Extent(self, request):
         require(request, "dataset_id", "path")
         path = self._call(self.engine.extent, request.dataset_id, request.path,
-                          request.version, request.file_size)
+                          request.version, request.file_size, request.wait)
         return cache_pb2.ExtentResponse(path=path or "")
 
     # --- preload and status (the CLI) ------------------------------------------------------

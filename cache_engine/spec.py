@@ -47,12 +47,16 @@ PRELOAD_ALL = ("true", "yes", "1", "all")
 PRELOAD_NONE = ("", "false", "no", "0")
 # Whole-file prefetch at a file's first read, least to most generous (`dataset.shared_spec`).
 PREFETCH_MODES = ("off", "safetensors", "whole")
+# Seconds an open of a file that `prefetch` loads whole waits for it (then the kernel reads
+# the tier's copy itself); 0: never. A mount setting, as those below.
+DEFAULT_PREFETCH_WAIT = 60.0
+MAX_PREFETCH_WAIT = 600.0
 # How files look, not what they hold: the mount applies these, the engine never needs them.
 OWNER_KEYS = ("uid", "gid", "fileMode", "dirMode")
 # Which opens bypass the kernel's page cache (README "Volume parameters"): `cold`, those of a
 # file the cache does not hold whole yet; `off`, none. A mount setting too.
 DIRECT_IO_MODES = ("cold", "off")
-MOUNT_KEYS = (*OWNER_KEYS, "directIO")
+MOUNT_KEYS = (*OWNER_KEYS, "directIO", "prefetchWait")
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to chown(2): never an owner
 
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
@@ -82,6 +86,7 @@ class DatasetSpec:
     source_concurrency: int = DEFAULT_SOURCE_CONCURRENCY  # source operations in flight
     prefetch: str = "off"  # one of PREFETCH_MODES (README "Volume parameters")
     direct_io: str = "cold"  # one of DIRECT_IO_MODES
+    prefetch_wait: float = DEFAULT_PREFETCH_WAIT  # seconds
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_parameters(self) -> dict[str, str]:
@@ -113,6 +118,8 @@ class DatasetSpec:
             out["prefetch"] = self.prefetch
         if self.direct_io != "cold":
             out["directIO"] = self.direct_io
+        if self.prefetch_wait != DEFAULT_PREFETCH_WAIT:
+            out["prefetchWait"] = _format_seconds(self.prefetch_wait)
         owner = (self.uid, self.gid, self.file_mode, self.dir_mode)
         for key, value in zip(OWNER_KEYS, owner, strict=True):
             if value is not None:
@@ -136,6 +143,11 @@ class DatasetSpec:
 def _format_ttl(ttl: float | None) -> str:
     """Exact, so that parsing the canonical parameters gives back the same spec."""
     return "immutable" if ttl is None else _format_seconds(ttl)
+
+
+def prefetch_covers(mode: str, path: str) -> bool:
+    """Whether a `prefetch` mode loads this file whole (if it has 2+ blocks)."""
+    return mode == "whole" or (mode == "safetensors" and path.lower().endswith(".safetensors"))
 
 
 def _format_seconds(seconds: float) -> str:
@@ -222,14 +234,13 @@ def _parse_ttl(value: str) -> float | None:
     return ttl
 
 
-def _parse_timeout(value: str) -> float:
+def _parse_seconds(key: str, value: str, low: float, high: float) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise InvalidParameter("sourceTimeout", f"{shown(value)} is not seconds") from None
-    if not MIN_SOURCE_TIMEOUT <= seconds <= MAX_SOURCE_TIMEOUT:
-        raise InvalidParameter("sourceTimeout", f"{shown(value)} is outside "
-                               f"{MIN_SOURCE_TIMEOUT}..{MAX_SOURCE_TIMEOUT:g} seconds")
+        raise InvalidParameter(key, f"{shown(value)} is not seconds") from None
+    if not low <= seconds <= high:
+        raise InvalidParameter(key, f"{shown(value)} is outside {low:g}..{high:g} seconds")
     return seconds
 
 
@@ -299,12 +310,16 @@ def parse_parameters(params: dict[str, str]) -> DatasetSpec:
     if "readAhead" in dataset:
         kwargs["read_ahead"] = _parse_int("readAhead", dataset["readAhead"], 0, MAX_READ_AHEAD)
     if "sourceTimeout" in dataset:
-        kwargs["source_timeout"] = _parse_timeout(dataset["sourceTimeout"])
+        kwargs["source_timeout"] = _parse_seconds("sourceTimeout", dataset["sourceTimeout"],
+                                                  MIN_SOURCE_TIMEOUT, MAX_SOURCE_TIMEOUT)
     if "sourceConcurrency" in dataset:
         kwargs["source_concurrency"] = _parse_int(
             "sourceConcurrency", dataset["sourceConcurrency"], 1, MAX_SOURCE_CONCURRENCY)
     if "prefetch" in dataset:
         kwargs["prefetch"] = _parse_mode_word("prefetch", dataset["prefetch"], PREFETCH_MODES)
+    if "prefetchWait" in dataset:
+        kwargs["prefetch_wait"] = _parse_seconds("prefetchWait", dataset["prefetchWait"], 0,
+                                                 MAX_PREFETCH_WAIT)
     if "directIO" in dataset:
         kwargs["direct_io"] = _parse_mode_word("directIO", dataset["directIO"], DIRECT_IO_MODES)
     for key, name in zip(OWNER_KEYS, ("uid", "gid", "file_mode", "dir_mode"), strict=True):

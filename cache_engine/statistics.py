@@ -61,6 +61,8 @@ class EngineStatistics:
     checksum_failures: int
     prefetches: int
     prefetches_skipped: int  # read-ahead not started: the dataset's source slots were needed
+    prefetch_open_waits: int  # opens that waited for their file's `prefetch` (prefetchWait)
+    prefetch_open_waits_loaded: int  # of them, those whose file was loaded whole in time
     extents_built: int
     extents_served: int
     extents_checked: int  # scrubs of disk extents (scrub.py)

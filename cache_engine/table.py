@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import heapq
 
-from .blocks import Block, BlockKey
+from .blocks import Block, BlockKey, block_path
 from .tiers import Tier
+from .types import CachedBlock
 
 _SLACK = 64  # stale heap entries tolerated beyond 2x the live ones before a rebuild
 
@@ -128,6 +129,13 @@ class BlockTable:
 
     def dataset_blocks(self, dataset_id: str) -> dict[BlockKey, Block]:
         return self._by_dataset.get(dataset_id, {})
+
+    def cached(self, dataset_id: str | None = None) -> list[CachedBlock]:
+        """What is cached, of one dataset or of all, with each block's tier file path."""
+        found = (self.blocks.values() if dataset_id is None
+                 else self.dataset_blocks(dataset_id).values())
+        return [CachedBlock(b.key, b.tier, block_path(self.tiers[b.tier], b.file), b.length,
+                            b.checksum, b.offset) for b in found]
 
     # --- claiming blocks for a move or a drop ---------------------------------------------
 

@@ -41,6 +41,10 @@ COUNTERS = {
     "prefetches": ("eddy_prefetches", "Blocks loaded ahead of sequential readers."),
     "prefetches_skipped": ("eddy_prefetches_skipped",
                            "Read-ahead not started: the dataset's source slots were busy."),
+    "prefetch_open_waits": ("eddy_prefetch_open_waits", "Opens that waited for their file's "
+                            "whole-file prefetch (prefetchWait)."),
+    "prefetch_open_waits_loaded": ("eddy_prefetch_open_waits_loaded", "Opens that waited and "
+                                   "got their file loaded whole in time (then passed through)."),
     "extents_built": ("eddy_extents_built", "Files compacted into one tier file (an extent)."),
     "extents_served": ("eddy_extents_served",
                        "Opens handed an extent for the kernel to read (FUSE passthrough)."),

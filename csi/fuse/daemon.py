@@ -43,7 +43,7 @@ import pyfuse3
 import structlog
 import trio
 
-from cache_engine.spec import parse_parameters, parse_secrets
+from cache_engine.spec import DatasetSpec, parse_parameters, parse_secrets, prefetch_covers
 from cache_engine.ufs import Kind, UfsBackend
 from eddy.base import log
 from eddy.base.errors import EddyError, InvalidArgument, Unavailable
@@ -69,6 +69,16 @@ def mount_options(volume_id: str, writable: bool = False) -> set[str]:
     # mismatch. Requests are still up to 1 MiB (libfuse 3 negotiates max_pages = 256).
     return {f"fsname={device.fsname(volume_id)}", "subtype=eddy", *device.MOUNT_OPTIONS,
             *(() if writable else ("ro",))}
+
+
+def prefetch_wait(spec: DatasetSpec, request_timeout: float | None) -> Callable[[str], float]:
+    """Seconds an open of a file waits for its `prefetch` to load it (`prefetchWait`): none
+    for a file the volume's `prefetch` does not cover, and never half the kernel's request
+    timeout or more (a request older than that aborts the whole connection)."""
+    seconds = spec.prefetch_wait
+    if request_timeout is not None:
+        seconds = min(seconds, request_timeout / 2)
+    return lambda path: seconds if prefetch_covers(spec.prefetch, path) else 0.0
 
 
 def pyfuse3_can_resume() -> bool:
@@ -198,7 +208,8 @@ def run(mountpoint: str, volume_id: str, parameters: dict[str, str],
                 journal.save_init(pyfuse3.get_init_exchange()[0],
                                   {"direct_io_mmap": fs.direct_io_mmap})
         options = {"table": table, "on_init": on_init, "permissions": Permissions.of(spec),
-                   "cold_direct_io": spec.direct_io == "cold"}
+                   "cold_direct_io": spec.direct_io == "cold",
+                   "prefetch_wait": prefetch_wait(spec, device.request_timeout())}
         fs = WritableFs(opened.backend, spec.metadata_ttl, writer=opened.writer(), **options) \
             if writable else DatasetFs(opened.backend, spec.metadata_ttl, **options)
         target = mountpoint if session is None else f"/dev/fd/{session.fd}"

@@ -23,6 +23,22 @@ MOUNT_OPTIONS = ("allow_other", "default_permissions")  # every pod's uid; the k
 FUSE_NOTIFY_RESEND = 7  # Linux 6.9+: requests read but not answered go back to the queue
 
 
+def request_timeout(sysctls: str = "/proc/sys/fs/fuse") -> float | None:
+    """Seconds a new connection's requests may go unanswered before the kernel aborts it
+    (Linux 6.14+ `default_request_timeout`, capped by `max_request_timeout`); None: no limit.
+    """
+    limits = []
+    for name in ("default_request_timeout", "max_request_timeout"):
+        try:
+            with open(os.path.join(sysctls, name)) as f:
+                limits.append(int(f.read()))
+        except (OSError, ValueError):
+            limits.append(0)
+    default, most = limits
+    timeout = min(default or most, most or default)
+    return float(timeout) if timeout else None
+
+
 def fsname(volume_id: str) -> str:
     """The mount's source column: the volume id, reduced to what mount options allow."""
     return "eddy:" + re.sub(r"[^A-Za-z0-9._-]", "_", volume_id)[:64]

@@ -130,6 +130,7 @@ class DatasetFs(pyfuse3.Operations):
         metadata_threads: int = METADATA_THREADS,
         passthrough: bool = True,
         cold_direct_io: bool = True,
+        prefetch_wait: Callable[[str], float] = lambda path: 0.0,
         table: SessionTable | None = None,
         on_init: Callable[[], None] | None = None,
         permissions: Permissions | None = None,
@@ -159,6 +160,7 @@ class DatasetFs(pyfuse3.Operations):
             # Opens of files not cached whole bypass the page cache (`directIO: cold`), but
             # only where a mapping of them still works (Linux 6.6+).
             self.enable_direct_io_mmap = cold_direct_io
+        self._prefetch_wait = prefetch_wait  # path -> seconds an open waits for its prefetch
         # Smaller files never have an extent: their opens skip the worker thread that asks.
         self._extent_min_size = getattr(reader, "extent_min_size", 0)
         self._table = table or SessionTable()
@@ -340,7 +342,8 @@ class DatasetFs(pyfuse3.Operations):
         backing_id = 0
         tracked = self._passthrough is not None and entry.size >= self._extent_min_size
         if tracked:
-            backing_id = await self._passthrough.open(inode, path, entry.version, entry.size)
+            backing_id = await self._passthrough.open(inode, path, entry.version, entry.size,
+                                                      self._prefetch_wait(path))
         fh = self._table.open_file(inode, path, entry.version, tracked, backing_id)
         if backing_id:
             self._passthrough_opens += 1

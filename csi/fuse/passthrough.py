@@ -32,8 +32,10 @@ BACKING_CLOSE = 0x4004E502  # FUSE_DEV_IOC_BACKING_CLOSE: the uint32 backing id
 # The kernel or this session cannot pass through at all: asking again would only fail again.
 _REFUSED = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EPERM, errno.EINVAL})
 
-# (path, version, size) -> a file whose bytes are exactly that version's, or None
-Extent = Callable[[str, str, int], str | None]
+# (path, version, size, seconds it may wait for a prefetch) -> a file whose bytes are
+# exactly that version's, or None
+Extent = Callable[[str, str, int, float], str | None]
+WAITING_OPENS = 8  # opens waiting for a prefetch at once; the others wait for a turn
 
 
 def pyfuse3_has_passthrough() -> bool:
@@ -79,13 +81,17 @@ class Passthrough:
         self._extent = extent
         self._backing = backing
         self._limiter = limiter
+        # An open waiting for a prefetch holds its thread for seconds: not one of `limiter`'s.
+        self._wait_limiter = trio.CapacityLimiter(WAITING_OPENS)
         self._log = logger
         self._inodes: dict[int, _Inode] = {}
         self._refused = False  # the kernel said no: every later open reads as before
         self._warned = False
 
-    async def open(self, inode: int, path: str, version: str, size: int) -> int:
-        """The backing id a new open file of `inode` names, or 0 to read it as before.
+    async def open(self, inode: int, path: str, version: str, size: int,
+                   wait: float = 0.0) -> int:
+        """The backing id a new open file of `inode` names, or 0 to read it as before; the
+        engine may take up to `wait` seconds to answer, while a prefetch loads the file.
 
         Opens that arrive while the first open of an inode is asking for its extent wait
         for that answer, so two racing opens never name two different backing ids.
@@ -97,7 +103,7 @@ class Passthrough:
                 await state.decided.wait()
             else:
                 try:
-                    state.backing_id = await self._backing_id(path, version, size)
+                    state.backing_id = await self._backing_id(path, version, size, wait)
                 finally:
                     state.decided.set()
         except BaseException:
@@ -125,12 +131,13 @@ class Passthrough:
         if state.backing_id:
             self._backing.close(state.backing_id)
 
-    async def _backing_id(self, path: str, version: str, size: int) -> int:
+    async def _backing_id(self, path: str, version: str, size: int, wait: float) -> int:
         if self._refused or not version:  # a version-less file may change under its inode
             return 0
         try:
             return await trio.to_thread.run_sync(
-                self._register, path, version, size, limiter=self._limiter)
+                self._register, path, version, size, wait,
+                limiter=self._wait_limiter if wait else self._limiter)
         except OSError as e:
             self._refused = e.errno in _REFUSED  # it was False, or this open would not ask
             level = self._log.debug if self._warned and not self._refused else self._log.warning
@@ -139,10 +146,10 @@ class Passthrough:
                   error=str(e), passthrough_off=self._refused)
             return 0
 
-    def _register(self, path: str, version: str, size: int) -> int:
+    def _register(self, path: str, version: str, size: int, wait: float) -> int:
         """In a worker thread: a backing id for the version's extent, 0 if it has none."""
         try:
-            extent = self._extent(path, version, size)
+            extent = self._extent(path, version, size, wait)
         except (OSError, EddyError) as e:  # the engine did not answer: read as before
             self._log.debug("no extent", path=path, error=str(e))
             return 0

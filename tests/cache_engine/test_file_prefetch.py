@@ -6,11 +6,14 @@ offset order from its first lookup, so the loader's faults find their blocks cac
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import threading
 from collections import Counter
 
 import pytest
 
+from cache_engine import file_prefetch
 from tests.support.engine import BS, FakeClock, blob, make_spec, make_tiers, read_location
 from tests.support.fake_source import FakeUfs
 from tests.support.model_files import safetensors_file, safetensors_header
@@ -221,3 +224,119 @@ def test_close_does_not_wait_for_a_source_that_hangs(engines, tmp_path):
         assert not closer.is_alive()
     finally:
         ufs.release()
+
+
+
+# -- An open that waits for the prefetch (`prefetchWait`) ------------------------------------
+
+
+def _extent_in_thread(engine, ds, entry, wait: float) -> tuple[threading.Thread, list]:
+    """`engine.extent` with `wait`, as a mount's open calls it, on a thread of its own."""
+    got: list = []
+    opener = threading.Thread(target=lambda: got.append(
+        engine.extent(ds, MODEL, entry.version, entry.size, wait)))
+    opener.start()
+    return opener, got
+
+
+@contextlib.contextmanager
+def _open_waiting(engine, ufs, wait: float = 300):
+    """An open of MODEL waiting for its prefetch, whose source holds the header's block
+    until the block ends: (the opener's thread, the list it appends its answer to)."""
+    ds, entry = _open(engine, MODEL, prefetch="safetensors")
+    ufs.hold(MODEL)
+    try:
+        opener, got = _extent_in_thread(engine, ds, entry, wait)
+        wait_for(lambda: ufs.count("read") >= 1, what="the prefetch to read the header")
+        yield opener, got
+    finally:
+        ufs.release()
+
+
+@pytest.fixture
+def ram_engine(engines, ufs, tmp_path):
+    """An engine whose tiers count as held in RAM: a file loaded whole is in its extent."""
+    return engines(tiers=make_tiers(str(tmp_path), 16, 32), ufs=ufs,
+                   held_in_ram=lambda path: True)
+
+
+def test_an_open_that_waits_gets_the_extent_once_the_prefetch_loaded_the_file(ram_engine, ufs):
+    with _open_waiting(ram_engine, ufs, 60) as (opener, got):
+        opener.join(0.5)
+        assert opener.is_alive()  # the source holds the header's block: the open waits
+    opener.join(30)
+    assert got[0] is not None
+    with open(got[0], "rb") as f:
+        assert f.read() == ufs.data(MODEL)
+    assert _reads_per_block(ufs, MODEL) == Counter(range(_blocks(len(ufs.data(MODEL)))))
+    stats = ram_engine.statistics()
+    assert (stats.prefetch_open_waits, stats.prefetch_open_waits_loaded) == (1, 1)
+
+
+def test_an_open_waits_no_longer_than_asked(ram_engine, ufs):
+    ds, entry = _open(ram_engine, MODEL, prefetch="safetensors")
+    ufs.hold(MODEL)
+    try:
+        assert ram_engine.extent(ds, MODEL, entry.version, entry.size, 0.3) is None
+    finally:
+        ufs.release()
+    assert ram_engine.drain(30)  # the prefetch went on: the next open passes through
+    assert ram_engine.extent(ds, MODEL, entry.version, entry.size) is not None
+    stats = ram_engine.statistics()
+    assert (stats.prefetch_open_waits, stats.prefetch_open_waits_loaded) == (1, 0)
+
+
+NOT_WHOLE = {  # (parameters, the file's bytes): its prefetch will not load every block
+    "prefetch-off": ({}, None),
+    "not-a-safetensors-file": ({"prefetch": "safetensors"}, blob(6 * BS)),
+    "blocks-the-header-does-not-name": ({"prefetch": "safetensors"},
+                                        safetensors_file(TENSORS) + blob(2 * BS)),
+    "bigger-than-the-dataset-holds": ({"prefetch": "whole", "capacity": 4 * BS}, None),
+}
+
+
+@pytest.mark.parametrize("params,data", NOT_WHOLE.values(), ids=NOT_WHOLE.keys())
+def test_an_open_does_not_wait_for_a_prefetch_that_will_not_load_the_file_whole(
+        ram_engine, ufs, params, data):
+    if data is not None:
+        ufs.set(MODEL, data)
+    ds, entry = _open(ram_engine, MODEL, **params)
+    opener, got = _extent_in_thread(ram_engine, ds, entry, 300)
+    opener.join(60)  # far less than it may wait: a wait would outlast it
+    assert not opener.is_alive()
+    assert got == [None]
+    assert ram_engine.statistics().prefetch_open_waits_loaded == 0
+
+
+def test_an_open_stops_waiting_when_the_prefetch_fails(ram_engine, ufs):
+    with _open_waiting(ram_engine, ufs) as (opener, got):
+        ufs.fail = OSError(errno.EIO, "the source broke")
+    opener.join(60)
+    assert got == [None]
+
+
+def test_an_open_stops_waiting_when_the_engine_closes(ram_engine, ufs):
+    with _open_waiting(ram_engine, ufs) as (opener, got):
+        closer = threading.Thread(target=ram_engine.close)
+        closer.start()
+        opener.join(60)
+        assert got == [None]
+    closer.join(60)
+
+
+def test_at_most_max_waiters_opens_wait_at_once(ram_engine, ufs):
+    """A waiting open holds an engine thread, which every volume of the node shares."""
+    ds, entry = _open(ram_engine, MODEL, prefetch="safetensors")
+    ufs.hold(MODEL)
+    try:
+        openers = [_extent_in_thread(ram_engine, ds, entry, 300)
+                   for _ in range(file_prefetch.MAX_WAITERS)]
+        wait_for(lambda: ram_engine.statistics().prefetch_open_waits == len(openers),
+                 what="every open to wait")
+        assert ram_engine.extent(ds, MODEL, entry.version, entry.size, 300) is None  # at once
+    finally:
+        ufs.release()
+    for opener, got in openers:
+        opener.join(60)
+        assert got[0] is not None
+    assert ram_engine.statistics().prefetch_open_waits == file_prefetch.MAX_WAITERS

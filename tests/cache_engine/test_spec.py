@@ -97,6 +97,9 @@ INVALID = [
     ("empty-prefetch", LOCAL | {"prefetch": ""}, ["prefetch", "off, safetensors, whole"]),
     ("prefetch-as-boolean", LOCAL | {"prefetch": "true"}, ["prefetch", "true"]),
     ("direct-io-as-boolean", LOCAL | {"directIO": "true"}, ["directIO", "true", "cold, off"]),
+    ("prefetch-wait-as-word", LOCAL | {"prefetchWait": "long"}, ["prefetchWait", "seconds"]),
+    ("negative-prefetch-wait", LOCAL | {"prefetchWait": "-1"}, ["prefetchWait", "0..600"]),
+    ("prefetch-wait-too-long", LOCAL | {"prefetchWait": "3600"}, ["prefetchWait", "600"]),
 ]
 
 RESERVED = {
@@ -156,6 +159,13 @@ VALID = [
      DatasetSpec(Source("local", "local:///data", root="/data"), direct_io="off")),
     ("direct-io-cold", LOCAL | {"directIO": "cold"},
      DatasetSpec(Source("local", "local:///data", root="/data"))),
+    ("prefetch-no-wait", LOCAL | {"prefetch": "safetensors", "prefetchWait": "0"},
+     DatasetSpec(Source("local", "local:///data", root="/data"), prefetch="safetensors",
+                 prefetch_wait=0.0)),
+    ("prefetch-wait-default", LOCAL | {"prefetchWait": "60"},
+     DatasetSpec(Source("local", "local:///data", root="/data"))),
+    ("prefetch-wait-fraction", LOCAL | {"prefetchWait": "2.5"},
+     DatasetSpec(Source("local", "local:///data", root="/data"), prefetch_wait=2.5)),
 ]
 
 
@@ -185,13 +195,15 @@ def test_valid_parameters_parse_to_the_spec(case, params, expected):
 
 def test_mount_keys_stay_with_the_mount_and_are_not_sent_to_the_engine():
     spec = parse_parameters({"source": "s3://bucket", "uid": "1000", "fileMode": "640",
-                             "directIO": "off"})
+                             "directIO": "off", "prefetchWait": "5"})
     assert spec.to_parameters()["fileMode"] == "0640"
     assert spec.to_parameters()["directIO"] == "off"
+    assert spec.to_parameters()["prefetchWait"] == "5"
     sent = spec.engine_parameters()
     # An engine that predates these keys would refuse them; it needs none of them.
-    assert not set(sent) & {"uid", "gid", "fileMode", "dirMode", "directIO"}
-    assert parse_parameters(sent) == replace(spec, uid=None, file_mode=None, direct_io="cold")
+    assert not set(sent) & {"uid", "gid", "fileMode", "dirMode", "directIO", "prefetchWait"}
+    assert parse_parameters(sent) == replace(spec, uid=None, file_mode=None, direct_io="cold",
+                                             prefetch_wait=60.0)
 
 
 def test_parse_quantity():
@@ -255,7 +267,7 @@ def test_create_volume_returns_the_canonical_parameters(controller, case, params
 
 KNOWN_KEYS = ("endpoint", "region", "cacheCapacity", "tiers", "blockSize", "preload",
               "metadataTTL", "readAhead", "uid", "gid", "fileMode", "dirMode",
-              "sourceTimeout", "sourceConcurrency", "prefetch", "directIO")
+              "sourceTimeout", "sourceConcurrency", "prefetch", "directIO", "prefetchWait")
 SOURCES = ("local:///data", "s3://bucket/x", "pvc://ns/claim/sub", "nfs://nas/exports",
            "https://example.com/d/", "http://[::1]:8080/x", "local://", "s3://", "http://[")
 # Any character (lone surrogates too: a command line's undecodable bytes become those), and
@@ -291,6 +303,7 @@ PLAUSIBLE_PARAMETERS = st.fixed_dictionaries({"source": st.sampled_from(SOURCES[
     "sourceConcurrency": st.integers(-1, 100).map(str),
     "prefetch": st.sampled_from(("off", "safetensors", "whole", " Whole", "OFF", "true", "")),
     "directIO": st.sampled_from(("cold", "off", " OFF", "on", "")),
+    "prefetchWait": st.one_of(st.floats().map(repr), st.sampled_from(("0", "60", "1e3"))),
 })
 ANY_PARAMETERS = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS + ("source",)), ANY_TEXT,
                                            st.just("csi.storage.k8s.io/pvc/name")),

@@ -38,6 +38,7 @@ from tests.support.driver import (
 )
 from tests.support.http_source import HttpSource
 from tests.support.logs import log_events
+from tests.support.model_files import load_in_pod, safetensors_file
 from tests.support.tiers import flip_a_byte, tier_bytes, tier_files, wait_compacted
 from tests.support.wait import wait_for
 
@@ -231,6 +232,40 @@ def test_a_file_cached_whole_is_read_by_the_kernel_from_its_extent(tmp_path, ram
         [stats] = unmounted_statistics(drv.log_path)
         assert stats["passthrough_opens"] == 1  # the model's second open; config.json is small
         assert stats["errors"] == 0
+    finally:
+        drv.stop()
+        cleanup_mounts(str(tmp_path))
+
+
+@pytest.mark.skipif(not pyfuse3_has_passthrough(),
+                    reason="stock pyfuse3 cannot ask for passthrough: `make setup` builds one")
+@pytest.mark.parametrize("wait", ["60", "0"], ids=["waits", "prefetchWait-0"])
+def test_a_loader_s_first_open_of_a_model_waits_for_its_prefetch_then_maps_the_extent(
+        tmp_path, ram_dir, wait):
+    """With `prefetch: safetensors`, a loader's first open of a cold model waits while the
+    engine loads it whole, then the kernel maps the tier's copy: no fault reaches the daemon,
+    and no second copy fills the page cache. `prefetchWait: 0` opens at once instead (the
+    faults then read through the daemon)."""
+    src, mem = tmp_path / "dataset", ram_dir / "mem"
+    model = safetensors_file({f"layers.{i}.weight": MiB + 4096 * i for i in range(12)})
+    write_tree(src, {"model.safetensors": model})
+    drv = DriverProcess(str(tmp_path / "driver"),
+                        extra_args=tier_args(f"MEM:{mem}:64Mi")).start()
+    try:
+        volume = create(drv, f"pvc-model-{wait}", {
+            "source": f"local://{src}", "blockSize": "1Mi", "metadataTTL": "immutable",
+            "prefetch": "safetensors", "prefetchWait": wait})
+        staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
+        assert load_in_pod(os.path.join(targets[0], "model.safetensors")) == sha(model)
+        unpublish_and_unstage(drv, volume, staging, targets)
+        [stats] = unmounted_statistics(drv.log_path)
+        assert stats["errors"] == 0
+        if wait == "0":
+            assert (stats["passthrough_opens"], stats["direct_io_opens"]) == (0, 1)
+            assert stats["reads"] > 0
+        else:
+            assert (stats["passthrough_opens"], stats["direct_io_opens"]) == (1, 0)
+            assert stats["reads"] == 0
     finally:
         drv.stop()
         cleanup_mounts(str(tmp_path))

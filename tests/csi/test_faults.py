@@ -40,6 +40,7 @@ from tests.support.driver import (
     unpublish_and_unstage,
 )
 from tests.support.http_source import HttpSource
+from tests.support.model_files import loader_in_pod, safetensors_file
 from tests.support.node import MounterContainer, PluginContainer, Pod, inner_pid, mounts_at
 from tests.support.tiers import wait_compacted
 from tests.support.wait import wait_for
@@ -355,6 +356,41 @@ def test_a_mapped_file_read_around_the_page_cache_survives(node, tmp_path, datas
     [*_, stats] = events(n.mounter.log(), "unmounted")  # the successor's
     assert stats["errors"] == 0
     assert (stats["direct_io_opens"] == 1) is granted, stats
+
+
+@pytest.mark.skipif(not pyfuse3_has_passthrough(), reason="needs the passthrough pyfuse3")
+def test_an_open_waiting_for_its_prefetch_survives_the_daemon_dying(node, tmp_path, ram_dir):
+    """A loader's first open of a model waits in the daemon while the engine loads the file
+    whole (`prefetchWait`), and the daemon is killed then. The kernel sends the open again to
+    the successor, which waits for the same prefetch; the pod maps the model from its extent
+    and every byte is right."""
+    root = tmp_path / "models"
+    root.mkdir()
+    model = safetensors_file({f"layers.{i}.weight": 4 * MiB + 4096 * i for i in range(8)})
+    (root / "model.safetensors").write_bytes(model)
+    n = node(*tier_args(f"MEM:{ram_dir / 'mem'}:256Mi"))
+    with HttpSource(root) as http:
+        volume = create(n.plugin, "pvc-model-wait", {
+            "source": http.url, "metadataTTL": "immutable", "prefetch": "safetensors"})
+        staging, targets = stage_and_publish(n.plugin, tmp_path, volume, targets=("pod-a",))
+        http.gate.clear()
+        loader = loader_in_pod(os.path.join(targets[0], "model.safetensors"))
+        try:
+            wait_for(lambda: http.data_gets(), 30, "the prefetch to ask for the header")
+            time.sleep(0.5)
+            assert loader.poll() is None  # its open waits for the prefetch
+            [pid] = daemon_pids(volume.volume_id)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: daemon_pids(volume.volume_id) not in ([], [pid]), 10,
+                     "a resumed daemon")
+        finally:
+            http.gate.set()
+        out, err = loader.communicate(timeout=120)
+        assert (loader.returncode, out.strip()) == (0, hashlib.sha256(model).hexdigest()), err
+        unpublish_and_unstage(n.plugin, volume, staging, targets)
+    [*_, stats] = events(n.mounter.log(), "unmounted")  # the successor's
+    assert stats["errors"] == 0
+    assert (stats["passthrough_opens"], stats["reads"]) == (1, 0), stats
 
 
 @pytest.fixture

@@ -192,16 +192,18 @@ class ChangedResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ExtentRequest(_message.Message):
-    __slots__ = ("dataset_id", "path", "version", "file_size")
+    __slots__ = ("dataset_id", "path", "version", "file_size", "wait")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     path: str
     version: str
     file_size: int
-    def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[str] = ..., file_size: _Optional[int] = ...) -> None: ...
+    wait: float
+    def __init__(self, dataset_id: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[str] = ..., file_size: _Optional[int] = ..., wait: _Optional[float] = ...) -> None: ...
 
 class ExtentResponse(_message.Message):
     __slots__ = ("path",)

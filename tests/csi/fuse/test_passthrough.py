@@ -22,13 +22,17 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyfuse3
 import pytest
 import trio
 
+from cache_engine.spec import parse_parameters
 from cache_engine.ufs.local import LocalUfs
+from csi.fuse import device
+from csi.fuse.daemon import prefetch_wait
 from csi.fuse.fs import DatasetFs
 from csi.fuse.passthrough import Passthrough, pyfuse3_has_passthrough
 from csi.mounts import is_mount_point
@@ -76,7 +80,7 @@ class FakeExtents:
         self.fail: Exception | None = None
         self.calls = 0
 
-    def __call__(self, path: str, version: str, size: int) -> str | None:
+    def __call__(self, path: str, version: str, size: int, wait: float = 0.0) -> str | None:
         self.calls += 1
         time.sleep(0.05)  # long enough for a second open to arrive meanwhile
         if self.fail is not None:
@@ -159,9 +163,64 @@ def test_a_failure_opens_through_the_daemon(tmp_path, fail, size, error, tries_a
     assert extents.calls == (2 if tries_again else 1)
 
 
+def test_opens_that_wait_for_a_prefetch_keep_out_of_the_metadata_threads(tmp_path):
+    """An open waiting for its prefetch holds a worker thread for seconds: a slow model must
+    not hold up every stat and listing of the mount."""
+    backing = FakeBackingFiles()
+    extent_file = FakeExtents(tmp_path / "extent", 10).path
+    loaded = threading.Event()
+    waits: list[float] = []
+
+    def extent(path: str, version: str, size: int, wait: float = 0.0) -> str:
+        waits.append(wait)
+        if wait:
+            loaded.wait(30)
+        return str(extent_file)
+
+    metadata = trio.CapacityLimiter(2)
+    passthrough = Passthrough(extent, backing, metadata, log.get("test"))
+
+    async def go():
+        async with trio.open_nursery() as nursery:
+            for inode in (1, 2, 3):  # more than the metadata threads
+                nursery.start_soon(passthrough.open, inode, "m.safetensors", "v1", 10, 60.0)
+            with trio.fail_after(10):
+                while len(waits) < 3:
+                    await trio.sleep(0.01)
+                assert await passthrough.open(4, "config.json", "v1", 10) == 1  # not held up
+            assert metadata.borrowed_tokens == 0
+            loaded.set()
+
+    trio.run(go)
+    assert sorted(waits) == [0.0, 60.0, 60.0, 60.0]
+    assert len(backing.opened) == 4
+
+
+def test_an_open_waits_only_for_what_its_prefetch_covers_and_within_the_kernels_timeout():
+    spec = parse_parameters({"source": "local:///data", "prefetch": "safetensors"})
+    wait = prefetch_wait(spec, None)
+    assert (wait("m/model-00001.SafeTensors"), wait("m/pytorch_model.bin")) == (60, 0)
+    assert prefetch_wait(replace(spec, prefetch="whole"), None)("m/pytorch_model.bin") == 60
+    assert prefetch_wait(replace(spec, prefetch="off"), None)("m/model.safetensors") == 0
+    assert prefetch_wait(replace(spec, prefetch_wait=0), None)("m/model.safetensors") == 0
+    # A request older than the kernel's timeout aborts the connection: the wait stays below.
+    assert prefetch_wait(spec, 30)("m/model.safetensors") == 15
+
+
+@pytest.mark.parametrize(("default", "most", "timeout"), [
+    ("0", "0", None), ("30", "0", 30), ("0", "20", 20), ("30", "20", 20), ("10", "20", 10),
+    (None, None, None),  # a kernel before 6.14 has neither
+])
+def test_the_kernels_request_timeout(tmp_path, default, most, timeout):
+    for name, value in (("default_request_timeout", default), ("max_request_timeout", most)):
+        if value is not None:
+            (tmp_path / name).write_text(value + "\n")
+    assert device.request_timeout(str(tmp_path)) == timeout
+
+
 def test_passthrough_is_asked_for_only_when_pyfuse3_and_the_reader_can(tmp_path):
     class Reader(LocalUfs):
-        def extent(self, path, version, size):
+        def extent(self, path, version, size, wait=0.0):
             return None
 
     assert DatasetFs(Reader(str(tmp_path)), 60).enable_passthrough == pyfuse3_has_passthrough()
@@ -188,7 +247,7 @@ class ExtentReader(LocalUfs):
         super().__init__(root)
         self.control = Path(control)
 
-    def extent(self, path: str, version: str, size: int) -> str | None:
+    def extent(self, path: str, version: str, size: int, wait: float = 0.0) -> str | None:
         with open(self.control / "calls", "a") as f:
             f.write(f"{path}\n")
         delay = self.control / "delay"
