@@ -3,13 +3,15 @@ tensors out in shuffled order, cold from S3, beside a plain sequential cold read
 
     eddy sequential       1 MiB read()s of the whole file (prefetch off, the default)
     eddy loader-prefetch  `measure.load_tensors` on an eddy mount with `prefetch: safetensors`
+                          (its open waits for the file, `prefetchWait`, then passes through)
     eddy loader           the same loader, prefetch off
     s3fs loader           the same loader on s3fs (`-o use_cache`), when s3fs runs
 
 Every run is cold: a fresh mount, an empty cache dir, the page cache dropped. The sequential
 read and the loader with prefetch, whose ratio the target checks, run twice, first and last
 with the others in between, and their rows get the mean time, so a drift of the shared
-machine favours neither. Each loader's tensors are checked against the source copy's.
+machine favours neither. Each loader's tensors are checked against the source copy's, and
+each eddy row keeps its last mount's `unmounted` event (FUSE reads, passthrough opens).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def _cold(system: System, source: Source, cache: str, read: Callable[[str], Timi
             row.peak_rss_mib = max(peak or 0, row.peak_rss_mib or 0) or None
             if isinstance(system, Eddy):
                 row.details["status"] = system.status(mounted)
+        if isinstance(system, Eddy):  # FUSE reads, passthrough and direct_io opens
+            row.details["mount"] = system.session(mounted)
         return timing
     finally:
         shutil.rmtree(cache, ignore_errors=True)

@@ -64,6 +64,9 @@ def test_quick_bench_writes_every_row(tmp_path):
     for row_id in ("model/eddy/sequential", "model/eddy/loader-prefetch"):  # first and last
         assert len(rows[row_id]["details"]["runs_seconds"]) == 2
     assert len(rows["model/eddy/loader"]["details"]["runs_seconds"]) == 1
+    waited = rows["model/eddy/loader-prefetch"]["details"]["mount"]  # its open waited for
+    assert (waited["passthrough_opens"], waited["reads"]) == (1, 0), waited  # the whole file
+    assert rows["model/eddy/loader"]["details"]["mount"]["reads"] > 0  # faults via the daemon
     ratios = {r["row"]: r["time_ratio"] for r in results["model_time_ratios"]}
     assert set(ratios) == {"model/eddy/loader-prefetch", "model/eddy/loader",
                            "model/s3fs/loader"}
