@@ -92,6 +92,12 @@ class BlockFetcher:
             return (key not in self._table.blocks and key not in self._inflight
                     and key not in self._queued)
 
+    def loading(self, key: BlockKey, count: int) -> bool:
+        """Whether a block of `key`'s file version (index < count) is loading or queued."""
+        with self._lock:
+            return any(k in self._inflight or k in self._queued
+                       for k in (key._replace(index=i) for i in range(count)))
+
     def load_ahead(self, ds: Dataset, key: BlockKey, file_size: int,
                    taken: bool = False) -> None:
         """Load a block in the background unless it is cached or loading; `taken`: the

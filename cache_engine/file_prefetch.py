@@ -132,25 +132,36 @@ class FilePrefetches:
 
     def wait_loaded(self, key: BlockKey, seconds: float) -> bool:
         """Wait up to `seconds` for the prefetch of this file version to load every block of
-        it: True once its last load ended, none failed (its extent may be asked for again).
-        False at once if no prefetch of it is queued or running, if it will not load every
-        block (a header that does not name them all, a file bigger than the dataset's
+        it: True once its last load ended, none failed, and no block of it that the prefetch
+        left to another reader's load is still on its way (its extent may be asked for
+        again). False at once if no prefetch of it is queued or running, if it will not load
+        every block (a header that does not name them all, a file bigger than the dataset's
         capacity) or if MAX_WAITERS wait already; False when a load fails, on close or when
         the time is up."""
+        started = time.monotonic()
+        deadline = started + seconds
         with self._lock:
             file = self._files.get(key[:3])
             if file is None or self._waiters >= MAX_WAITERS:
                 return False
             self._waiters += 1
             self._counters["prefetch_open_waits"] += 1
-            started = time.monotonic()
-            try:
+        loaded = False
+        try:
+            with self._lock:
                 self._lock.wait_for(lambda: self._closed or file.failed or file.whole is False
                                     or file.ended, seconds)
                 loaded = not (self._closed or file.failed) and file.whole is True and file.ended
-                self._counters["prefetch_open_waits_loaded"] += loaded
-            finally:
+            count = file.ds.block_count(file.size)
+            while loaded and self._fetcher.loading(key, count):  # skipped: another's load
+                if self._closed or time.monotonic() > deadline:
+                    loaded = False
+                    break
+                time.sleep(POLL_SECONDS)
+        finally:
+            with self._lock:
                 self._waiters -= 1
+                self._counters["prefetch_open_waits_loaded"] += loaded
         _log.info("prefetch.open_waited", dataset=key.dataset_id, path=key.path, loaded=loaded,
                   seconds=round(time.monotonic() - started, 3))
         return loaded

@@ -340,3 +340,49 @@ def test_at_most_max_waiters_opens_wait_at_once(ram_engine, ufs):
         opener.join(60)
         assert got[0] is not None
     assert ram_engine.statistics().prefetch_open_waits == file_prefetch.MAX_WAITERS
+
+
+def test_an_open_waits_for_a_block_the_prefetch_left_to_another_reader(engines, tmp_path):
+    """A reader's own miss of the last block is on its way when the prefetch comes to that
+    block: the prefetch skips it (single-flight), and the open waits for it too."""
+    last = _blocks(len(safetensors_file(TENSORS))) - 1
+    ufs = _HeldBlock({MODEL: safetensors_file(TENSORS)}, offset=last * BS)
+    engine = engines(tiers=make_tiers(str(tmp_path), 16, 32), ufs=ufs,
+                     held_in_ram=lambda path: True)
+    ds = engine.open_dataset(make_spec(), {}, "vol-reader").dataset_id
+    entry = engine.stat(ds, MODEL)
+    try:
+        reader = threading.Thread(target=read_location,
+                                  args=(engine, ds, MODEL, entry.version, last, entry.size))
+        reader.start()  # prefetch off for it: only its own block, held at the source
+        assert ufs.asked.wait(30)  # the reader's read reached the source
+        engine.open_dataset(make_spec(prefetch="safetensors"), {}, "vol-loader")
+        opener, got = _extent_in_thread(engine, ds, entry, 300)
+        wait_for(lambda: _cached(engine, ds, MODEL) == set(range(last)),
+                 what="the prefetch to load every other block")
+        opener.join(0.5)
+        assert opener.is_alive()  # it waits for the reader's block
+    finally:
+        ufs.held.set()
+    opener.join(60)
+    reader.join(60)
+    assert got[0] is not None
+    with open(got[0], "rb") as f:
+        assert f.read() == ufs.data(MODEL)
+    assert _reads_per_block(ufs, MODEL) == Counter(range(last + 1))  # each block read once
+
+
+class _HeldBlock(FakeUfs):
+    """A source whose reads at one offset wait until `held` is set (`asked`: one came)."""
+
+    def __init__(self, tree: dict, offset: int):
+        super().__init__(tree)
+        self.offset = offset
+        self.asked = threading.Event()
+        self.held = threading.Event()
+
+    def read(self, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        if offset == self.offset:
+            self.asked.set()
+            self.held.wait(60)
+        return super().read(path, offset, length, version)
