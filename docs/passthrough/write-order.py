@@ -3,7 +3,7 @@ copy), or as a cache tier fills an extent (4 MiB blocks written at their own off
 threads, each finishing when its fetch would). Page cache dropped before each read, the order
 alternating each round; prints MB/s and the ext4 extent count of each file (filefrag).
 
-    sudo python3 docs/passthrough/write-order.py [DIR (default /var/tmp)] [ROUNDS (default 4)]
+    sudo .venv/bin/python docs/passthrough/write-order.py [DIR] [ROUNDS]   (/var/tmp, 4)
 
 The bench's SSD reference reads a fresh copy; eddy's one-shot read reads an extent filled the
 second way. On the bench VM the second kind read 20-35% slower with the same ext4 layout
@@ -17,28 +17,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for e2e.bench
+from e2e.bench.measure import drop_caches, read_file  # noqa: E402 - after the path
 
 SIZE = 2 << 30
 BLOCK = 4 << 20
 FETCHES = 6  # a prefetch's loads in flight (8 source slots, a quarter kept for readers)
-CHUNK = 1 << 20
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def read(path: str) -> float:
-    fd = os.open(path, os.O_RDONLY)
-    start, total = time.perf_counter(), 0
-    try:
-        while chunk := os.read(fd, CHUNK):
-            total += len(chunk)
-    finally:
-        os.close(fd)
-    return total / (time.perf_counter() - start) / 1e6
 
 
 def sequential(path: str, data: bytes) -> None:
@@ -77,8 +63,8 @@ def main() -> None:
                 path = os.path.join(root, "file")
                 write(path, data)
                 drop_caches()
-                print(f"round {n} {name:16} {read(path):7.0f} MB/s  ({extents(path)})",
-                      flush=True)
+                print(f"round {n} {name:16} {read_file(path).mb_s:7.0f} MB/s  "
+                      f"({extents(path)})", flush=True)
                 os.unlink(path)
 
 
