@@ -16,7 +16,6 @@ the side-by-side benchmark (e2e/bench/), whose timing helpers this script shares
 from __future__ import annotations
 
 import argparse
-import filecmp
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ import tempfile
 import time
 
 from cache_engine.quantity import parse_quantity
-from e2e.bench.measure import drop_caches, peak_rss_mib, read_file
+from e2e.bench.measure import drop_caches, peak_rss_mib, read_file, same_bytes
 from e2e.bench.source import make_big_file
 
 TARGETS = {  # figures a 2-core machine must reach
@@ -76,7 +75,7 @@ def run(size: int, workdir: str) -> dict:
         figures["warm_mb_s"] = read_file(through).mb_s
         figures["hot_mb_s"] = read_file(through).mb_s
         figures["daemon_peak_rss_mib"] = peak_rss_mib(mount.pid)
-        figures["bytes_match"] = filecmp.cmp(data, through, shallow=False)
+        figures["bytes_match"] = same_bytes(data, through)
     finally:
         mount.unmount()
     figures["warm_over_direct"] = figures["warm_mb_s"] / figures["direct_mb_s"]

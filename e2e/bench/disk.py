@@ -41,7 +41,6 @@ are skipped with the reason.
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
 import tempfile
@@ -49,7 +48,7 @@ import tempfile
 from cache_engine.blocks import is_extent
 from eddy.base.mounttable import MEMORY_FILESYSTEMS, filesystem_of
 
-from .measure import Timing, drop_caches, read_file
+from .measure import Timing, drop_caches, read_file, same_bytes
 from .mounts import TIER_HEADROOM, Eddy, Mounted
 from .results import DISK, DISK_REFERENCE, DISK_ROWS, Results, Row
 from .scenarios import describe
@@ -129,8 +128,7 @@ def _eddy(system: Eddy, cache: str, rows: dict[str, Row], source: Source) -> Non
             phase = "hot"
             _read(rows["eddy/hot"], mounted, source)
             rows["eddy/hot"].details["status"] = system.status(mounted)
-            if not filecmp.cmp(source.big_path, os.path.join(mounted.path, BIG_NAME),
-                               shallow=False):
+            if not same_bytes(source.big_path, os.path.join(mounted.path, BIG_NAME)):
                 rows["eddy/hot"].error = "the bytes read differ from the source"
         oneshot = rows["eddy/oneshot"]
         session = system.session(mounted)

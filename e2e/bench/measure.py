@@ -10,6 +10,7 @@ reference reads in parallel on purpose: it is what the source and client can del
 
 from __future__ import annotations
 
+import filecmp
 import json
 import mmap
 import os
@@ -86,6 +87,14 @@ def load_tensors(path: str, seed: int = LOADER_SEED) -> tuple[Timing, int]:
     finally:
         os.close(fd)
     return Timing(time.perf_counter() - start - hashing, total), digest % (1 << 64)
+
+
+def same_bytes(a: str, b: str) -> bool:
+    """Whether two files hold the same bytes, both read in full on every call: filecmp keeps
+    the outcome of each pair keyed by size and mtime, so a second check of a file at the same
+    path (a new mount on the same mountpoint) would not have read it."""
+    filecmp.clear_cache()
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def read_tree(root: str) -> Timing:

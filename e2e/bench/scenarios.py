@@ -24,7 +24,6 @@ byte against the source; every other read is checked by its byte and file counts
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
 import subprocess
@@ -32,7 +31,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .measure import Timing, drop_caches, mem_available_mib, page_cache_mib, read_file, read_tree
+from .measure import (
+    Timing,
+    drop_caches,
+    mem_available_mib,
+    page_cache_mib,
+    read_file,
+    read_tree,
+    same_bytes,
+)
 from .mounts import Eddy, Mounted, System
 from .results import PHASES, Results, Row
 from .source import BIG, BIG_NAME, SMALL, Source, small_names
@@ -55,11 +62,11 @@ class Dataset:
 
 def datasets(source: Source) -> list[Dataset]:
     def big_same(root: str) -> bool:
-        return filecmp.cmp(source.big_path, os.path.join(root, BIG_NAME), shallow=False)
+        return same_bytes(source.big_path, os.path.join(root, BIG_NAME))
 
     def small_same(root: str) -> bool:
-        return all(filecmp.cmp(os.path.join(source.small_root, name), os.path.join(root, name),
-                               shallow=False) for name in small_names(source.small_files))
+        return all(same_bytes(os.path.join(source.small_root, name), os.path.join(root, name))
+                   for name in small_names(source.small_files))
 
     return [
         Dataset("big", BIG, os.path.dirname(source.big_path), source.big_bytes, 1,
