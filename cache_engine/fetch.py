@@ -9,6 +9,7 @@ queue. No lock is held across the source read.
 from __future__ import annotations
 
 import errno
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -92,11 +93,13 @@ class BlockFetcher:
             return (key not in self._table.blocks and key not in self._inflight
                     and key not in self._queued)
 
-    def loading(self, key: BlockKey, count: int) -> bool:
-        """Whether a block of `key`'s file version (index < count) is loading or queued."""
+    def loading(self, key: BlockKey) -> bool:
+        """Whether a block of `key`'s file version is loading or queued. It looks through
+        what is in flight or queued, not through the file's blocks: a poll of a huge file
+        must not hold the lock every miss takes."""
+        version = key[:3]
         with self._lock:
-            return any(k in self._inflight or k in self._queued
-                       for k in (key._replace(index=i) for i in range(count)))
+            return any(k[:3] == version for k in itertools.chain(self._inflight, self._queued))
 
     def load_ahead(self, ds: Dataset, key: BlockKey, file_size: int,
                    taken: bool = False) -> None:

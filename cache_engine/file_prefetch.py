@@ -152,8 +152,7 @@ class FilePrefetches:
                 self._lock.wait_for(lambda: self._closed or file.failed or file.whole is False
                                     or file.ended, seconds)
                 loaded = not (self._closed or file.failed) and file.whole is True and file.ended
-            count = file.ds.block_count(file.size)
-            while loaded and self._fetcher.loading(key, count):  # skipped: another's load
+            while loaded and self._fetcher.loading(key):  # skipped: another's load
                 if self._closed or time.monotonic() > deadline:
                     loaded = False
                     break

@@ -226,7 +226,6 @@ def test_close_does_not_wait_for_a_source_that_hangs(engines, tmp_path):
         ufs.release()
 
 
-
 # -- An open that waits for the prefetch (`prefetchWait`) ------------------------------------
 
 
