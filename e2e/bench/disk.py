@@ -96,22 +96,20 @@ def run(source: Source, results: Results, workdir: str, disk_dir: str) -> None:
         return
     root = tempfile.mkdtemp(prefix="eddy-bench-disk-", dir=disk_dir)
     system = Eddy(source, workdir, tier="SSD")
-    sides = [lambda n: _direct(rows[DISK_REFERENCE], os.path.join(root, BIG_NAME), source),
-             lambda n: _eddy(system, os.path.join(root, f"cache-{n}"), rows, source)]
+    copy = os.path.join(root, BIG_NAME)
     try:
-        warm_up = _read_copy(os.path.join(root, BIG_NAME), source)
+        warm_up = _read_copy(copy, source)
         rows[DISK_REFERENCE].details["warm_up_mb_s"] = round(warm_up.mb_s, 1)
         print(f"  {DISK}/direct/warm-up  {warm_up.seconds:8.2f} s {warm_up.mb_s:9.1f} MB/s "
               "(untimed)", flush=True)
         for n in range(ROUNDS):
-            for side in sides if n % 2 == 0 else sides[::-1]:
-                side(n)
+            for side in ("direct", "eddy") if n % 2 == 0 else ("eddy", "direct"):
+                if side == "direct":
+                    _record(rows[DISK_REFERENCE], _read_copy(copy, source), source)
+                else:
+                    _eddy(system, os.path.join(root, f"cache-{n}"), rows, source)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _direct(row: Row, path: str, source: Source) -> None:
-    _record(row, _read_copy(path, source), source)
 
 
 def _read_copy(path: str, source: Source) -> Timing:
@@ -177,16 +175,13 @@ def _extent_read(cache: str) -> float | None:
 
 def _read(row: Row, mounted: Mounted, source: Source) -> None:
     _record(row, read_file(os.path.join(mounted.path, BIG_NAME)), source)
-    peak = mounted.peak_rss_mib()
-    row.peak_rss_mib = max(peak or 0, row.peak_rss_mib or 0) or None
+    row.note_peak_rss(mounted.peak_rss_mib())
 
 
 def _record(row: Row, timing: Timing, source: Source) -> None:
-    """One run into `row`, which keeps its faster run and lists every run's MB/s."""
-    row.record(timing, source.big_bytes, 1, keep_faster=True)
-    runs = row.details.setdefault("runs_mb_s", [])
-    runs.append(round(timing.mb_s, 1))
-    _progress(row, f"run {len(runs)}: {timing.mb_s:.1f} MB/s")
+    """One run of the big file into `row` (`Row.record_run`), and its progress line."""
+    run = row.record_run(timing, source.big_bytes, 1)
+    _progress(row, f"run {run}: {timing.mb_s:.1f} MB/s")
 
 
 def _progress(row: Row, note: str = "") -> None:

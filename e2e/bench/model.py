@@ -81,8 +81,7 @@ def _cold(system: System, source: Source, cache: str, read: Callable[[str], Timi
     try:
         with system.mount(BIG, cache, source.big_bytes) as mounted:
             timing = read(os.path.join(mounted.path, BIG_NAME))
-            peak = mounted.peak_rss_mib()
-            row.peak_rss_mib = max(peak or 0, row.peak_rss_mib or 0) or None
+            row.note_peak_rss(mounted.peak_rss_mib())
             if isinstance(system, Eddy):
                 row.details["status"] = system.status(mounted)
         if isinstance(system, Eddy):  # FUSE reads, passthrough and direct_io opens

@@ -67,6 +67,18 @@ class Row:
             self.error = (f"read {timing.bytes} bytes in {timing.files} files, the source "
                           f"holds {want_bytes} in {want_files}")
 
+    def record_run(self, timing: Timing, want_bytes: int, want_files: int) -> int:
+        """One run of a phase timed more than once: the row keeps the fastest and lists every
+        run's MB/s in its details; returns the run's number."""
+        self.record(timing, want_bytes, want_files, keep_faster=True)
+        runs = self.details.setdefault("runs_mb_s", [])
+        runs.append(round(timing.mb_s, 1))
+        return len(runs)
+
+    def note_peak_rss(self, mib: float | None) -> None:
+        """A run's peak RSS (None: not known); the row keeps the highest."""
+        self.peak_rss_mib = max(mib or 0, self.peak_rss_mib or 0) or None
+
 
 def expected_rows() -> list[Row]:
     rows = []

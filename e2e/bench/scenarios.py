@@ -200,14 +200,14 @@ def _measure(row: Row, system: System, ds: Dataset, mounted: Mounted, run: int =
     MB/s in its details."""
     row.details["mem_available_mib_before"] = mem_available_mib()
     timing = ds.read(mounted.path)
-    row.record(timing, ds.bytes, ds.files, keep_faster=run > 1)
+    if run:
+        row.record_run(timing, ds.bytes, ds.files)
+    else:
+        row.record(timing, ds.bytes, ds.files)
     if also is not None:
         also.record(timing, ds.bytes, ds.files)
         _progress(also, ds)
-    peak = mounted.peak_rss_mib()
-    row.peak_rss_mib = max(peak or 0, row.peak_rss_mib or 0) or None
-    if run:
-        row.details.setdefault("runs_mb_s", []).append(round(timing.mb_s, 1))
+    row.note_peak_rss(mounted.peak_rss_mib())
     if ds.files == 1:
         row.details["page_cache_mib_after"] = page_cache_mib(os.path.join(mounted.path,
                                                                           BIG_NAME))
