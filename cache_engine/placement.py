@@ -135,7 +135,7 @@ class Placement:
             self._table.unreserve_tier(tier.name, n)
             self._table.unreserve_dataset(ds.id, n)
             self._table.add(block)
-            over = self._table.tier_used[tier.name] > tier.high * tier.size
+            over = self._table.tier_stored(tier.name) > tier.high * tier.size
         self._let_go(tier, extent)
         if over:
             self._wake()
@@ -217,10 +217,11 @@ class Placement:
         return True
 
     def demote_until(self, tier: Tier, target: int) -> None:
-        """Push LRU blocks out of `tier` until it uses at most `target` bytes."""
+        """Push LRU blocks out of `tier` until its files hold at most `target` bytes (a block
+        that leaves an extent frees its bytes only with the extent's last one)."""
         while True:
             with self._lock:
-                if self._table.tier_used[tier.name] <= target:
+                if self._table.tier_stored(tier.name) <= target:
                     return
                 victim = self._table.claim_lru(tier=tier.name)
             if victim is None or not self._push_down(victim):

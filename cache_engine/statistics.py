@@ -19,12 +19,17 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class TierStatistics:
     """One tier: bytes stored, its size, its blocks, bytes reserved for writes in flight,
-    whether it takes new blocks (see `health.TierHealth`)."""
+    bytes held, whether it takes new blocks (see `health.TierHealth`).
+
+    Held bytes belong to blocks that left an extent another block still uses: they stay in
+    the extent, counted against the tier, until it goes (a kernel may be reading it). At rest
+    the tier's files hold `used + held` bytes."""
 
     used: int
     size: int
     blocks: int
     reserved: int
+    held: int
     served_bytes: int  # bytes of blocks located in this tier (cache hits), since start
     in_service: bool = True
     faults: int = 0  # times it was taken out of service (a write failed), since start
@@ -81,7 +86,8 @@ def tier_statistics(tiers: list[Tier], table: BlockTable, served_bytes: dict[str
     """Under the engine's lock: every tier's row."""
     return {t.name: TierStatistics(
         used=table.tier_used[t.name], size=t.size, blocks=len(table.tier_blocks(t.name)),
-        reserved=table.tier_reserved[t.name], served_bytes=served_bytes[t.name],
+        reserved=table.tier_reserved[t.name] - table.tier_held[t.name],
+        held=table.tier_held[t.name], served_bytes=served_bytes[t.name],
         in_service=health.in_service(t.name), faults=health.faults(t.name)) for t in tiers}
 
 

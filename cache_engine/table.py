@@ -8,8 +8,9 @@ lazy deletion of stale entries, so a block moved between tiers keeps its place i
 
 Rows may share a file (an extent holds every block of one file version): the table counts
 the references to each tier file, rows and writers, and the bytes of rows that left a file
-that is still referenced. Those bytes stay counted against the tier (held) until the file's
-last reference goes and it is unlinked.
+that is still referenced. Those bytes stay counted against the tier (held: part of
+`tier_reserved`, and counted apart in `tier_held`) until the file's last reference goes and it
+is unlinked. `tier_stored` is what a tier's files hold: its rows and its held bytes.
 
 Not thread-safe: the engine's lock guards every call, and no call does I/O.
 """
@@ -43,7 +44,8 @@ class BlockTable:
         self._tier_lru: dict[str, list[tuple[int, BlockKey]]] = {t.name: [] for t in tiers}
         self._dataset_lru: dict[str, list[tuple[int, BlockKey]]] = {}
         self.tier_used = {t.name: 0 for t in tiers}
-        self.tier_reserved = {t.name: 0 for t in tiers}
+        self.tier_reserved = {t.name: 0 for t in tiers}  # writes in flight and held bytes
+        self.tier_held = {t.name: 0 for t in tiers}
         self.dataset_used: dict[str, int] = {}
         self.dataset_reserved: dict[str, int] = {}
         self.capacity: dict[str, int | None] = {}
@@ -207,15 +209,25 @@ class BlockTable:
         left = self._refs[key] - 1
         if left:
             self._refs[key] = left
-            self._held[key] = self._held.get(key, 0) + n
+            self._hold(key, n)
             return None
         del self._refs[key]
-        return self._held.pop(key, 0) + n
+        held = self._held.pop(key, 0)
+        self.tier_held[tier] -= held
+        return held + n
 
     def hold_file(self, tier: str, file: str, n: int) -> None:
         """Count `n` bytes of a referenced file that no row covers (after a restart)."""
         self.tier_reserved[tier] += n
-        self._held[(tier, file)] = self._held.get((tier, file), 0) + n
+        self._hold((tier, file), n)
+
+    def _hold(self, key: tuple[str, str], n: int) -> None:
+        self._held[key] = self._held.get(key, 0) + n
+        self.tier_held[key[0]] += n
+
+    def tier_stored(self, tier: str) -> int:
+        """Bytes the tier's files hold: its rows' and its held bytes (not writes in flight)."""
+        return self.tier_used[tier] + self.tier_held[tier]
 
     def unreserve_tier(self, tier: str, n: int) -> None:
         self.tier_reserved[tier] -= n

@@ -179,14 +179,32 @@ def test_an_extent_frees_its_space_when_its_last_block_leaves(engines, source):
         engine.open_dataset(make_spec(capacity=BS), {})  # evicts 2 of the 3 blocks
         stats = engine.statistics().tiers["MEM"]
         assert os.path.exists(path)
-        assert stats.used == BS and stats.reserved == 2 * BS  # held until it goes
+        assert (stats.used, stats.held, stats.reserved) == (BS, 2 * BS, 0)  # held until it goes
         assert engine.extent(ds, entry.path, entry.version, entry.size) is None
         engine.open_dataset(make_spec(capacity=0), {})
         stats = engine.statistics().tiers["MEM"]
-        assert not os.path.exists(path) and stats.used == stats.reserved == 0
+        assert not os.path.exists(path) and stats.used == stats.held == stats.reserved == 0
         assert os.pread(fd, entry.size, 0) == source.data("data/b.bin")  # still the bytes
     finally:
         os.close(fd)
+
+
+def test_watermarks_count_the_bytes_an_extent_holds_for_rows_gone(engines, source, tmp_path):
+    # MEM: 4 blocks, high mark 2.8 blocks, low mark 2. The extent's rows cover 2 blocks, below
+    # the high mark, but its file holds 3: demoting one more block would free nothing, so
+    # maintenance demotes both, and the extent goes.
+    engine = engines(tiers=make_tiers(str(tmp_path), 4, 8, high=0.7, low=0.5))
+    ds, entry = cached_whole(engine, source)
+    path = engine.extent(ds, entry.path, entry.version, entry.size)
+    engine.open_dataset(make_spec(capacity=2 * BS), {})  # evicts block 0 (LRU): held
+    stats = engine.statistics().tiers["MEM"]
+    assert (stats.used, stats.held) == (2 * BS, BS) and os.path.exists(path)
+    engine.maintain()
+    stats = engine.statistics()
+    assert (stats.tiers["MEM"].used, stats.tiers["MEM"].held) == (0, 0)
+    assert not os.path.exists(path) and tier_files(engine.tiers[0]) == {}
+    assert stats.demotions == 2 and stats.tiers["SSD"].used == 2 * BS
+    assert read_all(engine, ds, source, "data/b.bin") == source.data("data/b.bin")
 
 
 def test_a_restart_keeps_counting_the_bytes_an_extent_holds_for_rows_gone(engines, source):
@@ -196,7 +214,7 @@ def test_a_restart_keeps_counting_the_bytes_an_extent_holds_for_rows_gone(engine
     engine.close()
     engine = engines()
     stats = engine.statistics().tiers["MEM"]
-    assert (stats.used, stats.reserved) == (BS, 2 * BS)
+    assert (stats.used, stats.held, stats.reserved) == (BS, 2 * BS, 0)
     assert sum(tier_files(engine.tiers[0]).values()) == 3 * BS
 
 
