@@ -149,5 +149,6 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
             datasets=[status_to_pb(r) for r in rows],
             tier_used={name: t.used for name, t in tiers.items()},
             tier_size={name: t.size for name, t in tiers.items()},
+            tier_held={name: t.held for name, t in tiers.items()},
             mounts=[cache_pb2.VolumeMount(volume_id=v, abnormal=a, message=m)
                     for v, a, m in mounts])

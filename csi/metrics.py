@@ -75,6 +75,10 @@ class NodeCollector:
                                      labels=["tier"])
         used = GaugeMetricFamily("eddy_tier_used_bytes", "Bytes stored in each tier.",
                                  labels=["tier"])
+        held = GaugeMetricFamily("eddy_tier_held_bytes", "Bytes of blocks that left an extent "
+                                 "another block still uses: still in the tier's files and "
+                                 "counted against its size until the extent goes.",
+                                 labels=["tier"])
         size = GaugeMetricFamily("eddy_tier_size_bytes", "Size of each tier.", labels=["tier"])
         faults = CounterMetricFamily("eddy_tier_faults", "Times a tier was taken out of "
                                      "service because a write to it failed.", labels=["tier"])
@@ -83,10 +87,11 @@ class NodeCollector:
         for tier, t in stats.tiers.items():
             served.add_metric([tier], t.served_bytes)
             used.add_metric([tier], t.used)
+            held.add_metric([tier], t.held)
             size.add_metric([tier], t.size)
             faults.add_metric([tier], t.faults)
             in_service.add_metric([tier], 1 if t.in_service else 0)
-        yield from (served, used, size, faults, in_service)
+        yield from (served, used, held, size, faults, in_service)
         yield GaugeMetricFamily("eddy_index_in_memory", "1 while the block index is kept in "
                                 "memory: the state disk refused it at start.",
                                 value=1 if stats.index_in_memory else 0)

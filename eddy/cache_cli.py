@@ -213,6 +213,7 @@ def _print_table(resp, wide: bool) -> None:
         return
     console.print(table)
     usage = ", ".join(f"{t} {_size(resp.tier_used[t])}/{_size(resp.tier_size[t])}"
+                      + (f" (+{_size(resp.tier_held[t])} held)" if resp.tier_held.get(t) else "")
                       for t in tiers)
     console.print(f"[dim]tiers: {usage}[/dim]")
     sick = [m for m in resp.mounts if m.abnormal]

@@ -25,6 +25,7 @@ import pytest
 from cache_engine.blocks import is_extent
 from csi.fuse.passthrough import pyfuse3_has_passthrough
 from eddy.base.mounttable import in_memory
+from eddy.base.pb import cache_pb2
 from tests.support.driver import (
     DriverProcess,
     cleanup_mounts,
@@ -97,6 +98,15 @@ def cached_hashes(*tier_paths, block_size: int) -> set[str]:
     return out
 
 
+def rows_and_files(drv, tiers: dict[str, pathlib.Path]) -> tuple[dict, int, bool]:
+    """What the tiers' files hold by tier, the bytes the engine's rows cover (its status), and
+    whether each tier's files hold what the status says: its rows plus its held bytes."""
+    status = drv.engine_stub().Status(cache_pb2.StatusRequest(), timeout=10)
+    files = {name: tier_bytes(path) for name, path in tiers.items()}
+    return (files, sum(status.tier_used[name] for name in tiers),
+            files == {name: status.tier_used[name] + status.tier_held[name] for name in tiers})
+
+
 def written_at(path: str, offsets: range) -> list[int]:
     """Which of `offsets` start data in the file, not a hole (blocks are written whole)."""
     fd = os.open(path, os.O_RDONLY)
@@ -166,17 +176,20 @@ def test_dataset_larger_than_the_mem_tier_spills_to_ssd(tmp_path):
         staging, [target] = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
         with TierWatch(mem) as mem_use:
             assert_files(target, files)
-            # Demotion runs in the background: keep watching until every block has settled.
+            # Demotion runs in the background: keep watching until every block has settled,
+            # each in one row, and each tier's files hold what the engine says: its rows plus
+            # the bytes of rows gone from an extent still in use (held until it goes).
             want = block_hashes(files, MiB)
             try:
                 wait_for(lambda: want <= cached_hashes(mem, ssd, block_size=MiB)
-                         and tier_bytes(mem) + tier_bytes(ssd) == total,
-                         what="every block cached exactly once in MEM or SSD")
+                         and rows_and_files(drv, {"MEM": mem, "SSD": ssd})[1:] == (total, True),
+                         what="every block cached once in MEM or SSD, as the status says")
             except AssertionError as e:  # say which part never came
                 missing = len(want - cached_hashes(mem, ssd, block_size=MiB))
                 raise AssertionError(
-                    f"{e}: {missing} of {len(want)} blocks missing, MEM holds "
-                    f"{tier_bytes(mem)} and SSD {tier_bytes(ssd)} bytes of {total}") from None
+                    f"{e}: {missing} of {len(want)} blocks missing; (files, rows, files "
+                    f"match) {rows_and_files(drv, {'MEM': mem, 'SSD': ssd})} "
+                    f"of {total} bytes") from None
         assert mem_use.samples > 10
         assert 0 < mem_use.peak <= mem_size, f"MEM tier held {mem_use.peak} bytes"
         assert tier_bytes(mem) <= mem_size

@@ -42,3 +42,21 @@ def test_a_tier_out_of_service_shows_until_it_is_back(tmp_path):
         os.unlink(tiers[0].tmp_dir)
         engine.maintain()
         assert scrape(engine)["eddy_tier_in_service{tier='MEM'}"] == 1
+
+
+def test_the_bytes_an_extent_holds_for_blocks_gone_are_a_gauge(tmp_path):
+    source = FakeUfs({"f": blob(3 * BS)})  # three blocks: one extent in a tier held in RAM
+    with CacheEngine(make_tiers(str(tmp_path), 4, 4), str(tmp_path / "state"),
+                     open_ufs=lambda spec, secrets: source, maintenance=False,
+                     held_in_ram=lambda path: True, pin_seconds=0) as engine:
+        ds = engine.open_dataset(make_spec(), {}).dataset_id
+        version = engine.stat(ds, "f").version
+        for i in range(3):
+            engine.locate(ds, "f", version, i, 3 * BS)
+        assert engine.extent(ds, "f", version, 3 * BS) is not None
+        assert scrape(engine)["eddy_tier_held_bytes{tier='MEM'}"] == 0
+        engine.open_dataset(make_spec(capacity=2 * BS), {})  # one block leaves the extent
+        metrics = scrape(engine)
+        assert metrics["eddy_tier_used_bytes{tier='MEM'}"] == 2 * BS
+        assert metrics["eddy_tier_held_bytes{tier='MEM'}"] == BS
+        assert metrics["eddy_tier_held_bytes{tier='SSD'}"] == 0

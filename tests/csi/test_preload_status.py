@@ -17,7 +17,7 @@ import urllib.request
 import grpc
 import pytest
 
-from eddy.base.pb import cache_pb2, cache_pb2_grpc, csi_pb2
+from eddy.base.pb import cache_pb2, csi_pb2
 from tests.support.driver import (
     DriverProcess,
     cleanup_mounts,
@@ -89,11 +89,6 @@ def node(tmp_path):
     yield drv
     drv.stop()
     cleanup_mounts(str(tmp_path))
-
-
-def engine_stub(drv) -> cache_pb2_grpc.CacheEngineStub:
-    """The node plugin's engine API, on its own socket (the CSI socket serves only CSI)."""
-    return cache_pb2_grpc.CacheEngineStub(grpc.insecure_channel(drv.engine_endpoint))
 
 
 def test_preload_then_every_read_is_a_hit_and_status_matches_the_tiers(node, tmp_path):
@@ -214,7 +209,7 @@ def test_a_preload_interrupted_by_an_engine_kill_resumes_without_refetching(tmp_
             volume = create(drv, "pvc-resume", {"source": http.url, "blockSize": "64Ki",
                                                 "metadataTTL": "immutable"})
             staging, targets = stage_and_publish(drv, tmp_path, volume, targets=("pod-a",))
-            engine_stub(drv).Preload(cache_pb2.PreloadRequest(workers=1), timeout=30)
+            drv.engine_stub().Preload(cache_pb2.PreloadRequest(workers=1), timeout=30)
             wait_for(lambda: len(http.data_gets()) >= 40, 60, "the preload part of the way")
             drv.kill()  # the engine dies with the node plugin, mid-job
             drv = DriverProcess(workdir, extra_args=args).start()

@@ -12,7 +12,7 @@ import time
 import grpc
 
 from eddy.base.mounttable import mount_table
-from eddy.base.pb import csi_pb2, csi_pb2_grpc
+from eddy.base.pb import cache_pb2_grpc, csi_pb2, csi_pb2_grpc
 
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 
@@ -46,6 +46,10 @@ class DriverProcess:
     def engine_endpoint(self) -> str:
         """The engine's own socket, which `eddy status` and `eddy preload` talk to."""
         return f"unix://{os.path.join(self.state_dir, 'engine.sock')}"
+
+    def engine_stub(self) -> cache_pb2_grpc.CacheEngineStub:
+        """The node plugin's engine API, on its own socket (the CSI socket serves only CSI)."""
+        return cache_pb2_grpc.CacheEngineStub(grpc.insecure_channel(self.engine_endpoint))
 
     def start(self, timeout: float = 30.0) -> DriverProcess:
         os.makedirs(self.workdir, exist_ok=True)
