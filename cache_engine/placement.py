@@ -351,7 +351,7 @@ class Placement:
             return
         remove_quietly(block_path(tier, file))
         with self._lock:
-            self._table.unreserve_tier(tier.name, freed)
+            self._table.release_held(tier.name, freed)
             self._growing.freed(tier.name, file)
 
     def _pin_cutoff(self) -> float:

@@ -22,8 +22,8 @@ class TierStatistics:
     bytes held, whether it takes new blocks (see `health.TierHealth`).
 
     Held bytes belong to blocks that left an extent another block still uses: they stay in
-    the extent, counted against the tier, until it goes (a kernel may be reading it). At rest
-    the tier's files hold `used + held` bytes."""
+    the extent, counted against the tier, until it goes (a kernel may be reading it), and to
+    a file being unlinked. Writes in flight aside, the tier's files hold `used + held` bytes."""
 
     used: int
     size: int
@@ -86,8 +86,8 @@ def tier_statistics(tiers: list[Tier], table: BlockTable, served_bytes: dict[str
     """Under the engine's lock: every tier's row."""
     return {t.name: TierStatistics(
         used=table.tier_used[t.name], size=t.size, blocks=len(table.tier_blocks(t.name)),
-        reserved=table.tier_reserved[t.name] - table.tier_held[t.name],
-        held=table.tier_held[t.name], served_bytes=served_bytes[t.name],
+        reserved=table.tier_reserved[t.name], held=table.tier_held[t.name],
+        served_bytes=served_bytes[t.name],
         in_service=health.in_service(t.name), faults=health.faults(t.name)) for t in tiers}
 
 

@@ -1,16 +1,17 @@
 """The engine's in-memory mirror of the block index, with LRU order and space accounting.
 
 Hits are answered from here without touching SQLite. Space is accounted as `used` (blocks in
-the table) plus `reserved` (blocks being written or moved in): a writer reserves before it
-writes, so a tier's size and a dataset's capacity hold as hard limits under concurrent
-writers. LRU order is exact: per tier and per dataset, a heap of (access counter, key) with
-lazy deletion of stale entries, so a block moved between tiers keeps its place in the order.
+the table) plus `reserved` (blocks being written or moved in), plus a tier's `held` bytes
+(below): a writer reserves before it writes, so a tier's size and a dataset's capacity hold as
+hard limits under concurrent writers. LRU order is exact: per tier and per dataset, a heap of
+(access counter, key) with lazy deletion of stale entries, so a block moved between tiers
+keeps its place in the order.
 
 Rows may share a file (an extent holds every block of one file version): the table counts
 the references to each tier file, rows and writers, and the bytes of rows that left a file
-that is still referenced. Those bytes stay counted against the tier (held: part of
-`tier_reserved`, and counted apart in `tier_held`) until the file's last reference goes and it
-is unlinked. `tier_stored` is what a tier's files hold: its rows and its held bytes.
+that is still referenced. Those bytes stay counted against the tier (`tier_held`) until the
+file's last reference goes and it is unlinked (`release_held`). `tier_stored` is what a tier's
+files hold: its rows and its held bytes.
 
 Not thread-safe: the engine's lock guards every call, and no call does I/O.
 """
@@ -44,8 +45,8 @@ class BlockTable:
         self._tier_lru: dict[str, list[tuple[int, BlockKey]]] = {t.name: [] for t in tiers}
         self._dataset_lru: dict[str, list[tuple[int, BlockKey]]] = {}
         self.tier_used = {t.name: 0 for t in tiers}
-        self.tier_reserved = {t.name: 0 for t in tiers}  # writes in flight and held bytes
-        self.tier_held = {t.name: 0 for t in tiers}
+        self.tier_reserved = {t.name: 0 for t in tiers}  # writes in flight
+        self.tier_held = {t.name: 0 for t in tiers}  # in files, but in no row
         self.dataset_used: dict[str, int] = {}
         self.dataset_reserved: dict[str, int] = {}
         self.capacity: dict[str, int | None] = {}
@@ -186,12 +187,13 @@ class BlockTable:
     # --- space ------------------------------------------------------------------------------
 
     def tier_room(self, tier: str) -> int:
-        return self.tiers[tier].size - self.tier_used[tier] - self.tier_reserved[tier]
+        return self.tiers[tier].size - self.tier_stored(tier) - self.tier_reserved[tier]
 
     def reserve_tier(self, tier: str, n: int, limit: int | None = None) -> bool:
-        """Reserve `n` bytes if used + reserved + n stays within `limit` (default: the size)."""
+        """Reserve `n` bytes if used + held + reserved + n stays within `limit` (default: the
+        size)."""
         limit = self.tiers[tier].size if limit is None else limit
-        if self.tier_used[tier] + self.tier_reserved[tier] + n > limit:
+        if self.tier_stored(tier) + self.tier_reserved[tier] + n > limit:
             return False
         self.tier_reserved[tier] += n
         return True
@@ -203,27 +205,25 @@ class BlockTable:
     def unref_file(self, tier: str, file: str, n: int = 0) -> int | None:
         """A row of `n` bytes (or a writer: 0) left the file; its bytes are held against the
         tier. None while the file is still in use; else the file must be unlinked, and the
-        bytes to unreserve once it is."""
+        bytes to `release_held` once it is."""
         key = (tier, file)
-        self.tier_reserved[tier] += n
+        self.tier_held[tier] += n
         left = self._refs[key] - 1
         if left:
             self._refs[key] = left
-            self._hold(key, n)
+            self._held[key] = self._held.get(key, 0) + n
             return None
         del self._refs[key]
-        held = self._held.pop(key, 0)
-        self.tier_held[tier] -= held
-        return held + n
+        return self._held.pop(key, 0) + n
 
     def hold_file(self, tier: str, file: str, n: int) -> None:
         """Count `n` bytes of a referenced file that no row covers (after a restart)."""
-        self.tier_reserved[tier] += n
-        self._hold((tier, file), n)
+        self.tier_held[tier] += n
+        self._held[(tier, file)] = self._held.get((tier, file), 0) + n
 
-    def _hold(self, key: tuple[str, str], n: int) -> None:
-        self._held[key] = self._held.get(key, 0) + n
-        self.tier_held[key[0]] += n
+    def release_held(self, tier: str, n: int) -> None:
+        """A file `unref_file` let go of is unlinked: its `n` bytes are no longer held."""
+        self.tier_held[tier] -= n
 
     def tier_stored(self, tier: str) -> int:
         """Bytes the tier's files hold: its rows' and its held bytes (not writes in flight)."""

@@ -98,13 +98,13 @@ def cached_hashes(*tier_paths, block_size: int) -> set[str]:
     return out
 
 
-def rows_and_files(drv, tiers: dict[str, pathlib.Path]) -> tuple[dict, int, bool]:
-    """What the tiers' files hold by tier, the bytes the engine's rows cover (its status), and
-    whether each tier's files hold what the status says: its rows plus its held bytes."""
+def files_and_status(drv, tiers: dict[str, pathlib.Path]) -> tuple[dict, dict, int]:
+    """By tier, the bytes its files hold and the bytes the engine's status says they hold (its
+    rows plus its held bytes); and the bytes all the rows cover."""
     status = drv.engine_stub().Status(cache_pb2.StatusRequest(), timeout=10)
-    files = {name: tier_bytes(path) for name, path in tiers.items()}
-    return (files, sum(status.tier_used[name] for name in tiers),
-            files == {name: status.tier_used[name] + status.tier_held[name] for name in tiers})
+    return ({name: tier_bytes(path) for name, path in tiers.items()},
+            {name: status.tier_used[name] + status.tier_held[name] for name in tiers},
+            sum(status.tier_used[name] for name in tiers))
 
 
 def written_at(path: str, offsets: range) -> list[int]:
@@ -180,16 +180,21 @@ def test_dataset_larger_than_the_mem_tier_spills_to_ssd(tmp_path):
             # each in one row, and each tier's files hold what the engine says: its rows plus
             # the bytes of rows gone from an extent still in use (held until it goes).
             want = block_hashes(files, MiB)
+
+            def settled() -> bool:
+                on_disk, said, rows = files_and_status(drv, {"MEM": mem, "SSD": ssd})
+                return (want <= cached_hashes(mem, ssd, block_size=MiB) and on_disk == said
+                        and rows == total)
+
             try:
-                wait_for(lambda: want <= cached_hashes(mem, ssd, block_size=MiB)
-                         and rows_and_files(drv, {"MEM": mem, "SSD": ssd})[1:] == (total, True),
-                         what="every block cached once in MEM or SSD, as the status says")
+                wait_for(settled, what="every block cached once in MEM or SSD, as the status says")
             except AssertionError as e:  # say which part never came
                 missing = len(want - cached_hashes(mem, ssd, block_size=MiB))
+                on_disk, said, rows = files_and_status(drv, {"MEM": mem, "SSD": ssd})
                 raise AssertionError(
-                    f"{e}: {missing} of {len(want)} blocks missing; (files, rows, files "
-                    f"match) {rows_and_files(drv, {'MEM': mem, 'SSD': ssd})} "
-                    f"of {total} bytes") from None
+                    f"{e}: {missing} of {len(want)} blocks missing; the tiers' files hold "
+                    f"{on_disk}, the status says {said}, its rows cover {rows} of {total} "
+                    "bytes") from None
         assert mem_use.samples > 10
         assert 0 < mem_use.peak <= mem_size, f"MEM tier held {mem_use.peak} bytes"
         assert tier_bytes(mem) <= mem_size
