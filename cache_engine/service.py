@@ -147,6 +147,7 @@ class CacheEngineService(Servicer, cache_pb2_grpc.CacheEngineServicer):
         mounts = self.volumes.mounts() if self.volumes is not None else []
         return cache_pb2.StatusResponse(
             datasets=[status_to_pb(r) for r in rows],
+            tiers=list(tiers),
             tier_used={name: t.used for name, t in tiers.items()},
             tier_size={name: t.size for name, t in tiers.items()},
             tier_held={name: t.held for name, t in tiers.items()},

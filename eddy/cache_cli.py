@@ -182,7 +182,7 @@ def _print_table(resp, wide: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    tiers = list(resp.tier_size)
+    tiers = list(resp.tiers) or sorted(resp.tier_size)  # an engine before `tiers` had no order
     table = Table(box=None, header_style="bold", pad_edge=False)
     headers = ["NAME", "UFS TOTAL SIZE", "CACHED", "CACHE CAPACITY", "CACHED PERCENTAGE",
                "PHASE", "HIT RATIO"]

@@ -17,9 +17,9 @@ from cache_engine.service import CacheEngineService
 from cache_engine.ufs.base import UfsUnavailable
 from cache_engine.ufs.local import LocalUfs
 from cache_engine.wire import DatasetNotOpen, EngineUnreachable
-from eddy.base.pb import cache_pb2_grpc
+from eddy.base.pb import cache_pb2, cache_pb2_grpc
 from eddy.base.rpc import ERRNO_KEY, ERROR_KEY
-from tests.support.engine import FakeClock, blob, make_spec
+from tests.support.engine import FakeClock, blob, make_spec, make_tiers
 from tests.support.fake_source import FakeUfs
 from tests.support.model_files import safetensors_file
 from tests.support.wait import wait_for
@@ -88,6 +88,14 @@ def test_a_volume_opening_over_the_socket_is_named_in_the_status(served):
     engine, client = served
     ds = client.open_dataset(make_spec(), {}, "pvc-1").dataset_id
     assert engine.dataset_status(ds).volumes == ("pvc-1",)
+
+
+def test_the_status_over_the_socket_names_the_tiers_fastest_first(serve, tmp_path):
+    """The tier maps of a StatusResponse have no order; `tiers` gives the node's."""
+    _, client = serve(tiers=make_tiers(str(tmp_path), 4, 8, 16))
+    status = cache_pb2_grpc.CacheEngineStub(client.channel).Status(cache_pb2.StatusRequest())
+    assert list(status.tiers) == ["MEM", "SSD", "HDD"]
+    assert set(status.tier_size) == set(status.tiers)
 
 
 def test_locate_over_the_socket_carries_the_following_blocks(served):

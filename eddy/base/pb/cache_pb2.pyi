@@ -307,7 +307,7 @@ class DatasetStatus(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., source: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., size_known: _Optional[bool] = ..., ufs_total_bytes: _Optional[int] = ..., ufs_files: _Optional[int] = ..., cached_bytes: _Optional[int] = ..., capacity_known: _Optional[bool] = ..., capacity: _Optional[int] = ..., phase: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., tier_bytes: _Optional[_Mapping[str, int]] = ..., preload: _Optional[_Union[PreloadJob, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("datasets", "tier_used", "tier_size", "tier_held", "mounts")
+    __slots__ = ("datasets", "tier_used", "tier_size", "tier_held", "mounts", "tiers")
     class TierUsedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,12 +334,14 @@ class StatusResponse(_message.Message):
     TIER_SIZE_FIELD_NUMBER: _ClassVar[int]
     TIER_HELD_FIELD_NUMBER: _ClassVar[int]
     MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetStatus]
     tier_used: _containers.ScalarMap[str, int]
     tier_size: _containers.ScalarMap[str, int]
     tier_held: _containers.ScalarMap[str, int]
     mounts: _containers.RepeatedCompositeFieldContainer[VolumeMount]
-    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetStatus, _Mapping]]] = ..., tier_used: _Optional[_Mapping[str, int]] = ..., tier_size: _Optional[_Mapping[str, int]] = ..., tier_held: _Optional[_Mapping[str, int]] = ..., mounts: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
+    tiers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetStatus, _Mapping]]] = ..., tier_used: _Optional[_Mapping[str, int]] = ..., tier_size: _Optional[_Mapping[str, int]] = ..., tier_held: _Optional[_Mapping[str, int]] = ..., mounts: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., tiers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VolumeMount(_message.Message):
     __slots__ = ("volume_id", "abnormal", "message")
