@@ -75,7 +75,7 @@ class Maintenance:
                 self._places.shrink_dataset(ds)
             for tier in self._tiers:
                 with self._lock:
-                    over = self._table.tier_stored(tier.name) > tier.high * tier.size
+                    over = self._table.over_high(tier.name)
                 if over:
                     self._places.demote_until(tier, int(tier.low * tier.size))
             if self._clock() - self._last_flush >= ACCESS_FLUSH_INTERVAL:

@@ -135,7 +135,7 @@ class Placement:
             self._table.unreserve_tier(tier.name, n)
             self._table.unreserve_dataset(ds.id, n)
             self._table.add(block)
-            over = self._table.tier_stored(tier.name) > tier.high * tier.size
+            over = self._table.over_high(tier.name)
         self._let_go(tier, extent)
         if over:
             self._wake()

@@ -229,6 +229,11 @@ class BlockTable:
         """Bytes the tier's files hold: its rows' and its held bytes (not writes in flight)."""
         return self.tier_used[tier] + self.tier_held[tier]
 
+    def over_high(self, tier: str) -> bool:
+        """Whether the tier's files hold more than its high mark: maintenance demotes then."""
+        t = self.tiers[tier]
+        return self.tier_stored(tier) > t.high * t.size
+
     def unreserve_tier(self, tier: str, n: int) -> None:
         self.tier_reserved[tier] -= n
 
